@@ -1,0 +1,249 @@
+"""The database layer: the only module that imports psycopg.
+
+It owns the connection pool, runs named queries, and turns driver errors into mailpipe's own
+exceptions so that no other module needs to know which driver is underneath. One mode: async.
+(The CLI and flows call it through ``asyncio.run`` or their own event loop.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from mailpipe.config import Settings, get_settings
+from mailpipe.errors import DatabaseError, DatabaseUnavailable, IntegrityViolation
+
+Row = dict[str, Any]
+
+__all__ = ["Database", "Jsonb", "Row", "Transaction", "database_url", "redact_url"]
+
+
+def database_url(settings: Settings | None = None) -> str:
+    """The Postgres URL to use: ``DATABASE_URL`` when set, else the embedded server's."""
+    settings = settings or get_settings()
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    from mailpipe.embedded import ensure_embedded_postgres
+
+    return ensure_embedded_postgres(settings.pgdata)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, safe to print or log."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        parts = parts._replace(netloc=netloc)
+    redacted = urlunsplit(parts)
+    # key=value DSNs and password= query parameters
+    return re.sub(r"(password=)[^&\s]+", r"\1***", redacted)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The same URL for SQLAlchemy with the psycopg 3 dialect (used by Great Expectations)."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("postgres", "postgresql", "postgresql+psycopg"):
+        raise DatabaseError(f"not a Postgres URL: {redact_url(url)}")
+    return f"postgresql+psycopg://{rest}"
+
+
+@contextlib.contextmanager
+def _translated_errors(url: str | None = None) -> Iterator[None]:
+    """Re-raise psycopg errors as mailpipe errors, never showing a password."""
+    try:
+        yield
+    except pg_errors.IntegrityError as exc:
+        raise IntegrityViolation(
+            _message(exc), constraint_name=exc.diag.constraint_name
+        ) from exc
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        where = f" at {redact_url(url)}" if url else ""
+        text = redact_url(str(exc).strip()) or type(exc).__name__
+        raise DatabaseUnavailable(
+            f"Postgres is unreachable{where}: {text}. Check DATABASE_URL and that the server runs."
+        ) from exc
+    except psycopg.Error as exc:
+        raise DatabaseError(_message(exc)) from exc
+
+
+def _message(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    text = diag.message_primary or str(exc).strip()
+    if diag.message_detail:
+        text += f" ({diag.message_detail})"
+    return text
+
+
+class Transaction:
+    """Queries on one connection inside one transaction (or in autocommit outside of one)."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Row]) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> int:
+        """Run a statement; returns the affected row count."""
+        with _translated_errors():
+            cur = await self._conn.execute(sql, params)
+            return cur.rowcount
+
+    async def fetch_all(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None
+    ) -> list[Row]:
+        """Run a query and return every row as a dict."""
+        with _translated_errors():
+            cur = await self._conn.execute(sql, params)
+            return await cur.fetchall()
+
+    async def fetch_one(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None
+    ) -> Row | None:
+        """Run a query and return its first row, or None."""
+        with _translated_errors():
+            cur = await self._conn.execute(sql, params)
+            return await cur.fetchone()
+
+    async def fetch_value(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None
+    ) -> Any:
+        """Run a query and return the first column of its first row (None when no row)."""
+        row = await self.fetch_one(sql, params)
+        return None if row is None else next(iter(row.values()))
+
+    async def execute_many(
+        self, sql: str, params_seq: Iterable[Sequence[Any] | dict[str, Any]]
+    ) -> None:
+        """Run one statement for many parameter sets in a single pipelined round trip."""
+        with _translated_errors():
+            async with self._conn.cursor() as cur:
+                await cur.executemany(sql, params_seq)
+
+    async def copy_rows(
+        self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> None:
+        """Bulk-insert rows with COPY (table and columns are identifiers from our code)."""
+        cols = ", ".join(columns)
+        with _translated_errors():
+            async with self._conn.cursor() as cur, cur.copy(
+                f"COPY {table} ({cols}) FROM STDIN"
+            ) as copy:
+                for row in rows:
+                    await copy.write_row(row)
+
+
+class Database:
+    """A pool of connections to one Postgres database.
+
+    Use as ``async with Database(url) as db:``; then ``db.fetch_all(...)`` for single
+    statements (autocommit) or ``async with db.transaction() as tx:`` to group them.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        settings: Settings | None = None,
+        application_name: str = "mailpipe",
+    ) -> None:
+        settings = settings or get_settings()
+        self.url = url or database_url(settings)
+        self._timeout = settings.connect_timeout
+        self._pool = AsyncConnectionPool(
+            self.url,
+            min_size=min_size or settings.pool_min_size,
+            max_size=max(max_size or settings.pool_max_size, min_size or settings.pool_min_size),
+            kwargs={
+                "autocommit": True,
+                "row_factory": dict_row,
+                "application_name": application_name,
+                "connect_timeout": int(settings.connect_timeout),
+            },
+            timeout=settings.connect_timeout,
+            open=False,
+            name="mailpipe",
+        )
+
+    async def open(self) -> Database:
+        """Open the pool and check one connection works (clear error when it does not)."""
+        with _translated_errors(self.url):
+            await self._pool.open(wait=True, timeout=self._timeout)
+        return self
+
+    async def close(self) -> None:
+        """Close every connection."""
+        await self._pool.close()
+
+    async def __aenter__(self) -> Database:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Transaction]:
+        """One pooled connection in autocommit mode (each statement commits)."""
+        with _translated_errors(self.url):
+            async with self._pool.connection() as conn:
+                yield Transaction(conn)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """One pooled connection inside a transaction: commits on exit, rolls back on error."""
+        with _translated_errors(self.url):
+            async with self._pool.connection() as conn, conn.transaction():
+                yield Transaction(conn)
+
+    async def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> int:
+        """Run one statement in autocommit; returns the affected row count."""
+        async with self.connection() as tx:
+            return await tx.execute(sql, params)
+
+    async def fetch_all(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None
+    ) -> list[Row]:
+        """Run one query in autocommit and return every row."""
+        async with self.connection() as tx:
+            return await tx.fetch_all(sql, params)
+
+    async def fetch_one(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None
+    ) -> Row | None:
+        """Run one query in autocommit and return its first row, or None."""
+        async with self.connection() as tx:
+            return await tx.fetch_one(sql, params)
+
+    async def fetch_value(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None
+    ) -> Any:
+        """Run one query in autocommit and return the first column of its first row."""
+        async with self.connection() as tx:
+            return await tx.fetch_value(sql, params)
+
+
+def admin_execute(url: str, statements: Sequence[str]) -> None:
+    """Run statements that cannot run in a transaction (CREATE/DROP DATABASE), synchronously.
+
+    For test fixtures and setup commands; everything else goes through :class:`Database`.
+    """
+    with _translated_errors(url), psycopg.connect(url, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def with_database_name(url: str, dbname: str) -> str:
+    """The same server URL pointing at another database."""
+    if "://" in url:
+        return urlunsplit(urlsplit(url)._replace(path=f"/{dbname}"))
+    conninfo = psycopg.conninfo.conninfo_to_dict(url)
+    conninfo["dbname"] = dbname
+    return psycopg.conninfo.make_conninfo(**conninfo)

@@ -1,0 +1,1 @@
+"""Test helpers shipped with mailpipe: real in-process servers for tests and benchmarks."""
