@@ -39,7 +39,59 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Per recipient domain sends per minute, e.g. {"gmail.com": 600}.',
     )
-    message_id_domain: str = Field(default="mailpipe.local")
+
+    # SMTP and providers
+    smtp_verify_certs: bool = Field(
+        default=True, description="Verify provider TLS certificates (never off in production)."
+    )
+    smtp_ca_file: Path | None = Field(
+        default=None, description="Extra CA bundle for providers with a private CA."
+    )
+    provider_failure_threshold: int = Field(
+        default=3, ge=1, description="Connection-level failures in a row before suspension."
+    )
+    suspension_base_seconds: float = Field(default=60.0, gt=0)
+    suspension_max_seconds: float = Field(default=3600.0, gt=0)
+
+    # Monitoring (monitor_smtp_health, monitor_email_production); see README "Monitoring"
+    probe_timeout_seconds: float | None = Field(
+        default=None, gt=0,
+        description="Whole-probe timeout; unset: each provider's own timeout_seconds.",
+    )
+    health_probe_history: int = Field(
+        default=10, ge=1, description="Recent probes per provider the health score weighs."
+    )
+    health_latency_good_ms: float = Field(default=500.0, gt=0)
+    health_latency_bad_ms: float = Field(default=5000.0, gt=0)
+    health_delivery_window: str = Field(
+        default="1h", description="Delivery outcomes the health score weighs (e.g. 1h)."
+    )
+    metrics_windows: str = Field(
+        default="5m,1h,24h", description="Rolling windows of monitor_email_production."
+    )
+    alert_min_volume: int = Field(
+        default=50, ge=1, description="Messages a window needs before rate rules judge it."
+    )
+    alert_bounce_rate_warning: float | None = Field(default=0.05, ge=0)
+    alert_bounce_rate_critical: float | None = Field(default=0.10, ge=0)
+    alert_complaint_rate_warning: float | None = Field(default=0.001, ge=0)
+    alert_complaint_rate_critical: float | None = Field(default=0.005, ge=0)
+    alert_reputation_window: str = Field(
+        default="24h", description="Window of the bounce and complaint rate rules."
+    )
+    alert_failure_rate_warning: float | None = Field(default=0.10, ge=0)
+    alert_failure_rate_critical: float | None = Field(default=0.25, ge=0)
+    alert_failure_window: str = Field(default="1h")
+    alert_queue_lag_warning_seconds: float | None = Field(default=300.0, ge=0)
+    alert_queue_lag_critical_seconds: float | None = Field(default=900.0, ge=0)
+    alert_rate_limit_warning: float | None = Field(
+        default=1, ge=0, description="Rate-limit windows that deferred sends, recently."
+    )
+    alert_rate_limit_critical: float | None = Field(default=None, ge=0)
+    alert_rate_limit_window: str = Field(default="5m")
+    alert_webhook_url: SecretStr | None = Field(
+        default=None, description="Optional: POST each opened/resolved alert as JSON here."
+    )
     timezone: str = Field(default="UTC", description="Timezone of schedules and daily snapshots.")
 
     @property

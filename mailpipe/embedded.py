@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 from mailpipe.errors import ConfigError
@@ -17,7 +18,10 @@ def ensure_embedded_postgres(pgdata: Path) -> str:
     ``mailpipe db stop`` stops it. It listens on a Unix socket only: nothing is exposed.
     """
     try:
-        import pgserver
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless here.
+            warnings.simplefilter("ignore")
+            import pgserver
     except ImportError as exc:  # pragma: no cover - a dependency of the package
         raise ConfigError(
             "DATABASE_URL is not set and the embedded Postgres (pgserver) is not installed: "
@@ -27,7 +31,9 @@ def ensure_embedded_postgres(pgdata: Path) -> str:
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     log.debug("starting embedded Postgres in %s", pgdata)
     try:
-        server = pgserver.get_server(pgdata, cleanup_mode=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server = pgserver.get_server(pgdata, cleanup_mode=None)
     except Exception as exc:
         raise ConfigError(
             f"could not start the embedded Postgres in {pgdata}: {exc}. "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,14 @@ from mailpipe.migrations import migrate
 from mailpipe.testing.smtpd import Behaviour, Certificate, SMTPTestServer, make_certificate
 
 TEMPLATE_DB = "mailpipe_test_template"
+
+# Prefect reads these at import: keep the developer's ~/.prefect out, and keep runs quiet.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="mailpipe-prefect-home-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.pop("PREFECT_API_URL", None)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -139,6 +148,15 @@ def smtpd(request: pytest.FixtureRequest,
     kwargs = dict(marker.kwargs) if marker else {}
     tls = kwargs.pop("tls", "none")
     return smtpd_factory(Behaviour(**kwargs), tls=tls)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """A throwaway Prefect API (SQLite, local server) for flow tests, started once per session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ class Behaviour:
     """How the server answers; every field defaults to a well-behaved server."""
 
     ehlo_reply: str | None = None          # e.g. "421 4.3.2 shutting down"
+    ehlo_delay: float = 0.0                # seconds before answering EHLO (a stalled server)
     mail_reply: str | None = None
     rcpt_reply: str | None = None          # e.g. "550 5.1.1 no such user"
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # per recipient address
@@ -66,6 +67,8 @@ class _Handler:
                           hostname: str, responses: list[str]) -> list[str]:
         self.server.connections += 1
         behaviour = self.server.behaviour
+        if behaviour.ehlo_delay:
+            await asyncio.sleep(behaviour.ehlo_delay)
         if behaviour.ehlo_reply:
             return [behaviour.ehlo_reply]
         session.host_name = hostname
@@ -138,6 +141,7 @@ class SMTPTestServer:
         self._random = random.Random(self.behaviour.fault_seed)
         # aiosmtpd's readiness check connects to the configured port, so port 0 cannot be used.
         kwargs: dict[str, Any] = {"hostname": hostname, "port": free_port(), "ready_timeout": 10,
+                                  "enable_SMTPUTF8": True,
                                   "data_size_limit": 50 * 1024 * 1024}
         if tls != "none":
             if certificate is None:

@@ -217,3 +217,46 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- ---------------------------------------------------------------- send quotas
+-- Rate limits shared by every worker: lock the window rows in a fixed order (minute, hour,
+-- day: no deadlocks) and grant what every window still allows. Deferrals are counted by the
+-- engine (count_deferrals) for the events it really defers: a refusal here may still be
+-- sent through another provider.
+CREATE OR REPLACE FUNCTION reserve_send_quota(p_scope text, p_key text, p_windows text[],
+                                              p_limits integer[], p_wanted integer)
+RETURNS integer
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    i       integer;
+    n       integer := coalesce(array_length(p_windows, 1), 0);
+    starts  timestamptz[];
+    granted integer := p_wanted;
+    left_   integer;
+BEGIN
+    FOR i IN 1..n LOOP
+        starts[i] := date_trunc(p_windows[i], now());
+        INSERT INTO rate_limit_counters (scope, key, window_size, window_start, count, limit_value)
+        VALUES (p_scope, p_key, p_windows[i], starts[i], 0, p_limits[i])
+        ON CONFLICT DO NOTHING;
+        SELECT greatest(p_limits[i] - count, 0) INTO left_
+          FROM rate_limit_counters
+         WHERE scope = p_scope AND key = p_key AND window_size = p_windows[i]
+           AND window_start = starts[i]
+           FOR UPDATE;
+        granted := least(granted, left_);
+    END LOOP;
+    FOR i IN 1..n LOOP
+        UPDATE rate_limit_counters
+           SET count = count + granted,
+               limit_value = p_limits[i],
+               updated_at = now()
+         WHERE scope = p_scope AND key = p_key AND window_size = p_windows[i]
+           AND window_start = starts[i];
+    END LOOP;
+    RETURN granted;
+END
+$fn$;
+
+COMMENT ON FUNCTION reserve_send_quota(text, text, text[], integer[], integer) IS
+    'Take up to p_wanted sends from the given windows of a provider or recipient domain; returns the number granted.';

@@ -1,0 +1,74 @@
+"""process_email_queue: deliver due emails from the communication_events outbox.
+
+Replaces the every-minute pg_cron job of the same name. One task drains the queue in batches
+(plain asyncio inside: claim with SKIP LOCKED, render, send over persistent SMTP connections,
+record outcomes) until nothing is due or the time budget ends, so a run never overlaps the next
+minute's by much; concurrent runs are safe. Publishes the counts as an artifact.
+
+Requires: DATABASE_URL (or the embedded default) and, for each provider with AUTH, the
+environment variable or Prefect Secret block its credentials reference names.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from pydantic import Field
+
+from mailpipe.db import Database
+from mailpipe.delivery import drain_queue
+from mailpipe.retries import retry_on_transient
+
+
+@task(retries=2, retry_delay_seconds=[5, 20], retry_condition_fn=retry_on_transient)
+async def drain(batch_size: int, concurrency: int, time_budget_seconds: float,
+                max_events: int | None) -> dict[str, Any]:
+    """Drain due events; returns the counts (sent, retried, failed, deferred, suppressed)."""
+    async with Database(max_size=concurrency + 2) as db:
+        result = await drain_queue(db, batch_size=batch_size, concurrency=concurrency,
+                                   time_budget=time_budget_seconds, max_events=max_events)
+    return result.summary()
+
+
+@flow(name="process_email_queue", log_prints=False)
+async def process_email_queue(
+    batch_size: Annotated[int, Field(ge=1, le=5000, description="Events claimed per batch.")]
+    = 200,
+    concurrency: Annotated[int, Field(ge=1, le=32, description="Drainers in this run, each "
+                                      "claiming its own batches.")] = 2,
+    time_budget_seconds: Annotated[float, Field(gt=0, le=3600, description="Stop claiming "
+                                                "after this long, so every-minute runs do "
+                                                "not pile up.")] = 50.0,
+    max_events: Annotated[int | None, Field(ge=1, description="Stop after this many "
+                                            "events (default: no limit).")] = None,
+) -> dict[str, Any]:
+    """Deliver due emails; returns the run's counts."""
+    logger = get_run_logger()
+    summary = await drain(batch_size, concurrency, time_budget_seconds, max_events)
+    logger.info(
+        "sent %(sent)d, retried %(retried)d, failed %(failed)d, deferred %(deferred)d, "
+        "suppressed %(suppressed)d, rescued %(rescued)d in %(elapsed_seconds).1fs "
+        "(%(rate_per_second).0f/s, stopped by %(stopped_by)s)", summary)
+    await acreate_table_artifact(
+        key="process-email-queue-summary",
+        table=[{"outcome": k, "events": summary[k]}
+               for k in ("sent", "retried", "failed", "deferred", "suppressed", "rescued")],
+        description="Outcomes of this process_email_queue run.",
+    )
+    providers = "\n".join(f"| {name} | {n} |" for name, n in summary["by_provider"].items())
+    await acreate_markdown_artifact(
+        key="process-email-queue-report",
+        markdown=(
+            f"## process_email_queue\n\n**{summary['sent']} sent** in "
+            f"{summary['elapsed_seconds']:.1f} s ({summary['rate_per_second']:.0f}/s), "
+            f"{summary['retried']} retried, {summary['failed']} failed, "
+            f"{summary['deferred']} deferred, {summary['suppressed']} suppressed; "
+            f"{summary['rescued']} rescued from expired leases. "
+            f"Stopped by: {summary['stopped_by']}.\n\n"
+            f"| provider | sent |\n|---|---|\n{providers}\n"
+        ),
+        description="process_email_queue summary",
+    )
+    return summary

@@ -1,0 +1,140 @@
+"""Email templates: Jinja2 in a sandbox, strict about undefined variables, HTML autoescaped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
+
+from mailpipe.db import Database, Row
+from mailpipe.errors import PermanentError
+from mailpipe.queries import query
+
+
+class TemplateProblem(PermanentError):
+    """A template cannot be found or rendered; the event fails with this message."""
+
+
+# Subjects and text bodies are not HTML: escaping them would show "&amp;" to the reader.
+_TEXT_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
+                                 keep_trailing_newline=True)
+_HTML_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True,
+                                 keep_trailing_newline=True)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered template: what goes into the message."""
+
+    subject: str
+    text: str
+    html: str | None
+    from_address: str | None
+
+
+class CompiledTemplate:
+    """One template version, compiled once and rendered many times."""
+
+    def __init__(self, key: str, version: int, subject: str, text_body: str,
+                 html_body: str | None, from_address: str | None) -> None:
+        self.key = key
+        self.version = version
+        self.from_address = from_address
+        try:
+            self._subject = _TEXT_ENV.from_string(subject)
+            self._text = _TEXT_ENV.from_string(text_body)
+            self._html = _HTML_ENV.from_string(html_body) if html_body else None
+        except TemplateSyntaxError as exc:
+            raise TemplateProblem(
+                f"template {key!r} v{version} has a syntax error on line {exc.lineno}: "
+                f"{exc.message}"
+            ) from None
+
+    @classmethod
+    def from_row(cls, row: Row) -> CompiledTemplate:
+        """Compile a row of ``email_templates``."""
+        return cls(row["template_key"], row["version"], row["subject"], row["text_body"],
+                   row["html_body"], row["from_address"])
+
+    def render(self, variables: Any) -> Rendered:
+        """Render with the event's payload; raises :class:`TemplateProblem` with the reason."""
+        if not isinstance(variables, dict):
+            raise TemplateProblem(
+                f"template {self.key!r}: payload must be a JSON object, "
+                f"not {type(variables).__name__}"
+            )
+        try:
+            subject = self._subject.render(variables)
+            text = self._text.render(variables)
+            html = self._html.render(variables) if self._html else None
+        except UndefinedError as exc:
+            raise TemplateProblem(f"template {self.key!r}: {exc.message}") from None
+        except SecurityError as exc:
+            raise TemplateProblem(f"template {self.key!r}: unsafe operation refused ({exc})") \
+                from None
+        except TemplateError as exc:
+            raise TemplateProblem(f"template {self.key!r}: render error: {exc}") from None
+        except Exception as exc:  # user data can make filters raise anything
+            raise TemplateProblem(
+                f"template {self.key!r}: render error: {type(exc).__name__}: {exc}"
+            ) from None
+        # A subject is one line: newlines from variables would be header injection.
+        return Rendered(subject.strip(), text, html, self.from_address)
+
+
+class TemplateCache:
+    """Active templates by key, loaded in one query per batch for keys not yet seen."""
+
+    def __init__(self) -> None:
+        self._templates: dict[str, CompiledTemplate | TemplateProblem] = {}
+
+    async def load(self, db: Database, keys: set[str]) -> None:
+        """Fetch and compile the active version of every key not cached yet."""
+        missing = sorted(k for k in keys if k not in self._templates)
+        if not missing:
+            return
+        rows = await db.fetch_all(query("active_templates"), (missing,))
+        found = {r["template_key"]: r for r in rows}
+        for key in missing:
+            if key not in found:
+                self._templates[key] = TemplateProblem(
+                    f"unknown template {key!r}: no active version in email_templates "
+                    f"(add it with `mailpipe template add {key} ...`)")
+                continue
+            try:
+                self._templates[key] = CompiledTemplate.from_row(found[key])
+            except TemplateProblem as exc:
+                self._templates[key] = exc
+
+    def get(self, key: str) -> CompiledTemplate:
+        """The compiled template, or raise the reason it is unusable."""
+        entry = self._templates.get(key)
+        if entry is None:
+            raise TemplateProblem(f"unknown template {key!r}")
+        if isinstance(entry, TemplateProblem):
+            raise entry
+        return entry
+
+
+async def save_template(db: Database, key: str, *, subject: str, text_body: str,
+                        html_body: str | None = None, from_address: str | None = None) -> int:
+    """Add a template, or a new version of it (the previous one is kept, inactive).
+
+    The template is compiled first, so a syntax error is refused before anything is stored.
+    Returns the new version number.
+    """
+    if not key.strip():
+        raise TemplateProblem("a template key cannot be empty")
+    CompiledTemplate(key, 0, subject, text_body, html_body, from_address)
+    params = {"template_key": key, "subject": subject, "text_body": text_body,
+              "html_body": html_body, "from_address": from_address}
+    async with db.transaction() as tx:
+        # Serialise concurrent updates of one key so version numbers stay unique.
+        await tx.execute("SELECT pg_advisory_xact_lock(hashtext('email_templates:' || %s))",
+                         (key,))
+        await tx.execute(query("retire_template_versions"), params)
+        row = await tx.fetch_one(query("insert_template_version"), params)
+    assert row is not None
+    return int(row["version"])

@@ -1,0 +1,105 @@
+-- enqueue_event --
+-- Insert one event; with an idempotency key a repeat returns nothing (see find_by_idempotency_key)
+INSERT INTO communication_events (event_type, recipient_email, template_key, priority,
+                                  scheduled_at, payload, idempotency_key)
+VALUES (%(event_type)s, %(recipient_email)s, %(template_key)s, %(priority)s,
+        coalesce(%(scheduled_at)s, now()), %(payload)s, %(idempotency_key)s)
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id, message_id, status, last_error;
+
+-- find_by_idempotency_key --
+-- The event an idempotency key already created
+SELECT id, message_id, status, last_error FROM communication_events
+ WHERE idempotency_key = %s;
+
+-- rescue_expired_leases --
+-- Put rows whose worker died (lease expired) back in the queue; they may have been sent
+UPDATE communication_events
+   SET status = 'queued', lease_expires_at = NULL, locked_by = NULL, may_be_duplicate = true,
+       last_error = 'lease expired while processing (worker stopped?); requeued',
+       updated_at = now()
+ WHERE status = 'processing' AND lease_expires_at < now()
+RETURNING id;
+
+-- claim_due_events --
+-- Claim up to N due events in priority order under a lease; concurrent workers skip each other's rows
+WITH due AS (
+    SELECT id FROM communication_events
+     WHERE status = 'queued' AND scheduled_at <= now()
+     ORDER BY priority, scheduled_at, id
+     LIMIT %(batch_size)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE communication_events e
+   SET status = 'processing',
+       lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+       locked_by = %(worker)s,
+       last_attempt_at = now(),
+       updated_at = now()
+  FROM due
+ WHERE e.id = due.id
+RETURNING e.id, e.event_type, e.recipient_email, e.template_key, e.priority, e.scheduled_at,
+          e.payload, e.message_id, e.retry_count, e.may_be_duplicate;
+
+-- finish_events --
+-- Record the outcome of a batch in one statement; rows whose lease we lost are left alone
+UPDATE communication_events e
+   SET status = o.status,
+       scheduled_at = coalesce(o.scheduled_at, e.scheduled_at),
+       retry_count = e.retry_count + o.retried,
+       last_error = o.last_error,
+       error_class = o.error_class,
+       provider_name = coalesce(o.provider_name, e.provider_name),
+       sent_at = o.sent_at,
+       may_be_duplicate = e.may_be_duplicate OR o.may_be_duplicate,
+       lease_expires_at = NULL,
+       locked_by = NULL,
+       updated_at = now()
+  FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(scheduled_at)s::timestamptz[],
+              %(retried)s::int[], %(last_errors)s::text[], %(error_classes)s::text[],
+              %(providers)s::text[], %(sent_at)s::timestamptz[], %(duplicates)s::boolean[])
+       AS o(id, status, scheduled_at, retried, last_error, error_class, provider_name, sent_at,
+            may_be_duplicate)
+ WHERE e.id = o.id AND e.status = 'processing' AND e.locked_by = %(worker)s
+RETURNING e.id;
+
+-- insert_confirmations --
+-- One confirmation per accepted message (message_id is unique: a repeat is ignored)
+INSERT INTO smtp_delivery_confirmations (communication_event_id, provider_name, message_id,
+                                         recipient_email, status, smtp_code, smtp_response,
+                                         may_be_duplicate, created_at)
+SELECT * FROM unnest(%(ids)s::bigint[], %(providers)s::text[], %(message_ids)s::text[],
+                     %(recipients)s::text[], %(statuses)s::text[], %(codes)s::int[],
+                     %(responses)s::text[], %(duplicates)s::boolean[], %(at)s::timestamptz[])
+ON CONFLICT (message_id) DO NOTHING;
+
+-- insert_attempts --
+-- Unsuccessful attempts of a batch (retry, failed, bounced, deferred, suppressed, failover)
+INSERT INTO delivery_attempts (communication_event_id, provider_name, outcome, smtp_code, error,
+                               attempted_at)
+SELECT * FROM unnest(%(ids)s::bigint[], %(providers)s::text[], %(outcomes)s::text[],
+                     %(codes)s::int[], %(errors)s::text[], %(at)s::timestamptz[]);
+
+-- active_suppressions --
+-- Which of these addresses or domains are suppressed now, and why
+SELECT address, kind, reason FROM email_suppressions
+ WHERE address = ANY(%s) AND (expires_at IS NULL OR expires_at > now());
+
+-- add_suppressions --
+-- Suppress addresses (hard bounces, complaints, manual); an existing entry is kept
+INSERT INTO email_suppressions (address, kind, reason, source, expires_at)
+SELECT * FROM unnest(%(addresses)s::text[], %(kinds)s::text[], %(reasons)s::text[],
+                     %(sources)s::text[], %(expires_at)s::timestamptz[])
+ON CONFLICT (address) DO NOTHING;
+
+-- reserve_send_quota --
+-- Atomically take up to N sends from a provider's or domain's windows; returns how many were granted
+SELECT reserve_send_quota(%(scope)s, %(key)s, %(windows)s::text[], %(limits)s::int[],
+                          %(wanted)s) AS granted;
+
+-- count_deferrals --
+-- Count events deferred by a limit in the current window's counter row
+INSERT INTO rate_limit_counters (scope, key, window_size, window_start, count, deferred)
+VALUES (%(scope)s, %(key)s, %(window)s, date_trunc(%(window)s, now()), 0, %(deferred)s)
+ON CONFLICT (scope, key, window_size, window_start)
+DO UPDATE SET deferred = rate_limit_counters.deferred + EXCLUDED.deferred, updated_at = now();

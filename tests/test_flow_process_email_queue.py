@@ -1,0 +1,64 @@
+"""The process_email_queue Prefect flow and ``mailpipe demo``, on a real Prefect API."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from mailpipe.cli import app
+from mailpipe.db import Database
+from mailpipe.testing.smtpd import SMTPTestServer
+from tests.factories import add_provider, add_template, insert_events, statuses
+
+
+@pytest.fixture
+async def seeded(db: Database, smtpd: SMTPTestServer, env_database: str) -> Database:
+    await add_provider(db, "primary", smtpd)
+    await add_template(db)
+    await insert_events(db, 40)
+    return db
+
+
+async def test_flow_drains_and_publishes_artifacts(prefect_harness, seeded: Database,
+                                                   smtpd: SMTPTestServer) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.process_email_queue import process_email_queue
+
+    state = await process_email_queue(batch_size=15, concurrency=2, return_state=True)
+    assert state.is_completed()
+    summary = await state.aresult()
+    assert summary["sent"] == 40 and summary["batches"] >= 3
+    assert len(smtpd.accepted) == 40 and await statuses(seeded) == {"sent": 40}
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    by_key = {a.key: a for a in artifacts}
+    assert {"process-email-queue-summary", "process-email-queue-report"} <= set(by_key)
+    assert "**40 sent**" in by_key["process-email-queue-report"].data
+
+
+async def test_flow_rejects_bad_parameters(prefect_harness, env_database: str) -> None:
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.process_email_queue import process_email_queue
+
+    with pytest.raises(ParameterTypeError):
+        await process_email_queue(batch_size=0)
+
+
+def test_demo_runs_the_pipeline_end_to_end(prefect_harness, env_database: str, tmp_path,
+                                           monkeypatch) -> None:
+    from mailpipe.config import get_settings
+
+    monkeypatch.setenv("MAILPIPE_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["demo", "--events", "60"])
+    assert result.exit_code == 0, result.output
+    captured = list((tmp_path / "maildir" / "new").iterdir())
+    assert f"{len(captured)} emails captured" in result.output
+    # Of 60 sample events: 2 invalid addresses (i = 7, 57), 1 scheduled later (13),
+    # 1 suppressed recipient (21), 1 missing template variable (42).
+    assert len(captured) == 55
+    assert b"Message-ID: <" in captured[0].read_bytes()
