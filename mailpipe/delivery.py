@@ -647,8 +647,8 @@ class Preview:
 
 async def preview_message(db: Database, template_key: str | None = None, data: Any = None, *,
                           recipient: str | None = None, event_id: int | None = None,
-                          provider_name: str | None = None, version: int | None = None,
-                          settings: Settings | None = None) -> Preview:
+                          provider_name: str | None = None,
+                          version: int | None = None) -> Preview:
     """Render and build a message exactly as the flow would, without sending or writing.
 
     Same template lookup and sandboxed render, same recipient validation, same provider
@@ -660,8 +660,8 @@ async def preview_message(db: Database, template_key: str | None = None, data: A
     from mailpipe.providers import UnknownProvider
     from mailpipe.templates import CompiledTemplate, UnknownTemplate
 
-    settings = settings or get_settings()
-    message_id = f"<preview@{settings.message_id_domain}>"
+    domain = await db.fetch_value(query("admin_message_id_domain"))
+    message_id = f"<preview@{domain}>"
     header_id = "preview"
     if event_id is not None:
         event = await db.fetch_one(query("admin_preview_event"), (event_id,))
@@ -699,3 +699,45 @@ async def preview_message(db: Database, template_key: str | None = None, data: A
                                   provider=chosen)
     return Preview(template_key, template.version, chosen.name if chosen else None, to.address,
                    message_id, header_id, rendered, message)
+
+
+def _drain_process(url: str, batch_size: int, concurrency: int, time_budget: float,
+                   max_events: int | None) -> dict[str, Any]:
+    """Entry point of one drainer process: its own event loop and connection pool."""
+
+    async def go() -> DrainResult:
+        async with Database(url, min_size=1, max_size=concurrency + 2) as db:
+            return await drain_queue(db, batch_size=batch_size, concurrency=concurrency,
+                                     time_budget=time_budget, max_events=max_events)
+
+    result = asyncio.run(go())
+    return {"counts": dict(result.counts), "batches": result.batches, "rescued": result.rescued,
+            "elapsed": result.elapsed_seconds, "stopped_by": result.stopped_by,
+            "by_provider": dict(result.by_provider), "worker": result.worker}
+
+
+def drain_in_processes(url: str, *, processes: int, batch_size: int = 200,
+                       concurrency: int = 1, time_budget: float = 50.0,
+                       max_events: int | None = None) -> DrainResult:
+    """Drain with ``processes`` OS processes, to use every core (one Python process tops out
+    at one core of SMTP and MIME work). The queue's SKIP LOCKED claims keep them apart."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if processes < 1:
+        raise MailpipeError("processes must be >= 1")
+    share = None if max_events is None else -(-max_events // processes)
+    context = multiprocessing.get_context("spawn")  # no inherited sockets, locks or loops
+    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+        futures = [pool.submit(_drain_process, url, batch_size, concurrency, time_budget, share)
+                   for _ in range(processes)]
+        parts = [f.result() for f in futures]
+    total = DrainResult(worker=",".join(p["worker"] for p in parts))
+    for part in parts:
+        total.counts.update(part["counts"])
+        total.batches += part["batches"]
+        total.rescued += part["rescued"]
+        total.by_provider.update(part["by_provider"])
+        total.elapsed_seconds = max(total.elapsed_seconds, part["elapsed"])
+    total.stopped_by = parts[0]["stopped_by"]
+    return total

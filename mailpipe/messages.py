@@ -1,22 +1,22 @@
 """Building the bytes of one email: validated addresses, no header injection, UTF-8 throughout.
 
-Uses the compat32 ``email.mime`` classes: here they build and serialise a multipart message in
-~0.28 ms against ~1.1 ms for ``EmailMessage`` with ``policy.default``, and this runs once per
-email on the hot path. The output is standard: RFC 2047 encoded UTF-8 subjects and names,
-``multipart/alternative`` with text first and HTML second. Recipients whose mailbox name itself
-is non-ASCII need SMTPUTF8 and go through the (slower) modern API, which encodes them right.
+This runs once per email on the hot path, so the common case (an ASCII mailbox) is serialised
+directly: ~0.1 ms against ~0.7 ms for the compat32 ``email.mime`` classes and ~1.1 ms for
+``EmailMessage`` with ``policy.default`` measured here. The output is standard: RFC 2047
+encoded UTF-8 subjects and names, ``multipart/alternative`` with text first and HTML second.
+Recipients whose mailbox name itself is non-ASCII need SMTPUTF8 and go through the (slower)
+modern API, which encodes them right.
 """
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import re
+import time
 from dataclasses import dataclass
-from email.charset import QP, Charset
 from email.header import Header
 from email.message import EmailMessage
-from email.mime.multipart import MIMEMultipart
-from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import SMTPUTF8
 from email.utils import formataddr, formatdate, parseaddr
 from functools import lru_cache
@@ -29,8 +29,6 @@ from mailpipe.errors import PermanentError
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MESSAGE_ID = re.compile(r"^<[^<>\s@]+@[^<>\s@]+>$")
 
-_UTF8_QP = Charset("utf-8")
-_UTF8_QP.body_encoding = QP  # readable in raw form, safe for long lines
 
 
 class InvalidMessage(PermanentError):
@@ -72,13 +70,35 @@ def check_header(name: str, value: str) -> str:
     return value
 
 
-def _mime_text(body: str, subtype: str) -> MIMENonMultipart:
-    part = MIMENonMultipart("text", subtype)
-    if body.isascii():
-        part.set_payload(body, "us-ascii")
-    else:
-        part.set_payload(body, _UTF8_QP)
-    return part
+def _fold(name: str, value: str) -> str:
+    """One header line; folded the compat32 way only when longer than 78 characters."""
+    if len(name) + len(value) + 2 <= 78:
+        return f"{name}: {value}\n"
+    return f"{name}: {Header(value, header_name=name).encode(linesep=chr(10))}\n"
+
+
+def _text_part(body: str, subtype: str) -> str:
+    """Headers and body of one text part: 7bit for short-lined ASCII, else quoted-printable."""
+    body = body.replace("\r\n", "\n").replace("\r", "\n")  # SMTP sends CRLF for every "\n"
+    if body.isascii() and all(len(line) <= 998 for line in body.split("\n")):
+        return (f'Content-Type: text/{subtype}; charset="us-ascii"\nMIME-Version: 1.0\n'
+                f"Content-Transfer-Encoding: 7bit\n\n{body}")
+    # binascii's C quoted-printable encoder: 76-column soft breaks, "=" always escaped.
+    encoded = binascii.b2a_qp(body.encode("utf-8"), istext=True).decode("ascii")
+    return (f'Content-Type: text/{subtype}; charset="utf-8"\nMIME-Version: 1.0\n'
+            f"Content-Transfer-Encoding: quoted-printable\n\n{encoded}")
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _date_header() -> str:
+    # formatdate is measurable per message; the header only changes once a second.
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True))
+    return _date_cache[1]
 
 
 def build_message(*, sender: str, recipient: Recipient, subject: str, text: str,
@@ -94,23 +114,29 @@ def build_message(*, sender: str, recipient: Recipient, subject: str, text: str,
     if recipient.smtputf8:
         return _build_smtputf8(sender, recipient, subject, text, html, message_id, headers)
 
-    msg: MIMENonMultipart | MIMEMultipart
-    if html is None:
-        msg = _mime_text(text, "plain")
-    else:
-        msg = MIMEMultipart("alternative")
-        msg.set_boundary(mime_boundary(message_id, text, html))
-        msg.attach(_mime_text(text, "plain"))
-        msg.attach(_mime_text(html, "html"))
+    # Serialised by hand: the email package's generator spends ~0.5 ms per message folding
+    # headers that need no folding. Values are validated above (no CR/LF/controls), non-ASCII
+    # display names and subjects are RFC 2047 encoded, bodies 7bit or quoted-printable.
     name, address = parseaddr(sender)
-    msg["From"] = formataddr((name, address), charset="utf-8") if name else address
-    msg["To"] = recipient.address
-    msg["Subject"] = subject if subject.isascii() else Header(subject, "utf-8")
-    msg["Date"] = formatdate(usegmt=True)
-    msg["Message-ID"] = message_id
-    for header, value in (headers or {}).items():
-        msg[header] = value
-    return msg.as_bytes()
+    head = [_fold("From", formataddr((name, address), charset="utf-8") if name else address),
+            _fold("To", recipient.address)]
+    if subject.isascii():
+        head.append(_fold("Subject", subject))
+    else:
+        head.append(f"Subject: {Header(subject, 'utf-8').encode(linesep=chr(10))}\n")
+    head.append(f"Date: {_date_header()}\n")
+    head.append(_fold("Message-ID", message_id))
+    head.extend(_fold(header, value) for header, value in (headers or {}).items())
+    if html is None:
+        content_headers, _, body = _text_part(text, "plain").partition("\n\n")
+        out = content_headers + "\n" + "".join(head) + "\n" + body
+    else:
+        boundary = mime_boundary(message_id, text, html)
+        out = (f'Content-Type: multipart/alternative;\n boundary="{boundary}"\n'
+               "MIME-Version: 1.0\n" + "".join(head) + "\n"
+               f"--{boundary}\n{_text_part(text, 'plain')}\n"
+               f"--{boundary}\n{_text_part(html, 'html')}\n--{boundary}--\n")
+    return out.encode("ascii")
 
 
 def _build_smtputf8(sender: str, recipient: Recipient, subject: str, text: str,

@@ -144,7 +144,7 @@ async def record_provider_success(db: Database, provider_name: str) -> None:
     await db.execute(query("record_provider_success"), {"provider_name": provider_name})
 
 
-# ---------------------------------------------------------------- administration (mailpipe provider)
+# -------------------------------------------------------------- administration (mailpipe provider)
 
 SETTINGS_FIELDS = ("host", "port", "tls_mode", "username", "credentials", "from_address",
                    "priority", "timeout_seconds", "max_connections", "per_minute_limit",

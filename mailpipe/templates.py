@@ -138,3 +138,80 @@ async def save_template(db: Database, key: str, *, subject: str, text_body: str,
         row = await tx.fetch_one(query("insert_template_version"), params)
     assert row is not None
     return int(row["version"])
+
+
+# -------------------------------------------------------------- administration (mailpipe template)
+
+
+class UnknownTemplate(TemplateProblem):
+    """No template (or no such version) has this key."""
+
+
+async def list_templates(db: Database, *, include_removed: bool = False) -> list[Row]:
+    """One row per template key: its active version, how many versions exist, its subject."""
+    return await db.fetch_all(query("admin_list_templates"), (include_removed,))
+
+
+async def get_template(db: Database, key: str, version: int | None = None) -> Row:
+    """The active version of ``key`` (or the given ``version``, active or not)."""
+    if version is None:
+        row = await db.fetch_one(query("admin_active_template"), (key,))
+    else:
+        row = await db.fetch_one(query("admin_template_version"), (key, version))
+    if row is None:
+        which = f"no version {version} of template {key!r}" if version is not None else \
+            f"no active template {key!r}"
+        raise UnknownTemplate(f"{which}: see `mailpipe template list`")
+    return row
+
+
+async def template_versions(db: Database, key: str) -> list[Row]:
+    """Every version of ``key``, newest first (the previous ones are kept by updates)."""
+    return await db.fetch_all(query("admin_template_versions"), (key,))
+
+
+async def add_template(db: Database, key: str, *, subject: str, text_body: str,
+                       html_body: str | None = None, from_address: str | None = None) -> int:
+    """Add a new template key; refused when the key is in use (use :func:`update_template`)."""
+    if await db.fetch_one(query("admin_active_template"), (key,)) is not None:
+        raise TemplateProblem(f"template {key!r} exists: change it with "
+                              f"`mailpipe template update {key} ...`")
+    return await save_template(db, key, subject=subject, text_body=text_body,
+                               html_body=html_body, from_address=from_address)
+
+
+_KEEP: Any = object()  # "leave this field as it is" for update_template
+
+
+async def update_template(db: Database, key: str, *, subject: str | None = None,
+                          text_body: str | None = None, html_body: str | None = _KEEP,
+                          from_address: str | None = _KEEP) -> int:
+    """Save a new version of ``key`` with the given fields changed (``html_body=None`` or
+    ``from_address=None`` removes them); the previous version is kept, inactive. Returns the
+    new version number."""
+    current = await get_template(db, key)
+    return await save_template(
+        db, key,
+        subject=current["subject"] if subject is None else subject,
+        text_body=current["text_body"] if text_body is None else text_body,
+        html_body=current["html_body"] if html_body is _KEEP else html_body,
+        from_address=current["from_address"] if from_address is _KEEP else from_address)
+
+
+async def remove_template(db: Database, key: str, *, force: bool = False) -> int:
+    """Deactivate every version of ``key`` (kept for history; ``add`` can bring it back).
+
+    Refused while queued events use the template, since they would then fail as "unknown
+    template", unless ``force``. Returns how many queued events use it.
+    """
+    waiting = await db.fetch_value(query("admin_events_using_template"), (key,))
+    if waiting and not force:
+        raise TemplateProblem(
+            f"{waiting} queued event(s) use template {key!r} and would fail: cancel them "
+            f"(`mailpipe queue cancel --template {key}`) or pass --force")
+    async with db.transaction() as tx:
+        await tx.execute("SELECT pg_advisory_xact_lock(hashtext('email_templates:' || %s))",
+                         (key,))
+        if await tx.execute(query("retire_template_versions"), {"template_key": key}) == 0:
+            raise UnknownTemplate(f"no active template {key!r}: see `mailpipe template list`")
+    return int(waiting or 0)
