@@ -39,6 +39,15 @@ async def test_flow_drains_and_publishes_artifacts(prefect_harness, seeded: Data
     assert "**40 sent**" in by_key["process-email-queue-report"].data
 
 
+async def test_flow_drains_with_several_processes(prefect_harness, seeded: Database,
+                                                 smtpd: SMTPTestServer) -> None:
+    from flows.process_email_queue import process_email_queue
+
+    summary = await process_email_queue(batch_size=5, processes=2)
+    assert summary["sent"] == 40 and len(set(smtpd.accepted_message_ids())) == 40
+    assert len(summary["by_provider"]) == 1 and await statuses(seeded) == {"sent": 40}
+
+
 async def test_flow_rejects_bad_parameters(prefect_harness, env_database: str) -> None:
     from prefect.exceptions import ParameterTypeError
 
