@@ -163,8 +163,12 @@ class ProviderSender:
                 job = pending.popleft()
                 try:
                     data = build(job, self.provider)
-                except InvalidMessage as exc:
-                    results.append((job, Failure("smtp_error", str(exc), transient=False,
+                    envelope_sender = self.envelope_sender(job)
+                except Exception as exc:
+                    # Whatever is wrong with one message fails that message, not the batch.
+                    reason = str(exc) if isinstance(exc, InvalidMessage) \
+                        else f"cannot build the message: {type(exc).__name__}: {exc}"
+                    results.append((job, Failure("smtp_error", reason, transient=False,
                                                  stage="build")))
                     continue
                 for attempt in (1, 2):
@@ -179,7 +183,7 @@ class ProviderSender:
                     try:
                         assert job.recipient is not None and job.rendered is not None
                         code, reply = await send_message(
-                            client, self.envelope_sender(job), job.recipient.address, data,
+                            client, envelope_sender, job.recipient.address, data,
                             smtputf8=job.recipient.smtputf8)
                     except SMTPFailure as exc:
                         failure = exc.failure

@@ -508,3 +508,15 @@ async def test_time_budget_stops_between_batches(ready: Database) -> None:
     result = await Drainer(ready).drain(batch_size=10, max_events=20)
     assert result.stopped_by == "max_events" and result.counts["sent"] == 20
     assert await statuses(ready) == {"sent": 20, "queued": 10}
+
+
+async def test_bad_from_address_fails_that_event_only(ready: Database,
+                                                      smtpd: SMTPTestServer) -> None:
+    await add_template(ready, "badfrom", from_address="Shop <no-at-sign>")
+    bad = await insert_events(ready, 1, template="badfrom", prefix="bad")
+    await insert_events(ready, 2)
+    result = await drain_queue(ready)
+    assert result.counts["sent"] == 2 and result.counts["failed"] == 1
+    row = next(r for r in await events(ready) if r["id"] == bad[0])
+    assert (row["status"], row["error_class"]) == ("failed", "invalid")
+    assert "invalid from address" in row["last_error"]
