@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,16 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DATABASE_URL", "MAILPIPE_DATABASE_URL"),
         description="Postgres URL (any Postgres: Supabase, RDS, local). "
         "Unset: an embedded Postgres is started in data_dir.",
+    )
+    database_url_block: str | None = Field(
+        default=None,
+        description="Prefect Secret block holding the Postgres URL, read when DATABASE_URL is "
+        "unset (deployed runs; `mailpipe setup prefect` creates it). Empty: unset.",
+    )
+    project_dir: Path | None = Field(
+        default=None,
+        description="The mailpipe checkout deployed runs execute in (flows/, prefect.yaml). "
+        "Unset: where the installed flows package lives.",
     )
     data_dir: Path = Field(
         default=Path(".mailpipe"),
@@ -93,6 +103,25 @@ class Settings(BaseSettings):
         default=None, description="Optional: POST each opened/resolved alert as JSON here."
     )
     timezone: str = Field(default="UTC", description="Timezone of schedules and daily snapshots.")
+
+    @field_validator("timezone", mode="before")
+    @classmethod
+    def _empty_timezone_is_utc(cls, value: object) -> object:
+        # Deployed runs get MAILPIPE_TIMEZONE from a Prefect variable, empty when it is unset.
+        return value or "UTC"
+
+    # Data quality (Great Expectations suites in expectations/); see README "Data quality"
+    quality_results_dir: Path | None = Field(
+        default=None,
+        description="Validation results and Data Docs; unset: <data_dir>/quality.",
+    )
+    quality_policies: dict[str, str] = Field(
+        default_factory=dict,
+        description='Override suite policies (fail or warn), e.g. {"rate_limit_counters": "fail"}.',
+    )
+    quality_keep_runs: int = Field(
+        default=50, ge=1, description="Validation results (and Data Docs pages) kept per suite."
+    )
 
     @property
     def pgdata(self) -> Path:

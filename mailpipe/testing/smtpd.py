@@ -57,6 +57,7 @@ class Received:
     message_id: str | None
     accepted: bool
     received_at: dt.datetime
+    reply: str | None = None  # what the server answered DATA ("drop_after": nothing)
 
 
 class _Handler:
@@ -87,6 +88,7 @@ class _Handler:
         behaviour = self.server.behaviour
         fault = self.server.next_fault()
         if behaviour.drop_before_data or fault == "drop_before":
+            self.server.dropped_before_data += 1
             server.transport.abort()
             return "250 OK"
         # Faults are drawn per message and kept on the session: connections run concurrently.
@@ -116,6 +118,7 @@ class _Handler:
             message_id=headers.get("Message-ID"),
             accepted=accepted and not drop,
             received_at=dt.datetime.now(dt.UTC),
+            reply="drop_after" if drop else (reply or "250 2.0.0 OK queued"),
         ))
         if drop:
             self.server.dropped_after_data += 1
@@ -135,6 +138,7 @@ class SMTPTestServer:
         self.messages: list[Received] = []
         self.connections = 0
         self.dropped_after_data = 0
+        self.dropped_before_data = 0
         self.tls = tls
         self.certificate = certificate
         self._lock = threading.Lock()

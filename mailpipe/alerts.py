@@ -1,0 +1,409 @@
+"""Alert rules over production metrics, and the alert lifecycle: opened, firing, resolved.
+
+Each rule judges one scope (``all`` or a provider) as ``firing`` (with a severity), ``ok`` or
+``no_data`` (too little traffic to judge: the alert keeps its state). The ``alerts`` table holds at
+most one firing alert per (rule, scope): a condition that stays true refreshes its alert
+(``last_seen_at``, ``occurrences``) instead of opening a new one, a condition that clears
+resolves it, and only openings, escalations (warning -> critical) and resolutions are announced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import json
+import logging
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from mailpipe.config import Settings, get_settings
+from mailpipe.db import Database, Jsonb
+from mailpipe.metrics import ALL, ProductionMetrics, WindowMetrics, parse_window, parse_windows
+from mailpipe.queries import query
+
+logger = logging.getLogger(__name__)
+
+RULES = ("bounce_rate", "complaint_rate", "failure_rate", "queue_lag", "all_providers_down",
+         "rate_limit_violations")  # mirrors the CHECK on alerts.rule
+SEVERITY_RANK = {"warning": 1, "critical": 2}
+STATES = ("firing", "ok", "no_data")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One rule's verdict on one scope."""
+
+    rule: str
+    scope: str
+    state: str                     # firing, ok or no_data
+    severity: str | None = None    # when firing: warning or critical
+    value: float | None = None
+    threshold: float | None = None
+    message: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One row of the ``alerts`` table."""
+
+    id: int
+    rule: str
+    scope: str
+    severity: str
+    status: str
+    value: float | None
+    threshold: float | None
+    message: str
+    details: dict[str, Any]
+    opened_at: dt.datetime
+    last_seen_at: dt.datetime
+    resolved_at: dt.datetime | None
+    occurrences: int
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Alert:
+        """Build from a row of the alerts queries."""
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (datetimes as ISO 8601 strings)."""
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in data.items()}
+
+
+@dataclass(frozen=True)
+class AlertTransition:
+    """An alert that was opened, escalated or resolved by one evaluation run."""
+
+    kind: str  # opened, escalated, resolved
+    alert: Alert
+
+    @property
+    def event_name(self) -> str:
+        """The Prefect event name: ``mailpipe.alert.opened`` and so on."""
+        return f"mailpipe.alert.{self.kind}"
+
+    def text(self) -> str:
+        """One line for logs and chat webhooks."""
+        a = self.alert
+        return f"[{a.severity.upper()}] {self.kind}: {a.rule} ({a.scope}): {a.message}"
+
+
+@dataclass(frozen=True)
+class AlertPlan:
+    """What one evaluation run changes in the alerts table (see :func:`plan_alerts`)."""
+
+    to_open: list[Evaluation]
+    to_refresh: list[tuple[int, Evaluation]]
+    to_resolve: list[int]
+    escalated: set[int]
+
+
+# ---------------------------------------------------------------------------- rules
+
+def required_windows(settings: Settings | None = None) -> list[str]:
+    """The metric windows: configured ones plus those the rules read, shortest first."""
+    settings = settings or get_settings()
+    return parse_windows(",".join([settings.metrics_windows, settings.alert_reputation_window,
+                                   settings.alert_failure_window,
+                                   settings.alert_rate_limit_window]))
+
+
+def grade(value: float | None, warning: float | None,
+          critical: float | None) -> tuple[str, float] | None:
+    """``(severity, threshold)`` of the highest threshold ``value`` reaches, else None."""
+    if value is None:
+        return None
+    if critical is not None and value >= critical:
+        return "critical", critical
+    if warning is not None and value >= warning:
+        return "warning", warning
+    return None
+
+
+def evaluate_rules(metrics: ProductionMetrics,
+                   settings: Settings | None = None) -> list[Evaluation]:
+    """Every rule's verdict on every scope it covers, from one metrics run."""
+    s = settings or get_settings()
+    reputation, failure = s.alert_reputation_window, s.alert_failure_window
+    evaluations: list[Evaluation] = []
+    evaluations += _rate_rule(
+        metrics, "bounce_rate", reputation, lambda w: w.bounce_rate,
+        lambda w: w.sent + w.bounced, "bounce rate", s.alert_bounce_rate_warning,
+        s.alert_bounce_rate_critical, s.alert_min_volume,
+        lambda w: {"bounced": w.bounced, "sent": w.sent})
+    evaluations += _rate_rule(
+        metrics, "complaint_rate", reputation, lambda w: w.complaint_rate, lambda w: w.sent,
+        "complaint rate", s.alert_complaint_rate_warning, s.alert_complaint_rate_critical,
+        s.alert_min_volume, lambda w: {"complaints": w.complaints, "sent": w.sent})
+    evaluations += _rate_rule(
+        metrics, "failure_rate", failure, lambda w: w.failure_rate, lambda w: w.attempts,
+        "failure rate", s.alert_failure_rate_warning, s.alert_failure_rate_critical,
+        s.alert_min_volume,
+        lambda w: {"attempts": w.attempts, "retries": w.retries, "failed": w.failed,
+                   "bounced": w.bounced, "failovers": w.failovers})
+    evaluations.append(_queue_lag(metrics, s))
+    evaluations.append(_all_providers_down(metrics))
+    rate_limit = _rate_limit(metrics, s)
+    if rate_limit is not None:
+        evaluations.append(rate_limit)
+    return evaluations
+
+
+def _rate_rule(metrics: ProductionMetrics, rule: str, window: str,
+               rate: Callable[[WindowMetrics], float | None],
+               volume: Callable[[WindowMetrics], int], label: str, warning: float | None,
+               critical: float | None, min_volume: int,
+               figures: Callable[[WindowMetrics], dict[str, Any]]) -> list[Evaluation]:
+    results = []
+    for w in metrics.scopes(window):
+        details = {"window": window, "volume": volume(w), **figures(w)}
+        if volume(w) < min_volume:
+            results.append(Evaluation(
+                rule, w.scope, "no_data", message=f"{volume(w)} messages over {window}, "
+                f"fewer than the {min_volume} needed to judge the {label}", details=details))
+            continue
+        value = rate(w)
+        verdict = grade(value, warning, critical)
+        text = f"{label} {_pct(value)} over {window} ({volume(w)} messages)"
+        if verdict is None:
+            results.append(Evaluation(rule, w.scope, "ok", value=value, message=text,
+                                      details=details))
+        else:
+            severity, threshold = verdict
+            results.append(Evaluation(
+                rule, w.scope, "firing", severity, value, threshold,
+                f"{text} >= {severity} threshold {_pct(threshold)}", details))
+    return results
+
+
+def _queue_lag(metrics: ProductionMetrics, s: Settings) -> Evaluation:
+    q = metrics.queue
+    value = q.queue_lag_seconds
+    details = {"due": q.due, "queued": q.queued, "retry_backlog": q.retry_backlog,
+               "stuck": q.stuck, "oldest_due_at": q.oldest_due_at}
+    verdict = grade(value, s.alert_queue_lag_warning_seconds, s.alert_queue_lag_critical_seconds)
+    text = f"oldest due event has waited {value:.0f}s ({q.due} due, {q.stuck} stuck)"
+    if verdict is None:
+        return Evaluation("queue_lag", ALL, "ok", value=value, message=text, details=details)
+    severity, threshold = verdict
+    return Evaluation("queue_lag", ALL, "firing", severity, value, threshold,
+                      f"{text} >= {severity} threshold {threshold:.0f}s", details)
+
+
+def _all_providers_down(metrics: ProductionMetrics) -> Evaluation:
+    configured = [p for p in metrics.providers if p.status != "disabled"]
+    up = metrics.providers_up
+    details = {"providers": [
+        {"name": p.name, "status": p.status, "last_result": p.last_result,
+         "suspended_until": p.suspended_until} for p in configured]}
+    if up > 0:
+        return Evaluation("all_providers_down", ALL, "ok", value=up,
+                          message=f"{up} of {len(configured)} providers up", details=details)
+    if not configured:
+        text = "no SMTP provider is configured (or all are disabled): nothing can be sent"
+    else:
+        text = "no SMTP provider is up: " + "; ".join(
+            f"{p.name} {p.status}" + (f", last probe {p.last_result}" if p.last_result else "")
+            for p in configured)
+    return Evaluation("all_providers_down", ALL, "firing", "critical", 0, 1, text, details)
+
+
+def _rate_limit(metrics: ProductionMetrics, s: Settings) -> Evaluation | None:
+    window = s.alert_rate_limit_window
+    total = metrics.window(window)
+    if total is None or total.limit_windows_exceeded is None:
+        return None
+    value = total.limit_windows_exceeded
+    offenders = metrics.rate_limit_windows.get(window, [])
+    details = {"window": window, "deferred_attempts": total.deferred,
+               "limit_windows": offenders[:20]}
+    verdict = grade(value, s.alert_rate_limit_warning, s.alert_rate_limit_critical)
+    text = f"{value} rate-limit windows deferred sends in the last {window}"
+    if offenders:
+        text += ": " + ", ".join(
+            f"{o['scope']} {o['key']} per {o['window']} ({o['deferred']} deferred, "
+            f"limit {o['limit']})" for o in offenders[:5])
+    if verdict is None:
+        return Evaluation("rate_limit_violations", ALL, "ok", value=value, message=text,
+                          details=details)
+    severity, threshold = verdict
+    return Evaluation("rate_limit_violations", ALL, "firing", severity, value, threshold, text,
+                      details)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.3g}%"
+
+
+# ---------------------------------------------------------------------------- lifecycle
+
+def plan_alerts(firing: Sequence[Mapping[str, Any]],
+                evaluations: Sequence[Evaluation]) -> AlertPlan:
+    """Decide what changes: pure, so the lifecycle is unit-tested without a database.
+
+    - firing and no open alert for (rule, scope): open one;
+    - firing and an open alert: refresh it (an escalation if the severity rose);
+    - ok and an open alert: resolve it;
+    - no_data: leave the alert as it is (too little traffic to say it cleared);
+    - an open alert of an evaluated rule whose scope was not evaluated at all (a provider that
+      was removed or disabled): resolve it.
+    """
+    open_by_key = {(a["rule"], a["scope"]): a for a in firing}
+    evaluated_rules = {e.rule for e in evaluations}
+    seen: set[tuple[str, str]] = set()
+    to_open: list[Evaluation] = []
+    to_refresh: list[tuple[int, Evaluation]] = []
+    to_resolve: list[int] = []
+    escalated: set[int] = set()
+    for e in evaluations:
+        key = (e.rule, e.scope)
+        seen.add(key)
+        current = open_by_key.get(key)
+        if e.state == "firing":
+            if current is None:
+                to_open.append(e)
+            else:
+                to_refresh.append((current["id"], e))
+                if SEVERITY_RANK[e.severity or "warning"] > SEVERITY_RANK[current["severity"]]:
+                    escalated.add(current["id"])
+        elif e.state == "ok" and current is not None:
+            to_resolve.append(current["id"])
+    for key, alert in open_by_key.items():
+        if key not in seen and alert["rule"] in evaluated_rules:
+            to_resolve.append(alert["id"])
+    return AlertPlan(to_open, to_refresh, to_resolve, escalated)
+
+
+async def apply_alerts(db: Database, evaluations: Sequence[Evaluation]) -> list[AlertTransition]:
+    """Record one run's verdicts in ``alerts``; returns what was opened, escalated, resolved.
+
+    One transaction under an advisory lock, so two concurrent runs cannot open the same
+    alert twice (the partial unique index would refuse it anyway).
+    """
+    transitions: list[AlertTransition] = []
+    async with db.transaction() as tx:
+        await tx.execute(query("alerts_lock"))
+        plan = plan_alerts(await tx.fetch_all(query("alerts_firing")), evaluations)
+        if plan.to_open:
+            rows = await tx.fetch_all(query("alerts_open"), _columns(plan.to_open))
+            transitions += [AlertTransition("opened", Alert.from_row(r)) for r in rows]
+        if plan.to_refresh:
+            params = _columns([e for _, e in plan.to_refresh])
+            del params["rules"], params["scopes"]
+            params["ids"] = [alert_id for alert_id, _ in plan.to_refresh]
+            for row in await tx.fetch_all(query("alerts_refresh"), params):
+                if row["id"] in plan.escalated:
+                    transitions.append(AlertTransition("escalated", Alert.from_row(row)))
+        if plan.to_resolve:
+            rows = await tx.fetch_all(query("alerts_resolve"), {"ids": plan.to_resolve})
+            transitions += [AlertTransition("resolved", Alert.from_row(r)) for r in rows]
+    return transitions
+
+
+def _columns(evaluations: Sequence[Evaluation]) -> dict[str, list[Any]]:
+    dumps = functools.partial(json.dumps, default=_json_default)
+    return {
+        "rules": [e.rule for e in evaluations],
+        "scopes": [e.scope for e in evaluations],
+        "severities": [e.severity for e in evaluations],
+        # floats throughout: psycopg refuses a list mixing int and float
+        "values": [None if e.value is None else float(e.value) for e in evaluations],
+        "thresholds": [None if e.threshold is None else float(e.threshold) for e in evaluations],
+        "messages": [e.message for e in evaluations],
+        "details": [Jsonb(e.details, dumps=dumps) for e in evaluations],
+    }
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+async def recent_alerts(db: Database, window: dt.timedelta | str = "24h") -> list[Alert]:
+    """Firing alerts and those resolved within ``window``, firing first."""
+    span = parse_window(window) if isinstance(window, str) else window
+    return [Alert.from_row(r) for r in await db.fetch_all(query("alerts_recent"),
+                                                          {"window": span})]
+
+
+# ---------------------------------------------------------------------------- notification
+
+def log_transitions(transitions: Sequence[AlertTransition],
+                    log: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> None:
+    """One log line per transition: warnings for openings and escalations."""
+    log = log or logger
+    for t in transitions:
+        level = logging.INFO if t.kind == "resolved" else logging.WARNING
+        log.log(level, "alert %s", t.text())
+
+
+def emit_alert_events(transitions: Sequence[AlertTransition]) -> int:
+    """Emit each transition as a Prefect event (for Automations); returns how many."""
+    from mailpipe.events import emit
+
+    for t in transitions:
+        a = t.alert
+        emit(t.event_name,
+             resource={"prefect.resource.id": f"mailpipe.alert.{a.rule}.{a.scope}",
+                       "prefect.resource.name": f"{a.rule} ({a.scope})",
+                       "mailpipe.alert.id": str(a.id), "mailpipe.alert.rule": a.rule,
+                       "mailpipe.alert.scope": a.scope, "mailpipe.alert.severity": a.severity},
+             payload={"text": t.text(), "alert": a.as_dict()})
+    return len(transitions)
+
+
+async def post_alert_webhook(transitions: Sequence[AlertTransition], url: str,
+                             *, timeout: float = 10.0) -> int:
+    """POST each transition as JSON to ``url``; returns how many were accepted (2xx).
+
+    The body has ``text`` (so a Slack or Mattermost incoming webhook shows it as is),
+    ``event`` and ``alert``. Failures are logged with the host only: webhook URLs carry
+    tokens.
+    """
+    delivered = 0
+    host = urlsplit(url).hostname or "?"
+    for t in transitions:
+        body = json.dumps({"text": t.text(), "event": t.event_name, "alert": t.alert.as_dict()},
+                          default=_json_default).encode()
+        try:
+            status = await asyncio.to_thread(_post_json, url, body, timeout)
+        except Exception as exc:
+            logger.warning("alert webhook to %s failed: %s", host, type(exc).__name__)
+            continue
+        if 200 <= status < 300:
+            delivered += 1
+        else:
+            logger.warning("alert webhook to %s answered HTTP %s", host, status)
+    return delivered
+
+
+def _post_json(url: str, body: bytes, timeout: float) -> int:
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError("the alert webhook URL must be http(s)")
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # scheme checked above
+        return int(response.status)
+
+
+async def notify(transitions: Sequence[AlertTransition], settings: Settings | None = None,
+                 log: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> int:
+    """Log, emit Prefect events and (when configured) call the webhook for each transition.
+
+    Returns how many webhook calls succeeded (0 without a webhook).
+    """
+    settings = settings or get_settings()
+    log_transitions(transitions, log)
+    if not transitions:
+        return 0
+    emit_alert_events(transitions)
+    if settings.alert_webhook_url is None:
+        return 0
+    return await post_alert_webhook(transitions, settings.alert_webhook_url.get_secret_value())
