@@ -15,6 +15,7 @@ name (an environment variable or a Prefect Secret block).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -24,6 +25,9 @@ from prefect.cache_policies import NO_CACHE
 from mailpipe.db import Database
 from mailpipe.events import emit_provider_changes, table_rows
 from mailpipe.monitoring import HealthReport, check_providers
+from mailpipe.orchestration import skip_if_late
+
+MAX_LATE = timedelta(minutes=5)  # one schedule interval
 
 
 @task(cache_policy=NO_CACHE)
@@ -40,6 +44,10 @@ async def monitor_smtp_health(timeout_seconds: float | None = None) -> dict[str,
     ``timeout_seconds`` overrides every provider's own timeout for the whole probe.
     """
     logger = get_run_logger()
+    # After downtime, old scheduled runs would all probe the present: run only the on-time one.
+    if reason := skip_if_late(MAX_LATE):
+        logger.info(reason)
+        return {"skipped": reason}
     report = await probe_providers(timeout_seconds)
     for probe in report.failed:
         logger.warning("provider %s: %s (%s)", probe.provider_name, probe.result, probe.error)

@@ -28,10 +28,16 @@ __all__ = ["Database", "Jsonb", "Row", "Transaction", "database_url", "redact_ur
 
 
 def database_url(settings: Settings | None = None) -> str:
-    """The Postgres URL to use: ``DATABASE_URL`` when set, else the embedded server's."""
+    """The Postgres URL to use: ``DATABASE_URL`` when set, else the Prefect Secret block named
+    by ``MAILPIPE_DATABASE_URL_BLOCK`` (deployed runs), else the embedded server's."""
     settings = settings or get_settings()
     if settings.database_url is not None:
         return settings.database_url.get_secret_value()
+    if settings.database_url_block:
+        from mailpipe.orchestration import read_secret_block  # imports Prefect, only here
+
+        return read_secret_block(settings.database_url_block,
+                                 setting="MAILPIPE_DATABASE_URL_BLOCK")
     from mailpipe.embedded import ensure_embedded_postgres
 
     return ensure_embedded_postgres(settings.pgdata)
@@ -67,12 +73,30 @@ def _translated_errors(url: str | None = None) -> Iterator[None]:
         ) from exc
     except (psycopg.OperationalError, PoolTimeout) as exc:
         where = f" at {redact_url(url)}" if url else ""
-        text = redact_url(str(exc).strip()) or type(exc).__name__
+        # One line: libpq's messages span several ("...unexpectedly\n\tThis probably means").
+        text = " ".join(redact_url(str(exc)).split()) or type(exc).__name__
+        if _connection_lost(exc):
+            raise DatabaseUnavailable(
+                f"lost the connection to Postgres{where}: {text}. Run again once the server "
+                "is back (check that it runs)."
+            ) from exc
         raise DatabaseUnavailable(
             f"Postgres is unreachable{where}: {text}. Check DATABASE_URL and that the server runs."
         ) from exc
     except psycopg.Error as exc:
         raise DatabaseError(_message(exc)) from exc
+
+
+_LOST = (pg_errors.AdminShutdown, pg_errors.CrashShutdown, pg_errors.IdleSessionTimeout,
+         pg_errors.IdleInTransactionSessionTimeout)
+
+
+def _connection_lost(exc: Exception) -> bool:
+    """A connection that worked was cut (terminated, server restart), as opposed to one that
+    could not be opened."""
+    text = str(exc)
+    return isinstance(exc, _LOST) or "server closed the connection" in text \
+        or "connection is closed" in text or "consuming input failed" in text
 
 
 def _message(exc: psycopg.Error) -> str:

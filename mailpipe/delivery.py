@@ -96,7 +96,7 @@ class DrainResult:
     batches: int = 0
     rescued: int = 0
     elapsed_seconds: float = 0.0
-    stopped_by: str = "empty"  # empty, time_budget, max_events
+    stopped_by: str = "empty"  # empty, time_budget, max_events, stopped (a sibling failed)
     by_provider: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
 
@@ -282,9 +282,11 @@ class Drainer:
         self._retired: list[ProviderSender] = []
 
     async def drain(self, *, batch_size: int = 200, time_budget: float = 50.0,
-                    max_events: int | None = None) -> DrainResult:
-        """Process batches until the queue has nothing due, the budget is spent or
-        ``max_events`` were claimed. Always closes its SMTP connections."""
+                    max_events: int | None = None,
+                    stop: asyncio.Event | None = None) -> DrainResult:
+        """Process batches until the queue has nothing due, the budget is spent,
+        ``max_events`` were claimed or ``stop`` is set (checked between batches, so the batch
+        in hand is always recorded). Always closes its SMTP connections."""
         result = DrainResult(self.worker)
         started = time.perf_counter()
         deadline = started + time_budget
@@ -294,6 +296,9 @@ class Drainer:
                 log.warning("rescued %d events whose lease expired", result.rescued)
             claimed = 0
             while True:
+                if stop is not None and stop.is_set():
+                    result.stopped_by = "stopped"
+                    break
                 if time.perf_counter() >= deadline:
                     result.stopped_by = "time_budget"
                     break
@@ -593,6 +598,13 @@ def _connection_key(provider: Provider) -> tuple[Any, ...]:
             str(provider.credentials), provider.timeout_seconds, provider.max_connections)
 
 
+def split_max_events(max_events: int | None, parts: int) -> list[int | None]:
+    """Share a run's ``max_events`` between drainers so that together they claim at most it."""
+    if max_events is None:
+        return [None] * parts
+    return [max_events // parts + (1 if i < max_events % parts else 0) for i in range(parts)]
+
+
 async def drain_queue(db: Database, *, batch_size: int = 200, time_budget: float = 50.0,
                       concurrency: int = 1, max_events: int | None = None,
                       settings: Settings | None = None) -> DrainResult:
@@ -600,9 +612,27 @@ async def drain_queue(db: Database, *, batch_size: int = 200, time_budget: float
     budget is spent; returns their combined result."""
     if batch_size < 1 or concurrency < 1 or time_budget <= 0:
         raise MailpipeError("batch_size and concurrency must be >= 1, time_budget > 0")
+    shares = split_max_events(max_events, concurrency)
     drainers = [Drainer(db, settings) for _ in range(concurrency)]
-    results = await asyncio.gather(*(d.drain(batch_size=batch_size, time_budget=time_budget,
-                                             max_events=max_events) for d in drainers))
+    stop = asyncio.Event()
+
+    async def drain(drainer: Drainer, share: int | None) -> DrainResult:
+        try:
+            return await drainer.drain(batch_size=batch_size, time_budget=time_budget,
+                                       max_events=share, stop=stop)
+        except BaseException:
+            stop.set()
+            raise
+
+    # When one drainer fails (its database connection was lost, say), the others record the
+    # batch they hold and stop, instead of being cut off mid-batch when the caller closes the
+    # pool (their sent-but-unrecorded messages would go out again after the lease expires).
+    outcomes = await asyncio.gather(*(drain(d, n) for d, n in zip(drainers, shares, strict=True)),
+                                    return_exceptions=True)
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    if failures:
+        raise failures[0]
+    results = [o for o in outcomes if isinstance(o, DrainResult)]
     total = DrainResult(worker=",".join(r.worker for r in results))
     for r in results:
         total.merge(r)
@@ -730,11 +760,11 @@ def drain_in_processes(url: str, *, processes: int, batch_size: int = 200,
 
     if processes < 1:
         raise MailpipeError("processes must be >= 1")
-    share = None if max_events is None else -(-max_events // processes)
+    shares = split_max_events(max_events, processes)
     context = multiprocessing.get_context("spawn")  # no inherited sockets, locks or loops
     with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
         futures = [pool.submit(_drain_process, url, batch_size, concurrency, time_budget, share)
-                   for _ in range(processes)]
+                   for share in shares]
         parts = [f.result() for f in futures]
     total = DrainResult(worker=",".join(p["worker"] for p in parts))
     for part in parts:

@@ -520,3 +520,10 @@ async def test_bad_from_address_fails_that_event_only(ready: Database,
     row = next(r for r in await events(ready) if r["id"] == bad[0])
     assert (row["status"], row["error_class"]) == ("failed", "invalid")
     assert "invalid from address" in row["last_error"]
+
+
+async def test_max_events_is_shared_by_the_drainers_of_a_run(ready: Database) -> None:
+    await insert_events(ready, 30)
+    result = await drain_queue(ready, batch_size=4, concurrency=3, max_events=10)
+    assert result.counts["sent"] == 10
+    assert await statuses(ready) == {"sent": 10, "queued": 20}

@@ -83,12 +83,14 @@ async def fleet(db: Database, smtpd_factory: Callable[..., SMTPTestServer],
     stalled = smtpd_factory(Behaviour(ehlo_delay=30))
     guarded = smtpd_factory(Behaviour(auth=("mailer", RIGHT_PASSWORD)))
     tls = smtpd_factory(Behaviour(auth=("mailer", RIGHT_PASSWORD)), tls="starttls")
-    await add_provider(db, "healthy", healthy)
+    # Generous timeouts where a probe must pass: CI machines can be slow under load.
+    await add_provider(db, "healthy", healthy, timeout_seconds=20)
     await add_provider(db, "refusing", port=free_port())
     await add_provider(db, "stalling", stalled, timeout_seconds=0.5)
     await add_provider(db, "wrong-password", guarded, username="mailer",
                        credentials={"password_env": "MONITOR_TEST_WRONG_PASSWORD"})
     await add_provider(db, "starttls", tls, tls_mode="starttls", username="mailer",
+                       timeout_seconds=20,
                        credentials={"password_env": "MONITOR_TEST_RIGHT_PASSWORD"})
     await add_provider(db, "no-secret", healthy, username="mailer",
                        credentials={"password_env": "MONITOR_TEST_UNSET_VARIABLE"})

@@ -6,7 +6,19 @@ import logging
 
 import typer
 
-from mailpipe.cli import db
+from mailpipe.cli import (
+    check,
+    db,
+    demo,
+    health,
+    orchestration,
+    providers,
+    queue,
+    run,
+    snapshot,
+    suppressions,
+    templates,
+)
 from mailpipe.cli.output import state
 
 app = typer.Typer(
@@ -16,6 +28,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(db.app, name="db")
+app.command("check")(check.check_command)
+app.add_typer(orchestration.setup_app, name="setup")
+app.command("serve")(orchestration.serve_command)
+app.command("up")(orchestration.up_command)
+app.command("demo")(demo.demo)
+app.command("smtp-capture")(demo.smtp_capture)
+app.add_typer(snapshot.app, name="snapshot")
+app.command("report")(snapshot.report_command)
+app.add_typer(health.app, name="health")
+app.command("metrics")(health.metrics_command)
+app.add_typer(providers.app, name="provider")
+app.add_typer(templates.app, name="template")
+app.add_typer(queue.app, name="queue")
+app.add_typer(suppressions.app, name="suppression")
+app.command("run")(run.run_command)
+app.command("enqueue")(run.enqueue_command)
 
 
 @app.callback()

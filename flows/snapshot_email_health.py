@@ -1,0 +1,62 @@
+"""snapshot_email_health: the daily health snapshot of delivery and providers, for the data team.
+
+Daily after midnight (it replaces the pg_cron job of the same name). With no parameters it
+computes yesterday in MAILPIPE_TIMEZONE; with ``start``/``end`` it computes (or recomputes)
+every day of the range, a backfill. Each day is one SQL aggregation over that day's rows of
+communication_events, smtp_delivery_confirmations, delivery_attempts and smtp_connection_audit,
+replacing the day's rows of email_health_snapshots in one transaction (so re-runs are safe).
+Publishes the table artifact "email-health-snapshot" (the last day's rows, one per provider
+plus '*' for all) and the markdown artifact "email-health-summary" (headline numbers and their
+change versus the 7 days before).
+
+Requires: DATABASE_URL (else the embedded Postgres) with migrations applied
+(`mailpipe db migrate`, 0005 creates email_health_snapshots); MAILPIPE_TIMEZONE (default UTC).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from mailpipe.snapshots import SnapshotRun, artifact_table, headline_markdown, run_snapshots
+
+
+@task(cache_policy=NO_CACHE)
+async def compute_snapshots(start: date | None, end: date | None) -> SnapshotRun:
+    """Compute every day of the range in one task (one SQL statement per day)."""
+    return await run_snapshots(start, end)
+
+
+@flow(name="snapshot_email_health")
+async def snapshot_email_health(
+    start: date | None = None, end: date | None = None
+) -> dict[str, Any]:
+    """Snapshot yesterday (default) or every day from ``start`` to ``end`` inclusive.
+
+    One bound alone computes that single day. Returns the days computed and the rows written.
+    """
+    logger = get_run_logger()
+    run = await compute_snapshots(start, end)
+    last = run.last
+    await acreate_table_artifact(
+        key="email-health-snapshot", table=artifact_table(last.rows),
+        description=f"Email health on {last.day} ({run.timezone}): one row per provider, "
+                    "'*' = all providers")
+    await acreate_markdown_artifact(
+        key="email-health-summary", markdown=headline_markdown(last.rows[0], run.previous),
+        description=f"Email health on {last.day} versus the 7 days before")
+    summary = {
+        "start": run.start.isoformat(),
+        "end": run.end.isoformat(),
+        "timezone": run.timezone,
+        "days": len(run.days),
+        "rows": sum(len(d.rows) for d in run.days),
+        "seconds": round(sum(d.seconds for d in run.days), 3),
+    }
+    logger.info("snapshotted %(days)s day(s) %(start)s..%(end)s (%(timezone)s): %(rows)s rows "
+                "in %(seconds)s s", summary)
+    return summary

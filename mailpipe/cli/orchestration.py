@@ -1,0 +1,122 @@
+"""``mailpipe serve``, ``mailpipe up`` and ``mailpipe setup prefect``: running the deployments."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from mailpipe import orchestration
+from mailpipe.cli.output import command, console, print_json, print_table, run
+from mailpipe.errors import ConfigError
+
+setup_app = typer.Typer(help="Prepare services mailpipe runs on.", no_args_is_help=True)
+
+
+def _secret_source(prompt: bool) -> orchestration.SecretSource:
+    """Values for Secret blocks: MAILPIPE_SECRET_<NAME>, else a hidden prompt on a terminal."""
+
+    def source(block: str) -> str | None:
+        value = orchestration.env_secret_source(block)
+        if value or not (prompt and sys.stdin.isatty()):
+            return value
+        entered = typer.prompt(f"Password for Secret block {block!r} (empty: skip)",
+                               default="", show_default=False, hide_input=True)
+        return entered or None
+
+    return source
+
+
+def _print_steps(steps: list[orchestration.SetupStep]) -> None:
+    print_table([dataclasses.asdict(s) for s in steps], title="Prefect setup",
+                columns=["kind", "name", "action", "detail"])
+
+
+@setup_app.command("prefect")
+@command
+def setup_prefect_command(
+    pool_type: str = typer.Option("process", "--pool-type",
+                                  help="Type of the work pool when it has to be created."),
+    base_job_template: Path | None = typer.Option(
+        None, "--base-job-template", exists=True, dir_okay=False,
+        help="Job template JSON for the new pool (e.g. deployments/kubernetes/...)."),
+    prompt: bool = typer.Option(True, "--prompt/--no-prompt",
+                                help="Ask for missing SMTP passwords on a terminal."),
+    as_json: bool = typer.Option(False, "--json", help="Print the steps as JSON."),
+) -> None:
+    """Create or update what the deployments need on the Prefect API, idempotently.
+
+    Secret blocks: the database URL (from DATABASE_URL) and each SMTP provider's password
+    (providers whose credentials are {"secret_block": NAME}; the value comes from
+    MAILPIPE_SECRET_<NAME> or a hidden prompt). The work pool of prefect.yaml. The variables
+    mailpipe_timezone (MAILPIPE_TIMEZONE) and mailpipe_database_url_block. Secrets are never
+    printed. Run it before `prefect deploy --all`, and again whenever a secret changes.
+    """
+    template = None
+    if base_job_template is not None:
+        try:
+            template = json.loads(base_job_template.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ConfigError(f"{base_job_template} is not JSON: {exc}") from None
+    steps = run(orchestration.setup_prefect(
+        secret_source=_secret_source(prompt and not as_json), pool_type=pool_type,
+        base_job_template=template))
+    if as_json:
+        print_json([dataclasses.asdict(s) for s in steps])
+        return
+    _print_steps(steps)
+    if any(s.action == "missing" for s in steps):
+        console.print("[yellow]Some secrets are missing: runs that need them will fail "
+                      "until you run this again with them.[/]")
+
+
+@command
+def serve_command(
+    only: list[str] | None = typer.Option(
+        None, "--only", help="Serve only this deployment (repeat for several)."),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="Most flow runs at once in this process."),
+) -> None:
+    """Serve the deployments of prefect.yaml from this process (a single machine).
+
+    Same names, cron schedules, parameters and concurrency limits as `prefect deploy --all`,
+    without a work pool or worker. Needs a Prefect API (PREFECT_API_URL, or `prefect server
+    start`). Stopping it (Ctrl-C, SIGTERM) leaves the schedules active, so a restart or a
+    worker carries on.
+    """
+    console.print("Serving prefect.yaml's deployments; Ctrl-C stops (schedules stay active).")
+    orchestration.serve_project(names=only or None, limit=limit)
+
+
+@command
+def up_command(
+    port: int = typer.Option(4200, "--port", help="Port of the local Prefect server and UI."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address the server listens on."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes to start."),
+) -> None:
+    """The whole system on this machine: Prefect server, setup, deployments, a worker.
+
+    Starts `prefect server start` (unless PREFECT_API_URL or the Prefect profile names a
+    server), migrates the database, runs `mailpipe setup prefect`, `prefect deploy --all`, and
+    `prefect worker start --pool mailpipe`, then prints the UI address. Ctrl-C stops it all.
+    """
+
+    def ready(report: orchestration.UpReport) -> None:
+        where = (f"started in {report.server_seconds:.0f} s, log {report.server_log}"
+                 if report.started_server else "already running")
+        console.print(f"Prefect server: {report.api_url} ({where})")
+        if report.migrations:
+            console.print(f"Migrations applied: {', '.join(report.migrations)}")
+        _print_steps(report.setup)
+        console.print(f"Deployed: {', '.join(report.deployments)}")
+        console.print(f"Workers: {report.workers} on pool mailpipe")
+        console.print(f"[bold]Prefect UI: {report.ui_url}[/]  (Ctrl-C stops everything)",
+                      highlight=False)
+
+    console.print("Starting mailpipe (the Prefect server takes about 20 s)...")
+    orchestration.up(host=host, port=port, workers=workers, on_ready=ready,
+                     secret_source=_secret_source(True))
+    console.print("Stopped: workers and server are down; schedules stay registered.")
