@@ -42,6 +42,28 @@ def smtp_capture(
         console.print(f"captured {server.count} messages")
 
 
+async def _run_flows() -> dict[str, dict]:
+    """The four flows once each, in the order a day of operation would run them."""
+    import datetime as dt
+
+    from flows.monitor_email_production import monitor_email_production
+    from flows.monitor_smtp_health import monitor_smtp_health
+    from flows.process_email_queue import process_email_queue
+    from flows.snapshot_email_health import snapshot_email_health
+
+    summaries: dict[str, dict] = {}
+    with console.status("running process_email_queue"):
+        summaries["process_email_queue"] = await process_email_queue()
+    with console.status("running monitor_smtp_health"):
+        summaries["monitor_smtp_health"] = await monitor_smtp_health()
+    with console.status("running monitor_email_production"):
+        summaries["monitor_email_production"] = await monitor_email_production()
+    with console.status("running snapshot_email_health (today, so the demo's traffic shows)"):
+        today = dt.datetime.now(dt.UTC).date()
+        summaries["snapshot_email_health"] = await snapshot_email_health(start=today, end=today)
+    return summaries
+
+
 def _port_error(port: int, exc: OSError) -> int:
     console.print(f"[red]error:[/] cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
                   "choose another --port")
@@ -56,7 +78,7 @@ def demo(
 
     Starts the embedded Postgres (unless DATABASE_URL is set) and a local SMTP capture server,
     migrates, seeds a provider, templates and sample events (some invalid, some scheduled later,
-    several priorities), runs process_email_queue and prints a summary.
+    several priorities), runs the four flows once each and prints their summaries.
     """
     from mailpipe.capture import CaptureServer
     from mailpipe.demo import seed_demo
@@ -82,14 +104,22 @@ def demo(
             f"enqueued {setup.events} events: {setup.invalid} with an invalid address, "
             f"{setup.scheduled_later} scheduled later, {setup.suppressed} to a suppressed "
             f"address, {setup.template_errors} with a missing template variable")
-        with console.status("running process_email_queue (a Prefect flow)"):
-            from flows.process_email_queue import process_email_queue
-
-            summary = asyncio.run(process_email_queue())
+        summaries = asyncio.run(_run_flows())
+        summary = summaries["process_email_queue"]
         print_table([{"outcome": k, "events": summary[k]} for k in
                      ("sent", "retried", "failed", "deferred", "suppressed", "rescued")],
                     title="process_email_queue")
         captured = capture.count
+    health = summaries["monitor_smtp_health"]
+    console.print(f"monitor_smtp_health: {health['probed']} provider(s) probed, "
+                  f"{health['ok']} ok, {health['failed']} failed")
+    production = summaries["monitor_email_production"]
+    console.print(f"monitor_email_production: alerts firing: "
+                  f"{', '.join(production.get('firing', [])) or 'none'}; queue "
+                  + ", ".join(f"{k} {v}" for k, v in production.get("queue", {}).items()))
+    snapshot = summaries["snapshot_email_health"]
+    console.print(f"snapshot_email_health: {snapshot['rows']} rows for {snapshot['start']} "
+                  f"({snapshot['timezone']}); `mailpipe report` renders them as HTML")
 
     async def report():
         async with Database(db.url, min_size=1, max_size=1) as again:
