@@ -15,7 +15,7 @@ name (an environment variable or a Prefect Secret block).
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -26,6 +26,7 @@ from mailpipe.db import Database
 from mailpipe.events import emit_provider_changes, table_rows
 from mailpipe.monitoring import HealthReport, check_providers
 from mailpipe.orchestration import skip_if_late
+from mailpipe.quality import check_flow_run
 
 MAX_LATE = timedelta(minutes=5)  # one schedule interval
 
@@ -38,11 +39,13 @@ async def probe_providers(timeout_seconds: float | None) -> HealthReport:
 
 
 @flow(name="monitor_smtp_health")
-async def monitor_smtp_health(timeout_seconds: float | None = None) -> dict[str, Any]:
+async def monitor_smtp_health(timeout_seconds: float | None = None,
+                              check_quality: bool = True) -> dict[str, Any]:
     """Probe, audit and score every provider; returns counts and the status changes.
 
     ``timeout_seconds`` overrides every provider's own timeout for the whole probe.
     """
+    started = datetime.now(UTC)  # the data-quality window: rows changed from here
     logger = get_run_logger()
     # After downtime, old scheduled runs would all probe the present: run only the on-time one.
     if reason := skip_if_late(MAX_LATE):
@@ -65,4 +68,6 @@ async def monitor_smtp_health(timeout_seconds: float | None = None) -> dict[str,
         "recovered": [c.provider_name for c in report.changes if c.kind == "recovered"],
     }
     logger.info("probed %(probed)s providers: %(ok)s ok, %(failed)s failed", summary)
+    if check_quality:
+        await check_flow_run("monitor_smtp_health", started)
     return summary

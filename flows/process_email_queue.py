@@ -12,6 +12,7 @@ environment variable or Prefect Secret block its credentials reference names.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, task
@@ -20,6 +21,7 @@ from pydantic import Field
 
 from mailpipe.db import Database, database_url
 from mailpipe.delivery import drain_in_processes, drain_queue
+from mailpipe.quality import check_flow_run
 from mailpipe.retries import retry_on_transient
 
 
@@ -53,8 +55,12 @@ async def process_email_queue(
                                             "events (default: no limit).")] = None,
     processes: Annotated[int, Field(ge=1, le=64, description="OS processes draining in "
                                     "parallel (use the machine's cores).")] = 1,
+    check_quality: Annotated[bool, Field(description="Run the data-quality suites on the "
+                                         "rows this run changed (skipped when it changed "
+                                         "none).")] = True,
 ) -> dict[str, Any]:
     """Deliver due emails; returns the run's counts."""
+    started = datetime.now(UTC)  # the data-quality window: rows changed from here
     logger = get_run_logger()
     summary = await drain(batch_size, concurrency, time_budget_seconds, max_events, processes)
     logger.info(
@@ -81,4 +87,7 @@ async def process_email_queue(
         ),
         description="process_email_queue summary",
     )
+    if check_quality and any(summary[k] for k in ("sent", "retried", "failed", "deferred",
+                                                "suppressed", "rescued")):
+        await check_flow_run("process_email_queue", started)
     return summary

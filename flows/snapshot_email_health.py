@@ -15,13 +15,14 @@ Requires: DATABASE_URL (else the embedded Postgres) with migrations applied
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from mailpipe.quality import check_flow_run
 from mailpipe.snapshots import SnapshotRun, artifact_table, headline_markdown, run_snapshots
 
 
@@ -33,12 +34,13 @@ async def compute_snapshots(start: date | None, end: date | None) -> SnapshotRun
 
 @flow(name="snapshot_email_health")
 async def snapshot_email_health(
-    start: date | None = None, end: date | None = None
+    start: date | None = None, end: date | None = None, check_quality: bool = True
 ) -> dict[str, Any]:
     """Snapshot yesterday (default) or every day from ``start`` to ``end`` inclusive.
 
     One bound alone computes that single day. Returns the days computed and the rows written.
     """
+    started = datetime.now(UTC)  # the data-quality window: rows changed from here
     logger = get_run_logger()
     run = await compute_snapshots(start, end)
     last = run.last
@@ -59,4 +61,6 @@ async def snapshot_email_health(
     }
     logger.info("snapshotted %(days)s day(s) %(start)s..%(end)s (%(timezone)s): %(rows)s rows "
                 "in %(seconds)s s", summary)
+    if check_quality:
+        await check_flow_run("snapshot_email_health", started)
     return summary

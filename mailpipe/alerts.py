@@ -28,7 +28,7 @@ from mailpipe.queries import query
 logger = logging.getLogger(__name__)
 
 RULES = ("bounce_rate", "complaint_rate", "failure_rate", "queue_lag", "all_providers_down",
-         "rate_limit_violations")  # mirrors the CHECK on alerts.rule
+         "rate_limit_violations", "data_quality")  # mirrors the CHECK on alerts.rule
 SEVERITY_RANK = {"warning": 1, "critical": 2}
 STATES = ("firing", "ok", "no_data")
 

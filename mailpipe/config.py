@@ -120,7 +120,7 @@ class Settings(BaseSettings):
         description='Override suite policies (fail or warn), e.g. {"rate_limit_counters": "fail"}.',
     )
     quality_keep_runs: int = Field(
-        default=50, ge=1, description="Validation results (and Data Docs pages) kept per suite."
+        default=20, ge=1, description="Validation results (and Data Docs pages) kept per suite."
     )
 
     @property

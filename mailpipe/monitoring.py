@@ -168,6 +168,7 @@ async def probe_provider(provider: Provider, *, timeout: float | None = None,
     password: str | None = None
     peer: str | None = None
     sock: socket.socket | None = None
+    handed_over = False
     client: aiosmtplib.SMTP | None = None
     result, error = "ok", None
     try:
@@ -180,6 +181,7 @@ async def probe_provider(provider: Provider, *, timeout: float | None = None,
             # The client takes over the connected socket: the peer is known even when the
             # greeting, EHLO or TLS then fails. The port is already in the socket.
             stage = "greeting and TLS"
+            handed_over = True
             await client.connect(sock=sock, port=None)
             if client.is_ehlo_or_helo_needed:  # STARTTLS already said EHLO; else say it now
                 stage = "EHLO"
@@ -204,8 +206,13 @@ async def probe_provider(provider: Provider, *, timeout: float | None = None,
     finally:
         if client is not None and result != "ok":
             client.close()  # no QUIT on a broken session: it would wait for another timeout
-        if sock is not None:
-            sock.close()  # idempotent; covers a failure before the client took the socket
+        # Once a transport owns the socket, only the transport may close it: closing the fd
+        # under a transport that is still shutting down (after QUIT over TLS, say) frees the
+        # fd number while the event loop still maps it to that transport, and the next
+        # connection that gets the number fails ("File descriptor N is used by transport").
+        # (Once handed over, the transport, or asyncio when creating it fails, closes it.)
+        if sock is not None and not handed_over:
+            sock.close()
     if result not in AUDIT_RESULTS:  # defensive: the audit CHECK would refuse the whole batch
         result = "smtp_error"
     latency_ms = (time.perf_counter() - started) * 1000.0

@@ -427,7 +427,9 @@ async def test_flow_run_publishes_artifacts(traffic: Database, env_database: str
         artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     by_key = {a.key: a for a in artifacts}
-    assert sorted(by_key) == ["email-health-snapshot", "email-health-summary"]
+    assert sorted(by_key) == ["data-quality-snapshot-email-health", "email-health-snapshot",
+                              "email-health-summary"]
+    assert "email_health_snapshots" in by_key["data-quality-snapshot-email-health"].data
     table = by_key["email-health-snapshot"].data
     table = json.loads(table) if isinstance(table, str) else table
     assert [(r["provider_name"], r["retried"]) for r in table] == [

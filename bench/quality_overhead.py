@@ -1,0 +1,244 @@
+"""Data-quality overhead: the post-run check against a process_email_queue run, and on 1M rows.
+
+Run by hand (not a test):
+
+    uv run python bench/quality_overhead.py                    # 20k-event drain, 1M-row tables
+    uv run python bench/quality_overhead.py --rows 200000      # quicker
+
+Part 1 runs what a process_email_queue flow run does, each in a fresh Python process (a
+deployment starts one per run): drain N queued events (mailpipe.delivery.drain_queue, to an
+SMTP sink), then the flow's checkpoint windowed to the run. Three modes, interleaved: drain
+only (the baseline), quality.check_after_run in the same process (GX imported at the end),
+and quality.background_check (GX imported by a worker process while the drain runs). Both
+with this box's setting (PYTHONDONTWRITEBYTECODE: no .pyc, GX recompiled at every import) and
+with compiled bytecode, as a deployment should have. Target: the run takes <= 15% longer.
+
+Part 2 loads ROWS events, confirmations, probes and a tenth as many attempts (one day of
+traffic, generated set-based like bench/snapshot_scaling.py), then times, after GX is
+imported: every suite on the whole tables, and the process_email_queue checkpoint windowed
+to the newest N events (what one run at that scale checks). Each figure is the median of
+--repeat runs after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from queue_throughput import seed, start_sink  # noqa: E402
+from snapshot_scaling import PROVIDERS, generate_day  # noqa: E402
+
+from mailpipe.db import Database, admin_execute, redact_url, with_database_name  # noqa: E402
+from mailpipe.migrations import migrate  # noqa: E402
+
+# ---------------------------------------------------------------- part 1: one flow run
+
+async def flow_run(url: str, mode: str) -> dict[str, float]:
+    """Child process: a process_email_queue run. ``mode``: ``none`` (drain only),
+    ``inline`` (check_after_run in this process) or ``background`` (background_check)."""
+    t0 = time.perf_counter()
+    started = dt.datetime.now(dt.UTC)
+    from mailpipe import quality
+    from mailpipe.delivery import drain_queue
+
+    async with contextlib.AsyncExitStack() as stack:
+        if mode == "background":
+            check = await stack.enter_async_context(quality.background_check())
+        async with Database(url, max_size=4) as db:
+            result = await drain_queue(db, batch_size=500, concurrency=2, time_budget=3600)
+        drained = time.perf_counter()
+        if mode == "inline":
+            report, _ = await quality.acheck_after_run("process_email_queue", started,
+                                                       database_url=url)
+        elif mode == "background":
+            report, _ = await check.run("process_email_queue", started, database_url=url)
+    done = time.perf_counter()
+    if mode != "none":
+        assert report.success, report.markdown()
+    return {"sent": result.counts["sent"], "drain": drained - t0, "post_run": done - drained,
+            "total": done - t0}
+
+
+def run_child(url: str, env: dict[str, str], mode: str) -> dict[str, float]:
+    command = [sys.executable, __file__, "--child-flow-run", url, "--mode", mode]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU of the flow process and its check worker: unlike wall time, barely moved by load
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "cpu": cpu}
+
+
+def part1(admin: str, events: int, repeat: int, tmp: Path) -> None:
+    url = create_database(admin, "mailpipe_qbench_drain")
+    sink, port, sink_name = start_sink()
+    base = {**os.environ, "MAILPIPE_DATA_DIR": str(tmp / "data"),
+            "MAILPIPE_QUALITY_RESULTS_DIR": str(tmp / "quality")}
+    compiled = {k: v for k, v in base.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    compiled["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+    try:
+        print(f"part 1: a process_email_queue run in a fresh process: drain {events} queued"
+              f" events (2 drainers, batches of 500, {sink_name}), then the flow's checkpoint"
+              f" on the run's rows; median of {repeat}")
+        asyncio.run(seed(url, port, 10, 2))
+        run_child(url, compiled, "inline")  # fills the bytecode cache of the compiled variant
+        for label, env in (("no .pyc (this box)", base), ("compiled bytecode", compiled)):
+            runs: dict[str, list[dict[str, float]]] = {"none": [], "inline": [],
+                                                        "background": []}
+            for _ in range(repeat):
+                for mode in runs:  # interleaved, so load changes hit every mode alike
+                    asyncio.run(seed(url, port, events, 2))
+                    r = run_child(url, env, mode)
+                    assert r["sent"] == events, r
+                    runs[mode].append(r)
+            base_total = statistics.median(r["total"] for r in runs["none"])
+            base_cpu = statistics.median(r["cpu"] for r in runs["none"])
+            print(f"  {label}: drain only {base_total:.1f} s ({base_cpu:.1f} s CPU)")
+            for mode, what in (("inline", "check_after_run (GX imported at the end)"),
+                               ("background", "background_check (GX imported meanwhile)")):
+                total = statistics.median(r["total"] for r in runs[mode])
+                post = statistics.median(r["post_run"] for r in runs[mode])
+                cpu = statistics.median(r["cpu"] for r in runs[mode])
+                added = total / base_total - 1
+                print(f"    {what:42} run {total:5.1f} s, {post:4.1f} s after the drain:"
+                      f" {100 * added:+.0f}% [{'ok' if added <= 0.15 else 'over'} vs 15%];"
+                      f" CPU {cpu - base_cpu:+.1f} s", flush=True)
+    finally:
+        sink.send_signal(signal.SIGTERM)
+        sink.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- part 2: 1M rows
+
+async def load(url: str, rows: int, probes: int, window_events: int) -> dt.datetime:
+    day = date.today() - dt.timedelta(days=1)
+    async with Database(url, min_size=1, max_size=2) as db:
+        await db.execute(
+            "INSERT INTO smtp_provider_configs (provider_name, host, created_at, per_minute_limit)"
+            " SELECT 'provider-' || i, 'smtp' || i || '.example.com', '2025-01-01', 100000"
+            " FROM generate_series(0, %s - 1) AS i", (PROVIDERS,))
+        await generate_day(db, day, "q", 0, rows, probes)
+        await db.execute(
+            "INSERT INTO rate_limit_counters (scope, key, window_size, window_start, count,"
+            " limit_value, updated_at) SELECT 'provider', 'provider-' || p, 'minute', m,"
+            " 50, 100000, m FROM generate_series(0, %s - 1) AS p,"
+            " generate_series(%s::date::timestamptz, %s::date + interval '1 day' - interval"
+            " '1 minute', interval '1 minute') AS m", (PROVIDERS, day, day))
+        from mailpipe.snapshots import snapshot_day
+
+        await snapshot_day(db, day, "UTC")
+        await db.execute("VACUUM ANALYZE")
+        # ``since`` such that the window holds the newest ``events`` events, as one run would
+        return await db.fetch_value("SELECT updated_at FROM communication_events"
+                                    " ORDER BY updated_at DESC OFFSET %s LIMIT 1",
+                                    (window_events,))
+
+
+def timed(fn, repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def part2(admin: str, rows: int, window_events: int, repeat: int) -> None:
+    url = create_database(admin, "mailpipe_qbench_rows")
+    t0 = time.perf_counter()
+    since = asyncio.run(load(url, rows, rows // 3, window_events))
+    print(f"part 2: {rows:,} events + {rows:,} confirmations, {rows // 10:,} attempts,"
+          f" {rows // 3:,} probes (loaded in {time.perf_counter() - t0:.0f} s)")
+    t0 = time.perf_counter()
+    from mailpipe import quality
+
+    quality.warm_up().join()  # the Great Expectations import, timed on its own
+    print(f"  import great_expectations: {time.perf_counter() - t0:.1f} s")
+    since = since + quality.WINDOW_MARGIN  # the check subtracts the margin again
+
+    def windowed() -> None:
+        report, _ = quality.check_after_run("process_email_queue", since, database_url=url)
+        assert report.success, report.markdown()
+
+    def whole() -> None:
+        report = quality.run_checks(None, None, url)
+        assert report.success, report.markdown()
+
+    w = timed(windowed, repeat)
+    print(f"  process_email_queue checkpoint, window of the newest {window_events:,} events:"
+          f" {w:.2f} s", flush=True)
+    a = timed(whole, repeat)
+    print(f"  all 7 suites on whole tables ({rows:,} rows): {a:.2f} s")
+
+
+def create_database(admin: str, name: str) -> str:
+    admin_execute(admin, [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
+                          f"CREATE DATABASE {name}"])
+    url = with_database_name(admin, name)
+
+    async def go() -> None:
+        async with Database(url, min_size=1, max_size=1) as db:
+            await migrate(db)
+
+    asyncio.run(go())
+    return url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20000, help="events the flow run drains")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows for part 2")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-drain", action="store_true", help="part 2 only")
+    parser.add_argument("--skip-rows", action="store_true", help="part 1 only")
+    parser.add_argument("--database-url", help="a server for the bench databases")
+    parser.add_argument("--child-flow-run", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="inline", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_flow_run:
+        print(json.dumps(asyncio.run(flow_run(args.child_flow_run, args.mode))))
+        return
+
+    tmp = Path(tempfile.mkdtemp(prefix="mailpipe-qbench-"))
+    server = None
+    admin = args.database_url
+    if not admin:
+        import pgserver
+
+        server = pgserver.get_server(tmp / "pg", cleanup_mode="stop")
+        admin = server.get_uri()
+    print(f"Postgres: {redact_url(admin)}; {os.cpu_count()} cores")
+    try:
+        if not args.skip_drain:
+            part1(admin, args.events, args.repeat, tmp)
+        if not args.skip_rows:
+            part2(admin, args.rows, args.events, args.repeat)
+    finally:
+        if args.database_url:
+            admin_execute(admin, ["DROP DATABASE IF EXISTS mailpipe_qbench_drain WITH (FORCE)",
+                                  "DROP DATABASE IF EXISTS mailpipe_qbench_rows WITH (FORCE)"])
+        if server is not None:
+            server.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
