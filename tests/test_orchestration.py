@@ -357,7 +357,8 @@ def test_deployment_run_is_drained_by_a_worker(
     assert run.parameters == {"batch_size": 200, "concurrency": 1, "time_budget_seconds": 50,
                               "max_events": 30}
     artifacts = run_async(run_artifacts(run_id))
-    assert set(artifacts) == {"process-email-queue-summary", "process-email-queue-report"}
+    assert set(artifacts) == {"process-email-queue-summary", "process-email-queue-report",
+                              "data-quality-process-email-queue"}
     assert sent_in(artifacts) == 30
     assert "**30 sent**" in artifacts["process-email-queue-report"].data
     assert run_async(statuses(db)) == {"sent": 30, "queued": 10}
