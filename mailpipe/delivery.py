@@ -19,7 +19,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiosmtplib
@@ -209,10 +209,16 @@ class ProviderSender:
 
         workers = min(self.provider.max_connections, len(jobs))
         await asyncio.gather(*(connection_loop() for _ in range(workers)))
-        # Jobs this provider never got to (it went down): hand them back for failover.
-        for job in pending:
+        # Jobs this provider never got to (it went down): hand them back for failover. They
+        # were never sent, so the failure that took the provider down must not pass on its
+        # ambiguity (a drop after DATA of another message would mark them possible duplicates
+        # and retry them later instead of failing them over now).
+        if pending:
             assert self.down is not None
-            results.append((job, self.down))
+            untried = replace(self.down, ambiguous=False, provider_level=True,
+                              message=f"not attempted: {name} was taken out of this run "
+                                      f"after {self.down.message}")
+            results += [(job, untried) for job in pending]
         return results
 
     def envelope_sender(self, job: Job) -> str:

@@ -25,8 +25,9 @@ from email_validator import EmailNotValidError, validate_email
 
 from mailpipe.errors import PermanentError
 
-# Reject all C0 controls and DEL: CR/LF and NUL in particular enable header injection.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Reject all C0 controls and DEL: CR/LF and NUL in particular enable header injection. Also
+# C1 controls and the Unicode line separators: parsers split lines at NEL, U+2028 and U+2029.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _MESSAGE_ID = re.compile(r"^<[^<>\s@]+@[^<>\s@]+>$")
 
 
@@ -44,7 +45,7 @@ class Recipient:
     smtputf8: bool   # the mailbox name is non-ASCII: the server must support SMTPUTF8
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=4096)  # bounded: memory must stay flat however long the queue
 def validate_recipient(address: str) -> Recipient:
     """Validate and normalise one address (syntax only: no DNS on the hot path or in tests)."""
     if not isinstance(address, str) or not address:
@@ -68,6 +69,13 @@ def check_header(name: str, value: str) -> str:
             f"header injection refused: {name} contains a line break or control character"
         )
     return value
+
+
+def _needs_encoded_words(value: str) -> bool:
+    """ASCII text that must still go out as RFC 2047 encoded words: text a reader would decode
+    as one ("=?utf-8?q?...?="), or a word too long to fold under the 998-character line limit
+    (encoded words can be split, plain words cannot)."""
+    return "=?" in value or any(len(word) > 75 for word in value.split())
 
 
 def _fold(name: str, value: str) -> str:
@@ -120,7 +128,7 @@ def build_message(*, sender: str, recipient: Recipient, subject: str, text: str,
     name, address = parseaddr(sender)
     head = [_fold("From", formataddr((name, address), charset="utf-8") if name else address),
             _fold("To", recipient.address)]
-    if subject.isascii():
+    if subject.isascii() and not _needs_encoded_words(subject):
         head.append(_fold("Subject", subject))
     else:
         head.append(f"Subject: {Header(subject, 'utf-8').encode(linesep=chr(10))}\n")
@@ -144,7 +152,11 @@ def _build_smtputf8(sender: str, recipient: Recipient, subject: str, text: str,
     msg = EmailMessage(policy=SMTPUTF8)
     msg["From"] = sender
     msg["To"] = recipient.address
-    msg["Subject"] = subject
+    if "=?" in subject:  # the modern API writes it as it is, and readers would decode it
+        msg.set_raw("Subject", Header(subject, "utf-8", header_name="Subject")
+                    .encode(linesep="\n"))
+    else:
+        msg["Subject"] = subject
     msg["Date"] = formatdate(usegmt=True)
     msg["Message-ID"] = message_id
     for header, value in (headers or {}).items():

@@ -172,28 +172,33 @@ def credentials_reference(*, secret_block: str | None = None,
     if secret_block is not None and password_env is not None:
         raise InvalidProvider("give --secret-block or --password-env, not both")
     if secret_block is not None:
-        if not _BLOCK_NAME.match(secret_block):
+        if not _BLOCK_NAME.fullmatch(secret_block):
             raise InvalidProvider(f"secret block name {secret_block!r} is invalid: Prefect "
                                   "block names use lowercase letters, digits and dashes")
         return {"secret_block": secret_block}
     if password_env is not None:
-        if not _ENV_NAME.match(password_env):
+        if not _ENV_NAME.fullmatch(password_env):
             raise InvalidProvider(f"{password_env!r} is not an environment variable name "
                                   "(letters, digits, underscores; e.g. SMTP_PASSWORD)")
         return {"password_env": password_env}
     return None
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is an int in Python
+
+
 def validate_provider_settings(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Check a provider's complete settings; raises :class:`InvalidProvider` with the fix."""
-    if not _PROVIDER_NAME.match(name or "") or len(name) > 100:
+    if not _PROVIDER_NAME.fullmatch(name or "") or len(name) > 100:
         raise InvalidProvider(f"provider name {name!r} is invalid: use letters, digits, dots, "
                               "dashes and underscores (e.g. sendgrid-eu)")
     host = settings.get("host")
-    if not isinstance(host, str) or not host.strip() or any(c.isspace() for c in host):
+    if not isinstance(host, str) or not host.strip() or any(
+            c.isspace() or not c.isprintable() for c in host):
         raise InvalidProvider(f"host {host!r} is invalid: give a hostname or IP (--host)")
     port = settings.get("port")
-    if not isinstance(port, int) or not 1 <= port <= 65535:
+    if not _is_int(port) or not 1 <= port <= 65535:
         raise InvalidProvider(f"port {port} is out of range: use 1-65535 "
                               "(587 STARTTLS, 465 implicit TLS, 25 relay)")
     if settings.get("tls_mode") not in TLS_MODES:
@@ -215,15 +220,16 @@ def validate_provider_settings(name: str, settings: dict[str, Any]) -> dict[str,
     for field_name, low, high in (("priority", -1_000_000, 1_000_000),
                                   ("max_connections", 1, 100)):
         value = settings.get(field_name)
-        if not isinstance(value, int) or not low <= value <= high:
+        if not _is_int(value) or not low <= value <= high:
             raise InvalidProvider(f"{field_name.replace('_', '-')} {value!r} is out of range "
                                   f"({low}-{high})")
     timeout = settings.get("timeout_seconds")
-    if not isinstance(timeout, int | float) or not 0 < timeout <= 600:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+            or not 0 < timeout <= 600:
         raise InvalidProvider(f"timeout {timeout!r} is out of range: use 0-600 seconds")
     for window in ("minute", "hour", "day"):
         limit = settings.get(f"per_{window}_limit")
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
+        if limit is not None and (not _is_int(limit) or not 0 <= limit <= 2_147_483_647):
             raise InvalidProvider(f"per-{window} limit {limit!r} must be 0 or more "
                                   "(or 'none' for no limit)")
     return settings

@@ -56,13 +56,18 @@ async def enqueue(
         raise InvalidEvent(f"{exc} ({to!r})") from None
     if not isinstance(template, str) or not template.strip():
         raise InvalidEvent("template: a template key is required")
-    if not isinstance(priority, int) or not 0 <= priority <= 9:
+    for name, value in (("template", template), ("event_type", event_type),
+                        ("idempotency_key", idempotency_key)):
+        # Postgres text cannot hold NUL; refuse it here, naming the field.
+        if value is not None and (not isinstance(value, str) or "\x00" in value):
+            raise InvalidEvent(f"{name} must be text without NUL characters, not {value!r}")
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
         raise InvalidEvent(f"priority must be an integer from 0 (first) to 9, not {priority!r}")
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise InvalidEvent(f"data must be a JSON object, not {type(data).__name__}")
     try:
-        encoded = json.dumps(data)
+        encoded = json.dumps(data, allow_nan=False)  # NaN and Infinity are not JSON
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"data is not JSON-serialisable: {exc}") from None
     if len(encoded.encode()) > MAX_PAYLOAD_BYTES:

@@ -17,11 +17,41 @@ class TemplateProblem(PermanentError):
     """A template cannot be found or rendered; the event fails with this message."""
 
 
+MAX_POWER_BITS = 4096          # ``a ** b`` results larger than this are refused
+MAX_REPEAT_LENGTH = 1_000_000  # ``'x' * n`` / ``[x] * n`` results longer than this too
+
+
+class _Sandbox(SandboxedEnvironment):
+    """Jinja's sandbox with ``**`` and ``*`` bounded.
+
+    The stock sandbox evaluates ``9 ** (9 ** 9)`` (minutes of CPU; at compile time even, by
+    constant folding, so one such template hangs every worker that loads it) and
+    ``'x' * 10 ** 10`` (gigabytes). Intercepted operators are also never folded at compile
+    time, so the bounds hold for constants too.
+    """
+
+    intercepted_binops = frozenset({"**", "*"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and _is_int(left) and _is_int(right) and right > 0 \
+                and abs(left) > 1 and abs(left).bit_length() * right > MAX_POWER_BITS:
+            raise SecurityError(f"{left} ** {right} is too large to compute")
+        if operator == "*":
+            for sequence, times in ((left, right), (right, left)):
+                if isinstance(sequence, str | list | tuple) and _is_int(times) \
+                        and len(sequence) * times > MAX_REPEAT_LENGTH:
+                    raise SecurityError(f"repeating a sequence {times} times is too large "
+                                        f"(over {MAX_REPEAT_LENGTH} items)")
+        return super().call_binop(context, operator, left, right)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 # Subjects and text bodies are not HTML: escaping them would show "&amp;" to the reader.
-_TEXT_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
-                                 keep_trailing_newline=True)
-_HTML_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True,
-                                 keep_trailing_newline=True)
+_TEXT_ENV = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_HTML_ENV = _Sandbox(undefined=StrictUndefined, autoescape=True, keep_trailing_newline=True)
 
 
 @dataclass(frozen=True)
@@ -127,6 +157,10 @@ async def save_template(db: Database, key: str, *, subject: str, text_body: str,
     """
     if not key.strip():
         raise TemplateProblem("a template key cannot be empty")
+    for name, value in (("key", key), ("subject", subject), ("text body", text_body),
+                        ("HTML body", html_body), ("from address", from_address)):
+        if value and "\x00" in value:  # Postgres text cannot hold it
+            raise TemplateProblem(f"template {key!r}: the {name} contains a NUL character")
     CompiledTemplate(key, 0, subject, text_body, html_body, from_address)
     params = {"template_key": key, "subject": subject, "text_body": text_body,
               "html_body": html_body, "from_address": from_address}

@@ -24,14 +24,20 @@ def duration(option: str, text: str) -> dt.timedelta:
     if not match or int(match.group(1)) == 0:
         raise BadOption(f"{option} {text!r} is not a duration: use a number and a unit, "
                         "like 30m, 1h, 7d or 2w")
-    return dt.timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    try:
+        return dt.timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    except OverflowError:
+        raise BadOption(f"{option} {text!r} is too long a duration") from None
 
 
 def moment(option: str, text: str) -> dt.datetime:
     """A time: ISO 8601 with a timezone (2026-01-01T09:00:00+00:00, ...Z), or a delay from
     now (``10m``)."""
     if _DURATION.match(text or ""):
-        return dt.datetime.now(dt.UTC) + duration(option, text)
+        try:
+            return dt.datetime.now(dt.UTC) + duration(option, text)
+        except OverflowError:
+            raise BadOption(f"{option} {text!r} is too far in the future") from None
     try:
         value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except (ValueError, AttributeError):
