@@ -98,7 +98,6 @@ class DrainResult:
     elapsed_seconds: float = 0.0
     stopped_by: str = "empty"  # empty, time_budget, max_events, stopped (a sibling failed)
     by_provider: Counter[str] = field(default_factory=Counter)
-    errors: Counter[str] = field(default_factory=Counter)
 
     def summary(self) -> dict[str, Any]:
         """Counts for logs, artifacts and the CLI."""
@@ -118,7 +117,6 @@ class DrainResult:
         self.batches += other.batches
         self.rescued += other.rescued
         self.by_provider.update(other.by_provider)
-        self.errors.update(other.errors)
         self.elapsed_seconds = max(self.elapsed_seconds, other.elapsed_seconds)
 
 
@@ -137,6 +135,7 @@ class ProviderSender:
         self._password: str | None = None
         self._password_loaded = False
         self.down: Failure | None = None  # set when the provider failed for this run
+        self.down_recorded = False
         self.sent = 0
         self.failures_in_a_row = 0
 
@@ -491,8 +490,8 @@ class Drainer:
 
     async def _note_provider_health(self, sender: ProviderSender) -> None:
         name = sender.provider.name
-        if sender.down is not None and not getattr(sender, "_reported", False):
-            sender._reported = True  # type: ignore[attr-defined]
+        if sender.down is not None and not sender.down_recorded:
+            sender.down_recorded = True  # count one failure per provider per run
             row = await record_provider_failure(self.db, name, self.settings)
             log.warning("provider %s failed (%s): %s; failing over%s", name, sender.down.kind,
                         sender.down.message,
