@@ -122,6 +122,15 @@ class Settings(BaseSettings):
     quality_keep_runs: int = Field(
         default=20, ge=1, description="Validation results (and Data Docs pages) kept per suite."
     )
+    quality_claim_seconds: float = Field(
+        default=5.0, gt=0, le=300,
+        description="A flow run whose check no `mailpipe check worker` claims within this "
+        "long checks itself.",
+    )
+    quality_check_timeout_seconds: float = Field(
+        default=900.0, gt=0,
+        description="A flow run waits this long for a worker's answer before failing.",
+    )
 
     @property
     def pgdata(self) -> Path:

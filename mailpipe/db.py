@@ -24,7 +24,7 @@ from mailpipe.errors import DatabaseError, DatabaseUnavailable, IntegrityViolati
 
 Row = dict[str, Any]
 
-__all__ = ["Database", "Jsonb", "Row", "Transaction", "database_url", "redact_url"]
+__all__ = ["Database", "Jsonb", "Listener", "Row", "Transaction", "database_url", "redact_url"]
 
 
 def database_url(settings: Settings | None = None) -> str:
@@ -163,6 +163,29 @@ class Transaction:
                     await copy.write_row(row)
 
 
+class Listener(Transaction):
+    """A dedicated session (not pooled) that LISTENs on channels and runs queries.
+
+    Session state lives as long as it does: advisory locks taken on it are released when it
+    closes or its process dies, which makes it a liveness signal other sessions can see.
+    """
+
+    def __init__(self, conn: psycopg.AsyncConnection[Row]) -> None:
+        super().__init__(conn)
+
+    @property
+    def backend_pid(self) -> int:
+        """The server process id of this session."""
+        return self._conn.info.backend_pid
+
+    async def wait(self, timeout: float) -> list[str]:
+        """Payloads of the notifications that arrive within ``timeout`` seconds (returns at
+        the first one; empty on timeout)."""
+        with _translated_errors():
+            return [n.payload async for n in self._conn.notifies(timeout=timeout,
+                                                                   stop_after=1)]
+
+
 class Database:
     """A pool of connections to one Postgres database.
 
@@ -226,6 +249,25 @@ class Database:
         with _translated_errors(self.url):
             async with self._pool.connection() as conn, conn.transaction():
                 yield Transaction(conn)
+
+    @contextlib.asynccontextmanager
+    async def listen(self, *channels: str, application_name: str | None = None
+                     ) -> AsyncIterator[Listener]:
+        """A dedicated autocommit session listening on ``channels`` (identifiers from our
+        code), closed on exit."""
+        with _translated_errors(self.url):
+            conn = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, row_factory=dict_row,
+                application_name=application_name or "mailpipe",
+                connect_timeout=int(self._timeout))
+        try:
+            for channel in channels:
+                with _translated_errors(self.url):
+                    await conn.execute(f"LISTEN {channel}")
+            yield Listener(conn)
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
 
     async def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> int:
         """Run one statement in autocommit; returns the affected row count."""

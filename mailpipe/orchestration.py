@@ -443,8 +443,10 @@ def served_deployments(specs: list[DeploymentSpec], *, timezone: str) -> list[Ru
 
 
 def serve_project(*, names: list[str] | None = None, limit: int | None = None,
-                  project: Path | None = None, settings: Settings | None = None) -> None:
-    """Serve the deployments of ``prefect.yaml`` from this process until it is stopped.
+                  project: Path | None = None, settings: Settings | None = None,
+                  quality_worker: bool = True) -> None:
+    """Serve the deployments of ``prefect.yaml`` from this process until it is stopped, with
+    a ``mailpipe check worker`` beside it (``quality_worker``) for the post-run checks.
 
     Schedules stay active when it stops (``pause_on_shutdown=False``): a restart picks up where
     it left off, and a worker can take over. The environment the deployments give their runs
@@ -472,8 +474,13 @@ def serve_project(*, names: list[str] | None = None, limit: int | None = None,
             if value not in (None, "") and "{{" not in str(value):
                 os.environ.setdefault(key, str(value))
     get_settings.cache_clear()
-    serve(*served_deployments(resolved, timezone=settings.timezone),
-          pause_on_shutdown=False, limit=limit)
+    checker = start_quality_worker(project=project) if quality_worker else None
+    try:
+        serve(*served_deployments(resolved, timezone=settings.timezone),
+              pause_on_shutdown=False, limit=limit)
+    finally:
+        if checker is not None:
+            stop_process(checker, grace=15.0)
 
 
 async def _give_served_deployments_a_path(names: list[str]) -> None:
@@ -649,6 +656,19 @@ def start_worker(*, api_url: str, pool: str, name: str, project: Path,
                             stdout=output, stderr=subprocess.STDOUT if output else None)
 
 
+def start_quality_worker(*, project: Path, env: Mapping[str, str] | None = None,
+                         output: IO[bytes] | int | None = None) -> subprocess.Popen[bytes]:
+    """``mailpipe check worker`` as a child process: answers the flows' post-run data-quality
+    checks with Great Expectations imported once (see :mod:`mailpipe.quality_worker`)."""
+    import sys
+
+    environment = {**(env if env is not None else os.environ),
+                   "MAILPIPE_PROJECT_DIR": str(project)}
+    return subprocess.Popen([sys.executable, "-m", "mailpipe", "check", "worker"], cwd=project,
+                            env=environment, stdin=subprocess.DEVNULL, stdout=output,
+                            stderr=subprocess.STDOUT if output else None)
+
+
 @dataclass
 class UpReport:
     """What ``up`` started, for printing."""
@@ -662,9 +682,11 @@ class UpReport:
     deployments: list[str]
     workers: int
     server_log: Path | None
+    quality_worker: bool = True
 
 
 def up(*, host: str = "127.0.0.1", port: int = 4200, workers: int = 1,
+       quality_worker: bool = True,
        on_ready: Callable[[UpReport], None] | None = None,
        secret_source: SecretSource = env_secret_source,
        settings: Settings | None = None) -> UpReport:
@@ -672,7 +694,8 @@ def up(*, host: str = "127.0.0.1", port: int = 4200, workers: int = 1,
 
     Starts a local Prefect server (unless ``PREFECT_API_URL`` or the active profile names one),
     migrates the database, runs :func:`setup_prefect`, deploys ``prefect.yaml``, starts
-    ``workers`` worker processes on the work pool, calls ``on_ready`` and waits.
+    ``workers`` worker processes on the work pool and (``quality_worker``) a ``mailpipe check
+    worker``, calls ``on_ready`` and waits.
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -718,18 +741,21 @@ def up(*, host: str = "127.0.0.1", port: int = 4200, workers: int = 1,
         for i in range(workers):
             children.append(start_worker(api_url=api_url, pool=pools[0], project=project,
                                          name=f"mailpipe-{host_name}-{i + 1}", env=env))
+        if quality_worker:
+            children.append(start_quality_worker(project=project, env=env))
         report = UpReport(api_url=api_url, ui_url=ui_url, started_server=server is not None,
                           server_seconds=server.startup_seconds if server else None,
                           setup=steps, migrations=applied,
                           deployments=[s.full_name for s in specs], workers=workers,
-                          server_log=server_log_path)
+                          server_log=server_log_path, quality_worker=quality_worker)
         if on_ready:
             on_ready(report)
         while True:
             for child in children:
                 if child.poll() is not None:
                     raise OrchestrationError(
-                        f"a worker exited with status {child.returncode}; see its output above")
+                        f"{' '.join(map(str, child.args[1:4]))} exited with status "
+                        f"{child.returncode}; see its output above")
             if server and server.process and server.process.poll() is not None:
                 raise OrchestrationError(f"the Prefect server exited; see {server_log_path}")
             time.sleep(0.5)

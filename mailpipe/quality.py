@@ -25,7 +25,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import lru_cache
@@ -212,13 +212,26 @@ class SuiteResult:
         """The expectations that failed or could not run."""
         return [r for r in self.results if not r.success]
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready (failed expectations only: passing ones carry no information)."""
-        return {
+    def as_dict(self, *, full: bool = False) -> dict[str, Any]:
+        """JSON-ready: the failed expectations only (passing ones carry no information to a
+        reader), or with ``full`` every one (what :meth:`from_dict` reads back)."""
+        out = {
             "suite": self.name, "table": self.table, "policy": self.policy,
             "window_since": self.window, "success": self.success, "evaluated": self.evaluated,
             "failed": [r.as_dict() for r in self.failed], "docs_url": self.docs_url,
         }
+        if full:
+            out["results"] = [r.as_dict() for r in self.results]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SuiteResult:
+        """The inverse of ``as_dict(full=True)``."""
+        return cls(name=data["suite"], table=data["table"], policy=data["policy"],
+                   window=data["window_since"], success=data["success"],
+                   evaluated=data["evaluated"],
+                   results=[ExpectationResult(**r) for r in data["results"]],
+                   docs_url=data.get("docs_url"))
 
 
 @dataclass
@@ -252,8 +265,9 @@ class QualityReport:
         return [r.invariant for s in self.suites if policy in (None, s.policy)
                 for r in s.failed]
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready, for ``mailpipe check --json`` and logs."""
+    def as_dict(self, *, full: bool = False) -> dict[str, Any]:
+        """JSON-ready, for ``mailpipe check --json`` and logs; ``full`` keeps every
+        expectation's result (stored in ``quality_checks.report``, read by :meth:`from_dict`)."""
         return {
             "run_name": self.run_name, "success": self.success,
             "since": self.since.isoformat() if self.since else None,
@@ -261,8 +275,19 @@ class QualityReport:
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "failures": [s.name for s in self.failures],
             "warnings": [s.name for s in self.warnings],
-            "suites": [s.as_dict() for s in self.suites], "docs_url": self.docs_url,
+            "suites": [s.as_dict(full=full) for s in self.suites], "docs_url": self.docs_url,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QualityReport:
+        """The inverse of ``as_dict(full=True)``."""
+        since = data.get("since")
+        return cls(run_name=data["run_name"],
+                   since=dt.datetime.fromisoformat(since) if since else None,
+                   started_at=dt.datetime.fromisoformat(data["started_at"]),
+                   elapsed_seconds=data["elapsed_seconds"],
+                   suites=[SuiteResult.from_dict(s) for s in data["suites"]],
+                   docs_url=data.get("docs_url"))
 
     def markdown(self) -> str:
         """A summary for a Prefect artifact: failed expectations and sample unexpected rows."""
@@ -312,13 +337,18 @@ def _md_table(sample: Sequence[Any]) -> list[str]:
 def run_checks(tables: Sequence[str] | None = None, since: dt.datetime | None = None,
                database_url: str | None = None, *, run_name: str = "mailpipe_check",
                checkpoint: str | None = None, project_dir: Path | None = None,
-               settings: Settings | None = None) -> QualityReport:
+               settings: Settings | None = None,
+               on_report: Callable[[QualityReport], None] | None = None,
+               reuse_context: bool = False) -> QualityReport:
     """Run the suites of ``tables`` (default: all) and return what they found.
 
     ``since``: validate only rows changed since then in tables with a window (the large ones),
     whole tables otherwise; None validates every row. ``checkpoint`` names a committed
-    checkpoint to run (its suites are used when ``tables`` is None). Blocking: GX is
-    synchronous (call :func:`acheck_after_run` from async code).
+    checkpoint to run (its suites are used when ``tables`` is None). ``on_report`` is called
+    with the report as soon as the checkpoints ran, before the Data Docs are built (their
+    paths are already in it): a worker answers the waiting flow run there. ``reuse_context``
+    keeps the GX context between calls (long-lived processes: ``mailpipe check worker``).
+    Blocking: GX is synchronous (call :func:`acheck_after_run` from async code).
     """
     settings = settings or get_settings()
     project_dir = (project_dir or expectations_dir()).resolve()
@@ -333,16 +363,33 @@ def run_checks(tables: Sequence[str] | None = None, since: dt.datetime | None = 
     t0 = time.perf_counter()
     with _RUN_LOCK, _results_lock(out_dir):
         _prune_results(out_dir, settings.quality_keep_runs)
-        results, docs_url, pages = _run_checkpoints(
-            project_dir, out_dir, database_url, [specs[n] for n in names], since,
+        context = (_cached_context if reuse_context else _context)(
+            project_dir, out_dir, database_url)
+        results = _run_checkpoints(
+            context, project_dir, database_url, [specs[n] for n in names], since,
             _checkpoint_names(specs, names, checkpoint), run_name, settings)
-    report = QualityReport(
-        run_name=run_name, since=since, started_at=started_at,
-        elapsed_seconds=time.perf_counter() - t0,
-        suites=_suite_results(results, specs, since, settings, database_url, pages),
-        docs_url=docs_url,
-    )
-    _log_report(report)
+        # Page paths are known before the pages exist: the report can go out first.
+        keys = [key for result in results for key in result.run_results]
+        docs = context.get_docs_sites_urls(only_if_exists=False)
+        pages: dict[str, str] = {}
+        for key, vr in ((k, v) for r in results for k, v in r.run_results.items()):
+            urls = context.get_docs_sites_urls(resource_identifier=key, only_if_exists=False)
+            if urls and urls[0].get("site_url"):
+                pages[vr.suite_name] = urls[0]["site_url"]
+        report = QualityReport(
+            run_name=run_name, since=since, started_at=started_at,
+            elapsed_seconds=time.perf_counter() - t0,
+            suites=_suite_results(results, specs, since, settings, database_url, pages),
+            docs_url=docs[0]["site_url"] if docs else None,
+        )
+        _log_report(report)
+        try:
+            if on_report is not None:
+                on_report(report)
+        finally:
+            # Data Docs once per run (this run's pages and one index) rather than a docs
+            # action per checkpoint result: the index is rebuilt from every kept result.
+            context.build_data_docs(resource_identifiers=keys)
     return report
 
 
@@ -383,6 +430,21 @@ def _context(project_dir: Path, out_dir: Path, database_url: str) -> Any:
     # In memory only (also set in great_expectations.yml): tqdm bars on stderr otherwise.
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     return context
+
+
+_warm: dict[str, Any] = {}
+
+
+def _cached_context(project_dir: Path, out_dir: Path, database_url: str) -> Any:
+    """The previous call's context while nothing it was built from changed (the project's
+    files, the results folder, the database): saves rebuilding it and reconnecting."""
+    files = sorted(p for p in project_dir.rglob("*") if p.suffix in (".json", ".yml"))
+    key = (str(project_dir), str(out_dir), database_url,
+           tuple((str(p), p.stat().st_mtime_ns) for p in files))
+    if _warm.get("key") != key:
+        _warm.clear()
+        _warm.update(key=key, context=_context(project_dir, out_dir, database_url))
+    return _warm["context"]
 
 
 def _checkpoint_names(specs: Mapping[str, SuiteSpec], names: Sequence[str],
@@ -455,14 +517,12 @@ def _probe_query_columns_without_rows() -> None:
     util.column_reflection_fallback = column_reflection_fallback
 
 
-def _run_checkpoints(project_dir: Path, out_dir: Path, database_url: str,
+def _run_checkpoints(context: Any, project_dir: Path, database_url: str,
                      specs: Sequence[SuiteSpec], since: dt.datetime | None,
-                     checkpoints: Sequence[str], run_name: str,
-                     settings: Settings) -> tuple[list[Any], str | None, dict[str, str]]:
+                     checkpoints: Sequence[str], run_name: str, settings: Settings) -> list[Any]:
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.exceptions import DataContextError
 
-    context = _context(project_dir, out_dir, database_url)
     try:
         datasource = context.data_sources.get(DATASOURCE)
         for spec in specs:
@@ -490,20 +550,10 @@ def _run_checkpoints(project_dir: Path, out_dir: Path, database_url: str,
         except Exception as exc:  # GX wraps driver errors in its own types; keep one message
             raise MailpipeError(
                 f"the data-quality checkpoint {checkpoint.name} could not run: "
-                f"{_redact(str(exc), database_url)}. Check DATABASE_URL and that the database "
+                f"{redact(str(exc), database_url)}. Check DATABASE_URL and that the database "
                 "is migrated (mailpipe db migrate)."
             ) from None
-    # Data Docs once per run (the pages of this run and one index) rather than a docs action
-    # per checkpoint result: the index is rebuilt from every kept result, each time.
-    keys = [key for result in results for key in result.run_results]
-    context.build_data_docs(resource_identifiers=keys)
-    docs = context.get_docs_sites_urls()
-    pages: dict[str, str] = {}
-    for key, vr in ((k, v) for r in results for k, v in r.run_results.items()):
-        urls = context.get_docs_sites_urls(resource_identifier=key)
-        if urls and urls[0].get("site_url"):
-            pages[vr.suite_name] = urls[0]["site_url"]
-    return results, (docs[0]["site_url"] if docs else None), pages
+    return results
 
 
 def _suite_results(results: Sequence[Any], specs: Mapping[str, SuiteSpec],
@@ -550,7 +600,7 @@ def _expectation_result(suite: str, r: Any, database_url: str) -> ExpectationRes
         description=config.description or config.type,
         expectation_type=config.type, column=column, success=bool(r.success),
         unexpected_count=count, element_count=element_count, sample=sample,
-        error=_redact("; ".join(errors), database_url) if errors else None,
+        error=redact("; ".join(errors), database_url) if errors else None,
     )
 
 
@@ -579,7 +629,7 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _redact(text: str, database_url: str) -> str:
+def redact(text: str, database_url: str) -> str:
     """Never let a password reach a log, an artifact or an error."""
     from mailpipe.db import redact_url
 
@@ -619,19 +669,23 @@ def _log_report(report: QualityReport) -> None:
 
 def check_after_run(flow_name: str, since: dt.datetime | None,
                     tables: Sequence[str] | None = None, *,
-                    database_url: str | None = None) -> tuple[QualityReport, str]:
+                    database_url: str | None = None,
+                    on_report: Callable[[QualityReport], None] | None = None,
+                    reuse_context: bool = False) -> tuple[QualityReport, str]:
     """The check a flow runs at its end: its suites (``tables`` or the committed checkpoint
     named after the flow), windowed to rows changed since the flow run started.
 
     Returns the report and its markdown summary. Does not raise on broken invariants: call
-    :func:`enforce_policy` after publishing the artifact and raising alerts.
+    :func:`enforce_policy` after publishing the artifact and raising alerts. ``on_report``
+    and ``reuse_context``: as in :func:`run_checks`.
     """
     specs = suite_specs()
     if tables is None and not any(flow_name in s.flows for s in specs.values()):
         raise QualityConfigError(f"no suite lists flow {flow_name!r} in meta.mailpipe.flows")
     chosen = tables if tables is not None else suites_for_flow(flow_name)
     report = run_checks(chosen, since, database_url, run_name=flow_name,
-                        checkpoint=flow_name if tables is None else None)
+                        checkpoint=flow_name if tables is None else None,
+                        on_report=on_report, reuse_context=reuse_context)
     return report, report.markdown()
 
 
@@ -716,109 +770,20 @@ def enforce_policy(report: QualityReport) -> None:
         f"the code that wrote them.{where}", report)
 
 
-def warm_up() -> threading.Thread:
-    """Import Great Expectations in a background thread of this process.
+def prepare(database_url: str | None = None, settings: Settings | None = None) -> float:
+    """Import Great Expectations and build the GX context a long-lived process reuses
+    (``mailpipe check worker``); returns the seconds it took."""
+    t0 = time.perf_counter()
+    settings = settings or get_settings()
+    if database_url is None:
+        from mailpipe.db import database_url as resolve_url
 
-    Only worth it while the caller mostly waits: the import is CPU-bound and holds the GIL,
-    so a busy event loop (a drain) slows down by about as much. Flows use
-    :func:`background_check`, which imports it in another process instead.
-    """
-
-    def load() -> None:
-        try:
-            import great_expectations  # noqa: F401
-        except Exception:  # the check itself will report the problem
-            log.debug("warming up great_expectations failed", exc_info=True)
-
-    thread = threading.Thread(target=load, name="mailpipe-gx-warm-up", daemon=True)
-    thread.start()
-    return thread
-
-
-class BackgroundCheck:
-    """A worker process that imports Great Expectations while the flow works, then runs the
-    flow's check: the seconds of import overlap the run on another core instead of adding to
-    its end (see bench/quality_overhead.py). Use through :func:`background_check`.
-    """
-
-    def __init__(self) -> None:
-        import subprocess
-        import sys
-
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", "from mailpipe.quality import _worker_main; _worker_main()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-
-    async def run(self, flow_name: str, since: dt.datetime | None,
-                  tables: Sequence[str] | None = None, *,
-                  database_url: str | None = None) -> tuple[QualityReport, str]:
-        """:func:`check_after_run` in the worker; falls back to this process if it died."""
-        import pickle
-
-        if database_url is None:
-            from mailpipe.db import database_url as resolve_url
-
-            database_url = resolve_url()
-        # The URL goes through the pipe, never argv or the environment (both visible in ps).
-        request = pickle.dumps((flow_name, since, tables, database_url))
-        try:
-            stdout, _ = await asyncio.to_thread(self._process.communicate, request)
-            status, payload = pickle.loads(stdout)
-        except (OSError, ValueError, EOFError, pickle.UnpicklingError):
-            log.warning("data-quality worker process failed (exit %s); checking in-process",
-                        self._process.poll())
-            return await acheck_after_run(flow_name, since, tables, database_url=database_url)
-        if status == "error":
-            raise MailpipeError(payload)
-        _log_report(payload)
-        return payload, payload.markdown()
-
-    def close(self) -> None:
-        """Stop the worker if it is still waiting (the flow ended before its check)."""
-        if self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-
-
-@contextlib.asynccontextmanager
-async def background_check() -> AsyncIterator[BackgroundCheck]:
-    """Start the check's worker process now, for the flow to ``run`` at its end::
-
-        async with quality.background_check() as check:
-            summary = await drain(...)
-            report, markdown = await check.run("process_email_queue", since=started)
-    """
-    check = BackgroundCheck()
-    try:
-        yield check
-    finally:
-        check.close()
-
-
-def _worker_main() -> None:
-    """The worker process: import GX, wait for one request, answer with the report."""
-    import os
-    import pickle
-    import sys
-
-    channel = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # anything GX prints goes to stderr, not into the reply
-    sys.stdout = sys.stderr
-    logging.basicConfig(level=logging.WARNING)
-    log.setLevel(logging.CRITICAL)  # the flow logs the report it receives
-    import great_expectations  # noqa: F401 - the slow part, done while the flow works
-
-    request = sys.stdin.buffer.read()
-    if not request:  # the flow ended without asking
-        return
-    flow_name, since, tables, database_url = pickle.loads(request)
-    try:
-        report, _ = check_after_run(flow_name, since, tables, database_url=database_url)
-        reply = ("ok", report)
-    except Exception as exc:  # reported by the flow, as the in-process check would raise
-        reply = ("error", _redact(f"{type(exc).__name__}: {exc}", database_url))
-    channel.write(pickle.dumps(reply))
-    channel.close()
+        database_url = resolve_url(settings)
+    out_dir = results_dir(settings)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _RUN_LOCK:
+        _cached_context(expectations_dir().resolve(), out_dir, database_url)
+    return time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------------------- maintenance
@@ -901,13 +866,18 @@ def sync_config(database_url: str | None = None, project_dir: Path | None = None
 
 async def check_flow_run(flow_name: str, since: dt.datetime) -> QualityReport:
     """Everything a flow does at its end: check its suites on the rows changed since
-    ``since``, publish the artifact, raise ``warn`` alerts, then fail the run on a broken
-    ``fail`` invariant (:class:`DataQualityError`). Call from inside a flow run."""
-    from mailpipe.db import Database
+    ``since`` (answered by a ``mailpipe check worker`` when one runs, else in this process;
+    see :mod:`mailpipe.quality_worker`), publish the artifact, raise ``warn`` alerts, then
+    fail the run on a broken ``fail`` invariant (:class:`DataQualityError`). Call from
+    inside a flow run."""
+    from prefect.runtime import flow_run
 
-    report, _ = await acheck_after_run(flow_name, since)
-    await publish_quality_artifact(report)
-    async with Database(min_size=1, max_size=1) as db:
+    from mailpipe.db import Database
+    from mailpipe.quality_worker import post_run_check
+
+    async with Database(min_size=1, max_size=2) as db:
+        report = await post_run_check(db, flow_name, since, flow_run_id=flow_run.id)
+        await publish_quality_artifact(report)
         await raise_quality_alerts(db, report)
     enforce_policy(report)
     return report

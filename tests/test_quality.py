@@ -372,10 +372,8 @@ async def test_flow_check_fails_on_fail_policy_and_warns_otherwise(
                      " count, limit_value) VALUES ('provider', 'p', 'minute',"
                      " date_trunc('minute', now()), 500, 100)")
 
-    # What the flow does: GX loads in a worker process while the run works.
-    async with quality.background_check() as check:
-        report, markdown = await check.run("process_email_queue", started,
-                                           database_url=database_url)
+    report, markdown = await quality.acheck_after_run("process_email_queue", started,
+                                                      database_url=database_url)
 
     assert {s.name for s in report.suites} == set(quality.suites_for_flow("process_email_queue"))
     assert [s.name for s in report.failures] == ["communication_events"]
@@ -393,12 +391,6 @@ async def test_flow_check_fails_on_fail_policy_and_warns_otherwise(
         assert [r["scope"] for r in firing] == ["rate_limit_counters"] and transitions
     else:  # until then: logged, and kept in the report
         assert transitions == [] and "rate_limit_counters.count_within_limit" in caplog.text
-
-
-async def test_unused_background_check_stops_its_worker() -> None:
-    async with quality.background_check() as check:
-        process = check._process
-    assert process.poll() is not None
 
 
 def test_cli_check(env_database: str) -> None:

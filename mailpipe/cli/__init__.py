@@ -28,7 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(db.app, name="db")
-app.command("check")(check.check_command)
+app.add_typer(check.app, name="check")
 app.add_typer(orchestration.setup_app, name="setup")
 app.command("serve")(orchestration.serve_command)
 app.command("up")(orchestration.up_command)

@@ -37,8 +37,13 @@ def _parse_since(text: str | None) -> dt.datetime | None:
     return since
 
 
+app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+
+
+@app.callback()
 @command
 def check_command(
+    ctx: typer.Context,
     suite: list[str] | None = typer.Option(
         None, "--suite", help="Run only this suite (a table name); repeat for several."),
     since: str | None = typer.Option(
@@ -54,8 +59,11 @@ def check_command(
 
     Runs the flows' checkpoints by hand and updates the Data Docs (their path is printed).
 
-    Exits 1 when any expectation fails, whatever the suite's policy.
+    Exits 1 when any expectation fails, whatever the suite's policy. `mailpipe check worker`
+    answers the flows' post-run checks; `mailpipe check history` lists them.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from mailpipe import quality
 
     if list_suites:
@@ -110,3 +118,68 @@ def _print_report(report: object) -> None:
                 console.print(f"    {row}", highlight=False, soft_wrap=True)
     if report.docs_url:
         console.print(f"Data Docs: {report.docs_url}", highlight=False, soft_wrap=True)
+
+
+@app.command("worker")
+@command
+def worker_command(
+    poll: float = typer.Option(5.0, "--poll", min=0.1, help="Seconds between looks at the "
+                               "queue when no notification comes (NOTIFY wakes it at once)."),
+    max_checks: int | None = typer.Option(None, "--max-checks", min=1,
+                                          help="Stop after answering this many checks."),
+) -> None:
+    """Answer the flows' post-run data-quality checks until stopped (Ctrl-C, SIGTERM).
+
+    Imports Great Expectations once instead of once per flow run; `mailpipe serve` and
+    `mailpipe up` start one. Run one (or more) next to your Prefect workers in production,
+    with the same DATABASE_URL. Flow runs check themselves when no worker runs.
+    """
+    import asyncio
+    import signal
+
+    from mailpipe.quality_worker import run_worker
+
+    logging.getLogger("mailpipe").setLevel(logging.INFO)
+    logging.getLogger("mailpipe.quality").setLevel(logging.WARNING)  # one line per check
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)  # the current check finishes first
+        return await run_worker(stop=stop, max_checks=max_checks, poll_seconds=poll)
+
+    err_console.print("[dim]loading Great Expectations (a few seconds)...[/]")
+    answered = asyncio.run(main())
+    err_console.print(f"stopped after {answered} check(s)")
+
+
+@app.command("history")
+@command
+def history_command(
+    flow: str | None = typer.Option(None, "--flow", help="Only this flow's checks."),
+    limit: int = typer.Option(20, "--limit", min=1, help="How many, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The latest post-run checks: who answered, how long, which suites failed."""
+    from mailpipe.cli.output import run
+    from mailpipe.db import Database
+    from mailpipe.quality_worker import workers_alive
+    from mailpipe.queries import query
+
+    async def fetch() -> tuple[int, list[dict[str, object]]]:
+        async with Database(min_size=1, max_size=1) as db:
+            return await workers_alive(db), await db.fetch_all(
+                query("recent_quality_checks"), {"flow_name": flow, "limit": limit})
+
+    alive, rows = run(fetch())
+    if as_json:
+        print_json({"workers_alive": alive, "checks": rows})
+        return
+    print_table([{"id": r["id"], "flow": r["flow_name"], "status": r["status"],
+                  "requested": r["requested_at"], "by": r["checked_by"],
+                  "seconds": r["elapsed_seconds"],
+                  "failed": ", ".join(r["failed_suites"]) or "-",
+                  "warnings": ", ".join(r["warning_suites"]) or "-",
+                  "error": r["error"] or "-"} for r in rows],
+                title=f"Data-quality checks ({alive} worker(s) running)")

@@ -79,6 +79,9 @@ def serve_command(
         None, "--only", help="Serve only this deployment (repeat for several)."),
     limit: int | None = typer.Option(
         None, "--limit", min=1, help="Most flow runs at once in this process."),
+    quality_worker: bool = typer.Option(
+        True, "--quality-worker/--no-quality-worker",
+        help="Start a `mailpipe check worker` for the flows' post-run checks."),
 ) -> None:
     """Serve the deployments of prefect.yaml from this process (a single machine).
 
@@ -88,7 +91,8 @@ def serve_command(
     worker carries on.
     """
     console.print("Serving prefect.yaml's deployments; Ctrl-C stops (schedules stay active).")
-    orchestration.serve_project(names=only or None, limit=limit)
+    orchestration.serve_project(names=only or None, limit=limit,
+                                 quality_worker=quality_worker)
 
 
 @command
@@ -96,6 +100,9 @@ def up_command(
     port: int = typer.Option(4200, "--port", help="Port of the local Prefect server and UI."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address the server listens on."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes to start."),
+    quality_worker: bool = typer.Option(
+        True, "--quality-worker/--no-quality-worker",
+        help="Start a `mailpipe check worker` for the flows' post-run checks."),
 ) -> None:
     """The whole system on this machine: Prefect server, setup, deployments, a worker.
 
@@ -112,11 +119,13 @@ def up_command(
             console.print(f"Migrations applied: {', '.join(report.migrations)}")
         _print_steps(report.setup)
         console.print(f"Deployed: {', '.join(report.deployments)}")
-        console.print(f"Workers: {report.workers} on pool mailpipe")
+        console.print(f"Workers: {report.workers} on pool mailpipe"
+                      + (", 1 data-quality worker" if report.quality_worker else ""))
         console.print(f"[bold]Prefect UI: {report.ui_url}[/]  (Ctrl-C stops everything)",
                       highlight=False)
 
     console.print("Starting mailpipe (the Prefect server takes about 20 s)...")
-    orchestration.up(host=host, port=port, workers=workers, on_ready=ready,
+    orchestration.up(host=host, port=port, workers=workers, quality_worker=quality_worker,
+                     on_ready=ready,
                      secret_source=_secret_source(True))
     console.print("Stopped: workers and server are down; schedules stay registered.")
