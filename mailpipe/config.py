@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     quality_keep_runs: int = Field(
         default=20, ge=1, description="Validation results (and Data Docs pages) kept per suite."
     )
+    quality_keep_days: int = Field(
+        default=30, ge=1,
+        description="Days of post-run check history (quality_checks rows) kept.",
+    )
     quality_claim_seconds: float = Field(
         default=5.0, gt=0, le=300,
         description="A flow run whose check no `mailpipe check worker` claims within this "

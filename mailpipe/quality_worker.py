@@ -62,11 +62,15 @@ async def post_run_check(db: Database, flow_name: str, since: dt.datetime | None
     params = {"flow_name": flow_name, "since": since,
               "flow_run_id": str(flow_run_id) if flow_run_id else None}
     if await workers_alive(db):
-        return await _ask_worker(db, params, settings)
-    checked_by = _whoami("inline")
-    check_id = await db.fetch_value(query("start_inline_quality_check"),
-                                    {**params, "checked_by": checked_by})
-    return await _check_here(db, check_id, flow_name, since, checked_by)
+        report = await _ask_worker(db, params, settings)
+    else:
+        checked_by = _whoami("inline")
+        check_id = await db.fetch_value(query("start_inline_quality_check"),
+                                        {**params, "checked_by": checked_by})
+        report = await _check_here(db, check_id, flow_name, since, checked_by)
+    # Retention rides along: ~1 row a run is due, an index range finds it.
+    await db.execute(query("prune_quality_checks"), {"keep_days": settings.quality_keep_days})
+    return report
 
 
 async def _ask_worker(db: Database, params: dict[str, Any],

@@ -75,3 +75,29 @@ def test_demo_runs_the_pipeline_end_to_end(prefect_harness, env_database: str, t
     assert "monitor_smtp_health: 1 provider(s) probed, 1 ok" in result.output
     assert "monitor_email_production: alerts firing:" in result.output
     assert "snapshot_email_health: 2 rows for" in result.output
+
+
+async def test_flow_post_run_check_is_answered_by_a_running_worker(
+        prefect_harness, seeded: Database, database_url: str) -> None:
+    import asyncio
+
+    from flows.process_email_queue import process_email_queue
+    from mailpipe.quality_worker import run_worker
+
+    stop, ready = asyncio.Event(), asyncio.Event()
+    worker = asyncio.create_task(run_worker(stop=stop, ready=ready, database_url=database_url))
+    await asyncio.wait([worker, asyncio.create_task(ready.wait())], timeout=120,
+                       return_when=asyncio.FIRST_COMPLETED)
+    assert ready.is_set(), worker
+    try:
+        state = await process_email_queue(batch_size=15, return_state=True)
+    finally:
+        stop.set()
+        answered = await asyncio.wait_for(worker, 60)
+
+    assert state.is_completed() and answered == 1
+    [check] = await seeded.fetch_all("SELECT flow_name, flow_run_id, status, checked_by"
+                                     " FROM quality_checks")
+    assert check["flow_name"] == "process_email_queue" and check["status"] == "passed"
+    assert check["flow_run_id"] == state.state_details.flow_run_id
+    assert check["checked_by"].startswith("worker ")

@@ -195,3 +195,18 @@ async def test_history_lists_the_checks(db: Database, env_database: str) -> None
     [check] = data["checks"]
     assert check["flow_name"] == "monitor_smtp_health" and check["status"] == "passed"
     assert check["docs_url"].startswith("file://")
+
+
+async def test_history_older_than_the_retention_is_pruned(db: Database,
+                                                         database_url: str) -> None:
+    await db.execute("INSERT INTO quality_checks (flow_name, status, requested_at, finished_at,"
+                     " report) VALUES ('process_email_queue', 'passed', now() - interval"
+                     " '31 days', now() - interval '31 days', '{}'), ('process_email_queue',"
+                     " 'passed', now() - interval '29 days', now() - interval '29 days', '{}')")
+
+    await quality_worker.post_run_check(db, "monitor_smtp_health", None,
+                                        settings=settings(quality_keep_days=30))
+
+    ages = await db.fetch_all("SELECT now() - requested_at < interval '30 days' AS recent"
+                              " FROM quality_checks ORDER BY id")
+    assert [r["recent"] for r in ages] == [True, True]  # the 29-day-old one and the new one

@@ -78,3 +78,9 @@ SELECT id, flow_name, status, requested_at, started_at, finished_at, checked_by,
  WHERE (%(flow_name)s::text IS NULL OR flow_name = %(flow_name)s)
  ORDER BY id DESC
  LIMIT %(limit)s;
+
+-- prune_quality_checks --
+-- Retention (MAILPIPE_QUALITY_KEEP_DAYS): finished checks older than the cutoff, by index range
+DELETE FROM quality_checks
+ WHERE requested_at < now() - make_interval(days => %(keep_days)s)
+   AND status IN ('passed', 'failed', 'error');
