@@ -244,6 +244,7 @@ class QualityReport:
     elapsed_seconds: float
     suites: list[SuiteResult]
     docs_url: str | None = None
+    checked_by: str | None = None  # set for post-run checks: "worker host:pid" or "inline ..."
 
     @property
     def success(self) -> bool:
@@ -870,6 +871,7 @@ async def check_flow_run(flow_name: str, since: dt.datetime) -> QualityReport:
     see :mod:`mailpipe.quality_worker`), publish the artifact, raise ``warn`` alerts, then
     fail the run on a broken ``fail`` invariant (:class:`DataQualityError`). Call from
     inside a flow run."""
+    from prefect import get_run_logger
     from prefect.runtime import flow_run
 
     from mailpipe.db import Database
@@ -877,6 +879,15 @@ async def check_flow_run(flow_name: str, since: dt.datetime) -> QualityReport:
 
     async with Database(min_size=1, max_size=2) as db:
         report = await post_run_check(db, flow_name, since, flow_run_id=flow_run.id)
+        logger = get_run_logger()
+        for suite in report.suites:
+            for r in suite.failed:
+                logger.log(logging.ERROR if suite.policy == "fail" else logging.WARNING,
+                           "data quality %s (%s): %s", suite.name, suite.policy, r.summary())
+        logger.info("data quality: %d suite(s), %s in %.1f s (%s); Data Docs: %s",
+                    len(report.suites), "all invariants hold" if report.success else
+                    f"{len(report.failures)} failed, {len(report.warnings)} warning(s)",
+                    report.elapsed_seconds, report.checked_by, report.docs_url)
         await publish_quality_artifact(report)
         await raise_quality_alerts(db, report)
     enforce_policy(report)

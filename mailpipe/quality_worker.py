@@ -89,6 +89,7 @@ async def _ask_worker(db: Database, params: dict[str, Any],
             assert state is not None
             if state["status"] in ("passed", "failed"):
                 report = quality.QualityReport.from_dict(state["report"])
+                report.checked_by = state["checked_by"]
                 log.info("data-quality check %s answered by %s", check_id, state["checked_by"])
                 return report
             if state["status"] == "error":
@@ -123,6 +124,7 @@ async def _check_here(db: Database, check_id: int, flow_name: str, since: dt.dat
             await _finish(db, check_id, checked_by, error=f"{type(exc).__name__}: {exc}")
         raise
     await _finish(db, check_id, checked_by, report=report)
+    report.checked_by = checked_by
     return report
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from typer.testing import CliRunner
 
@@ -89,9 +91,18 @@ async def test_flow_post_run_check_is_answered_by_a_running_worker(
     await asyncio.wait([worker, asyncio.create_task(ready.wait())], timeout=120,
                        return_when=asyncio.FIRST_COMPLETED)
     assert ready.is_set(), worker
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    run_logs = logging.getLogger("prefect.flow_runs")
+    run_logs.addHandler(handler)
+    level = run_logs.level
+    run_logs.setLevel(logging.INFO)  # the test harness may raise it
     try:
         state = await process_email_queue(batch_size=15, return_state=True)
     finally:
+        run_logs.removeHandler(handler)
+        run_logs.setLevel(level)
         stop.set()
         answered = await asyncio.wait_for(worker, 60)
 
@@ -101,3 +112,7 @@ async def test_flow_post_run_check_is_answered_by_a_running_worker(
     assert check["flow_name"] == "process_email_queue" and check["status"] == "passed"
     assert check["flow_run_id"] == state.state_details.flow_run_id
     assert check["checked_by"].startswith("worker ")
+    # The run's own log says what was checked, by whom, and where the Data Docs are.
+    logs = "\n".join(record.getMessage() for record in records)
+    assert "all invariants hold in" in logs and f"({check['checked_by']})" in logs
+    assert "Data Docs: file://" in logs
