@@ -90,6 +90,9 @@ async def _ask_worker(db: Database, params: dict[str, Any],
             if state["status"] in ("passed", "failed"):
                 report = quality.QualityReport.from_dict(state["report"])
                 report.checked_by = state["checked_by"]
+                specs = quality.suite_specs()
+                for suite in report.suites:  # this run's MAILPIPE_QUALITY_POLICIES decide
+                    suite.policy = quality.effective_policy(specs[suite.name], settings)
                 log.info("data-quality check %s answered by %s", check_id, state["checked_by"])
                 return report
             if state["status"] == "error":

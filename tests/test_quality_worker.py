@@ -210,3 +210,18 @@ async def test_history_older_than_the_retention_is_pruned(db: Database,
     ages = await db.fetch_all("SELECT now() - requested_at < interval '30 days' AS recent"
                               " FROM quality_checks ORDER BY id")
     assert [r["recent"] for r in ages] == [True, True]  # the 29-day-old one and the new one
+
+
+async def test_the_flow_runs_policies_apply_to_a_workers_answer(db: Database,
+                                                               database_url: str) -> None:
+    started = dt.datetime.now(dt.UTC)
+    await plant_broken_rows(db)
+
+    async with worker(database_url):
+        report = await quality_worker.post_run_check(
+            db, "process_email_queue", started,
+            settings=settings(quality_policies={"communication_events": "warn"}))
+
+    assert report.failures == []
+    assert {s.name for s in report.warnings} == {"communication_events", "rate_limit_counters"}
+    quality.enforce_policy(report)  # nothing with policy fail broke: the run stays Completed
