@@ -60,3 +60,15 @@ async def statuses(db: Database) -> dict[str, int]:
     rows = await db.fetch_all(
         "SELECT status, count(*) AS n FROM communication_events GROUP BY status")
     return {r["status"]: r["n"] for r in rows}
+
+
+async def plant_quality_violations(db: Database) -> None:
+    """Two queued events, one with priority 42 (breaks communication_events, policy fail), and
+    a rate-limit counter over its limit (breaks rate_limit_counters, policy warn)."""
+    await add_template(db)
+    await insert_events(db, 2)
+    await db.execute("UPDATE communication_events SET priority = 42"
+                     " WHERE id = (SELECT min(id) FROM communication_events)")
+    await db.execute("INSERT INTO rate_limit_counters (scope, key, window_size, window_start,"
+                     " count, limit_value) VALUES ('provider', 'p', 'minute',"
+                     " date_trunc('minute', now()), 500, 100)")

@@ -29,7 +29,7 @@ from mailpipe.delivery import drain_queue
 from mailpipe.monitoring import check_providers
 from mailpipe.snapshots import snapshot_day, today
 from mailpipe.testing.smtpd import Behaviour, SMTPTestServer
-from tests.factories import add_provider, add_template, insert_events
+from tests.factories import add_provider, add_template, insert_events, plant_quality_violations
 
 BOUNCING = "bounce1@example.com"
 
@@ -364,13 +364,7 @@ async def test_snapshot_violations(db: Database, database_url: str,
 async def test_flow_check_fails_on_fail_policy_and_warns_otherwise(
         db: Database, database_url: str, caplog: pytest.LogCaptureFixture) -> None:
     started = dt.datetime.now(dt.UTC)
-    await add_template(db)
-    await insert_events(db, 2)
-    await db.execute("UPDATE communication_events SET priority = 42"
-                     " WHERE id = (SELECT min(id) FROM communication_events)")
-    await db.execute("INSERT INTO rate_limit_counters (scope, key, window_size, window_start,"
-                     " count, limit_value) VALUES ('provider', 'p', 'minute',"
-                     " date_trunc('minute', now()), 500, 100)")
+    await plant_quality_violations(db)
 
     report, markdown = await quality.acheck_after_run("process_email_queue", started,
                                                       database_url=database_url)

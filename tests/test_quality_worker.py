@@ -25,7 +25,7 @@ from mailpipe.config import Settings, get_settings
 from mailpipe.db import Database
 from mailpipe.errors import MailpipeError
 from mailpipe.queries import query
-from tests.factories import add_template, insert_events
+from tests.factories import plant_quality_violations
 
 
 def settings(**changes: object) -> Settings:
@@ -48,17 +48,6 @@ async def worker(database_url: str) -> AsyncIterator[asyncio.Task[int]]:
         await asyncio.wait_for(task, 60)
 
 
-async def plant_broken_rows(db: Database) -> None:
-    """One fail-policy violation (priority) and one warn-policy one (rate-limit count)."""
-    await add_template(db)
-    await insert_events(db, 2)
-    await db.execute("UPDATE communication_events SET priority = 42"
-                     " WHERE id = (SELECT min(id) FROM communication_events)")
-    await db.execute("INSERT INTO rate_limit_counters (scope, key, window_size, window_start,"
-                     " count, limit_value) VALUES ('provider', 'p', 'minute',"
-                     " date_trunc('minute', now()), 500, 100)")
-
-
 async def check_rows(db: Database) -> list[dict[str, object]]:
     return await db.fetch_all("SELECT id, flow_name, status, checked_by, worker_pid,"
                               " failed_suites, warning_suites, error, report IS NOT NULL"
@@ -68,7 +57,7 @@ async def check_rows(db: Database) -> list[dict[str, object]]:
 async def test_worker_answers_the_flow_run_with_its_report(db: Database,
                                                            database_url: str) -> None:
     started = dt.datetime.now(dt.UTC)
-    await plant_broken_rows(db)
+    await plant_quality_violations(db)
 
     async with worker(database_url) as task:
         report = await quality_worker.post_run_check(db, "process_email_queue", started,
@@ -94,7 +83,7 @@ async def test_worker_answers_the_flow_run_with_its_report(db: Database,
 
 async def test_report_round_trips_through_the_table(db: Database, database_url: str) -> None:
     started = dt.datetime.now(dt.UTC)
-    await plant_broken_rows(db)
+    await plant_quality_violations(db)
     direct, _ = await quality.acheck_after_run("process_email_queue", started,
                                                database_url=database_url)
 
@@ -215,7 +204,7 @@ async def test_history_older_than_the_retention_is_pruned(db: Database,
 async def test_the_flow_runs_policies_apply_to_a_workers_answer(db: Database,
                                                                database_url: str) -> None:
     started = dt.datetime.now(dt.UTC)
-    await plant_broken_rows(db)
+    await plant_quality_violations(db)
 
     async with worker(database_url):
         report = await quality_worker.post_run_check(
