@@ -83,6 +83,12 @@ def _translated_errors(url: str | None = None) -> Iterator[None]:
         raise DatabaseUnavailable(
             f"Postgres is unreachable{where}: {text}. Check DATABASE_URL and that the server runs."
         ) from exc
+    except pg_errors.UndefinedTable as exc:
+        # Almost always a database behind the code (a new table in a newer migration).
+        raise DatabaseError(
+            f"{_message(exc)}: the database is not migrated to this version of mailpipe; "
+            "run `mailpipe db migrate`"
+        ) from exc
     except psycopg.Error as exc:
         raise DatabaseError(_message(exc)) from exc
 

@@ -214,3 +214,11 @@ async def test_the_flow_runs_policies_apply_to_a_workers_answer(db: Database,
     assert report.failures == []
     assert {s.name for s in report.warnings} == {"communication_events", "rate_limit_counters"}
     quality.enforce_policy(report)  # nothing with policy fail broke: the run stays Completed
+
+
+async def test_a_database_behind_the_code_says_to_migrate(db: Database) -> None:
+    await db.execute("DROP TABLE quality_checks")
+
+    with pytest.raises(MailpipeError, match=r'relation "quality_checks" does not exist.*'
+                                            r"run `mailpipe db migrate`"):
+        await quality_worker.post_run_check(db, "monitor_smtp_health", None)
