@@ -189,6 +189,12 @@ def sent_in(artifacts: dict[str, Any]) -> int:
     return next(row["events"] for row in table if row["outcome"] == "sent")
 
 
+async def checked_by(db: Database, run_id: uuid.UUID) -> str:
+    """Who answered the flow run's post-run data-quality check."""
+    return await db.fetch_value("SELECT checked_by FROM quality_checks WHERE flow_run_id = %s",
+                                (run_id,))
+
+
 def wait_for_text(path: Path, pattern: str, process: subprocess.Popen[bytes],
                   timeout: float = 120) -> str:
     """Wait until the subprocess's output file matches (fails early if it exits)."""
@@ -533,11 +539,13 @@ def test_serve_schedules_runs_and_leaves_schedules_active(
             assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in d.schedules] == [
                 (cron, TIMEZONE, True)]
         run_async(wait_for_scheduled_runs(deployments))  # the schedules produce runs
+        wait_for_text(out_path, r"data-quality worker \S+ \S+ ready", serve)
         # No worker runs now: only the serve process can pick this run up.
         run_id = run_async(start_run("process_email_queue/process_email_queue"))
         [run] = run_async(wait_for_runs([run_id], timeout=120))
         assert run.state.type.value == "COMPLETED", run.state
         assert run_async(statuses(db)) == {"sent": 20}
+        assert run_async(checked_by(db, run_id)).startswith("worker ")  # serve's check worker
     finally:
         serve.send_signal(signal.SIGTERM)
         rc = serve.wait(60)
@@ -574,10 +582,12 @@ def test_up_sets_up_deploys_runs_workers_and_stops_cleanly_on_ctrl_c(
         assert prefect_server.api_url.removesuffix("/api") in text
         deployments = run_async(read_deployments())
         assert {d.work_pool_name for d in deployments.values()} == {"mailpipe"}
+        wait_for_text(out_path, r"data-quality worker \S+ \S+ ready", up)
         run_id = run_async(start_run("process_email_queue/process_email_queue"))
         [run] = run_async(wait_for_runs([run_id], timeout=120))
         assert run.state.type.value == "COMPLETED", run.state
         assert run_async(statuses(db)) == {"sent": 15}
+        assert run_async(checked_by(db, run_id)).startswith("worker ")  # up's check worker
     finally:
         os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
         rc = up.wait(60)
