@@ -297,7 +297,8 @@ class QualityReport:
         scope = (f"rows changed since {self.since.isoformat(timespec='seconds')} in large "
                  "tables, whole small tables" if self.since else "whole tables")
         lines = [f"## Data quality ({self.run_name}): {verdict}", "",
-                 f"Checked {scope} in {self.elapsed_seconds:.1f} s.", "",
+                 f"Checked {scope} in {self.elapsed_seconds:.1f} s"
+                 + (f" by {self.checked_by}." if self.checked_by else "."), "",
                  "| suite | policy | result | expectations |", "|---|---|---|---|"]
         for s in self.suites:
             result = "passed" if s.success else ("**FAILED**" if s.policy == "fail"

@@ -69,6 +69,7 @@ async def test_worker_answers_the_flow_run_with_its_report(db: Database,
     assert [s.name for s in report.warnings] == ["rate_limit_counters"]
     assert "communication_events.priority_in_range" in report.broken_invariants("fail")
     assert "| 42 |" in report.markdown()
+    assert f"by {report.checked_by}." in report.markdown()  # the artifact says who checked
     with pytest.raises(quality.DataQualityError, match="communication_events.priority_in_range"):
         quality.enforce_policy(report)
     [row] = await check_rows(db)
