@@ -168,23 +168,25 @@ async def run_worker(*, stop: asyncio.Event | None = None, ready: asyncio.Event 
         database_url = resolve_url(settings)
     seconds = await asyncio.to_thread(quality.prepare, database_url, settings)
     log.info("Great Expectations loaded in %.1f s", seconds)
-    answered = 0
+    # Kept across reconnections: checks answered, and whether the last attempt got connected
+    # (then the next failure starts the backoff over).
+    state = {"answered": 0, "connected": 0}
     backoff = 1.0
-    while not stop.is_set() and (max_checks is None or answered < max_checks):
+    while not stop.is_set() and (max_checks is None or state["answered"] < max_checks):
         try:
-            answered += await _serve(database_url, stop, ready, max_checks, answered,
-                                     poll_seconds)
+            await _serve(database_url, stop, ready, max_checks, state, poll_seconds)
         except DatabaseUnavailable as exc:
+            if state["connected"]:
+                backoff, state["connected"] = 1.0, 0
             log.warning("%s; retrying in %.0f s", exc, backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)
             backoff = min(backoff * 2, 60.0)
-    return answered
+    return state["answered"]
 
 
 async def _serve(database_url: str, stop: asyncio.Event, ready: asyncio.Event | None,
-                 max_checks: int | None, answered_before: int, poll_seconds: float) -> int:
-    answered = 0
+                 max_checks: int | None, state: dict[str, int], poll_seconds: float) -> None:
     checked_by = _whoami("worker")
     async with Database(database_url, min_size=1, max_size=2,
                         application_name=WORKER_APPLICATION_NAME) as db, \
@@ -193,10 +195,10 @@ async def _serve(database_url: str, stop: asyncio.Event, ready: asyncio.Event | 
         row = await session.fetch_one(query("hold_quality_worker_lock"))
         assert row is not None
         log.info("data-quality worker %s ready (listening on %s)", checked_by, REQUEST_CHANNEL)
+        state["connected"] = 1
         if ready is not None:
             ready.set()
-        while not stop.is_set() and (max_checks is None
-                                     or answered_before + answered < max_checks):
+        while not stop.is_set() and (max_checks is None or state["answered"] < max_checks):
             claimed = await db.fetch_one(query("claim_quality_check"),
                                          {"checked_by": checked_by, "worker_pid": row["pid"]})
             if claimed is None:
@@ -208,8 +210,7 @@ async def _serve(database_url: str, stop: asyncio.Event, ready: asyncio.Event | 
                     waited += time.monotonic() - t0
                 continue
             await _answer(db, claimed, checked_by, database_url)
-            answered += 1
-    return answered
+            state["answered"] += 1
 
 
 async def _answer(db: Database, claimed: dict[str, Any], checked_by: str,

@@ -32,17 +32,24 @@ def settings(**changes: object) -> Settings:
     return get_settings().model_copy(update=changes)
 
 
+class Worker(asyncio.Event):
+    """Set whenever the worker holds its liveness lock (again, after a reconnection)."""
+
+    task: asyncio.Task[int]
+
+
 @contextlib.asynccontextmanager
-async def worker(database_url: str) -> AsyncIterator[asyncio.Task[int]]:
+async def worker(database_url: str) -> AsyncIterator[Worker]:
     """A real worker task; yields once it holds its liveness lock."""
-    stop, ready = asyncio.Event(), asyncio.Event()
+    stop, ready = asyncio.Event(), Worker()
     task = asyncio.create_task(quality_worker.run_worker(
         stop=stop, ready=ready, database_url=database_url, poll_seconds=0.5))
     await asyncio.wait([task, asyncio.create_task(ready.wait())], timeout=120,
                        return_when=asyncio.FIRST_COMPLETED)
     assert ready.is_set(), task.exception() if task.done() else "worker not ready in 120 s"
+    ready.task = task
     try:
-        yield task
+        yield ready
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)
@@ -63,7 +70,7 @@ async def test_worker_answers_the_flow_run_with_its_report(db: Database,
         report = await quality_worker.post_run_check(db, "process_email_queue", started,
                                                      flow_run_id="5f0c3c1e-0000-4000-8000-"
                                                      "000000000001")
-    assert await task == 1
+    assert await task.task == 1
 
     assert [s.name for s in report.failures] == ["communication_events"]
     assert [s.name for s in report.warnings] == ["rate_limit_counters"]
@@ -167,7 +174,7 @@ async def test_two_workers_answer_each_request_exactly_once(db: Database,
         reports = await asyncio.gather(*(
             quality_worker.post_run_check(db, "monitor_smtp_health", None) for _ in range(3)))
     assert all(r.success for r in reports)
-    assert await first + await second == 3
+    assert await first.task + await second.task == 3
     rows = await check_rows(db)
     assert len(rows) == 3 and all(r["status"] == "passed" for r in rows)
     assert all(str(r["checked_by"]).startswith("worker ") for r in rows)
@@ -223,3 +230,21 @@ async def test_a_database_behind_the_code_says_to_migrate(db: Database) -> None:
     with pytest.raises(MailpipeError, match=r'relation "quality_checks" does not exist.*'
                                             r"run `mailpipe db migrate`"):
         await quality_worker.post_run_check(db, "monitor_smtp_health", None)
+
+
+async def test_worker_outlives_its_database_connections(db: Database, database_url: str) -> None:
+    async with worker(database_url) as task:
+        first = await quality_worker.post_run_check(db, "monitor_smtp_health", None)
+        # The server drops every connection of the worker (restart, idle timeout, an admin).
+        task.clear()
+        killed = await db.fetch_value(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND application_name <> 'mailpipe'")
+        assert killed >= 2  # its listening session and Great Expectations' pooled connection
+        await asyncio.wait_for(task.wait(), 60)  # back: reconnected, holding its lock again
+        second = await quality_worker.post_run_check(db, "monitor_smtp_health", None)
+    assert await task.task == 2
+
+    assert first.success and second.success, second.markdown()
+    assert all(str(r["checked_by"]).startswith("worker ") for r in await check_rows(db))
