@@ -176,14 +176,6 @@ class Listener(Transaction):
     closes or its process dies, which makes it a liveness signal other sessions can see.
     """
 
-    def __init__(self, conn: psycopg.AsyncConnection[Row]) -> None:
-        super().__init__(conn)
-
-    @property
-    def backend_pid(self) -> int:
-        """The server process id of this session."""
-        return self._conn.info.backend_pid
-
     async def wait(self, timeout: float) -> list[str]:
         """Payloads of the notifications that arrive within ``timeout`` seconds (returns at
         the first one; empty on timeout)."""

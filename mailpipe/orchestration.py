@@ -656,8 +656,8 @@ def start_worker(*, api_url: str, pool: str, name: str, project: Path,
                             stdout=output, stderr=subprocess.STDOUT if output else None)
 
 
-def start_quality_worker(*, project: Path, env: Mapping[str, str] | None = None,
-                         output: IO[bytes] | int | None = None) -> subprocess.Popen[bytes]:
+def start_quality_worker(*, project: Path,
+                         env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
     """``mailpipe check worker`` as a child process: answers the flows' post-run data-quality
     checks with Great Expectations imported once (see :mod:`mailpipe.quality_worker`)."""
     import sys
@@ -665,8 +665,7 @@ def start_quality_worker(*, project: Path, env: Mapping[str, str] | None = None,
     environment = {**(env if env is not None else os.environ),
                    "MAILPIPE_PROJECT_DIR": str(project)}
     return subprocess.Popen([sys.executable, "-m", "mailpipe", "check", "worker"], cwd=project,
-                            env=environment, stdin=subprocess.DEVNULL, stdout=output,
-                            stderr=subprocess.STDOUT if output else None)
+                            env=environment, stdin=subprocess.DEVNULL)
 
 
 @dataclass
@@ -710,7 +709,7 @@ def up(*, host: str = "127.0.0.1", port: int = 4200, workers: int = 1,
     os.chdir(project)
 
     server: LocalPrefectServer | None = None
-    children: list[subprocess.Popen[bytes]] = []
+    children: dict[str, subprocess.Popen[bytes]] = {}  # what each one is -> the process
     server_log_path: Path | None = None
     report: UpReport | None = None
     received: list[int] = []
@@ -739,10 +738,11 @@ def up(*, host: str = "127.0.0.1", port: int = 4200, workers: int = 1,
         deploy_all(api_url=api_url, project=project, env=env)
         host_name = socket.gethostname()
         for i in range(workers):
-            children.append(start_worker(api_url=api_url, pool=pools[0], project=project,
-                                         name=f"mailpipe-{host_name}-{i + 1}", env=env))
+            name = f"mailpipe-{host_name}-{i + 1}"
+            children[f"worker {name}"] = start_worker(api_url=api_url, pool=pools[0],
+                                                      project=project, name=name, env=env)
         if quality_worker:
-            children.append(start_quality_worker(project=project, env=env))
+            children["mailpipe check worker"] = start_quality_worker(project=project, env=env)
         report = UpReport(api_url=api_url, ui_url=ui_url, started_server=server is not None,
                           server_seconds=server.startup_seconds if server else None,
                           setup=steps, migrations=applied,
@@ -751,11 +751,10 @@ def up(*, host: str = "127.0.0.1", port: int = 4200, workers: int = 1,
         if on_ready:
             on_ready(report)
         while True:
-            for child in children:
+            for what, child in children.items():
                 if child.poll() is not None:
                     raise OrchestrationError(
-                        f"{' '.join(map(str, child.args[1:4]))} exited with status "
-                        f"{child.returncode}; see its output above")
+                        f"{what} exited with status {child.returncode}; see its output above")
             if server and server.process and server.process.poll() is not None:
                 raise OrchestrationError(f"the Prefect server exited; see {server_log_path}")
             time.sleep(0.5)
@@ -767,7 +766,7 @@ def up(*, host: str = "127.0.0.1", port: int = 4200, workers: int = 1,
         # After a Ctrl-C the whole process group got SIGINT: let the children finish first.
         grace = 15.0 if signal.SIGINT in received else 0.0
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan them
-        for child in children:
+        for child in children.values():
             stop_process(child, grace=grace)
         if server is not None:
             server.stop(grace=grace)

@@ -124,7 +124,8 @@ async def _check_here(db: Database, check_id: int, flow_name: str, since: dt.dat
         report, _ = await quality.acheck_after_run(flow_name, since, database_url=db.url)
     except Exception as exc:
         with contextlib.suppress(MailpipeError):
-            await _finish(db, check_id, checked_by, error=f"{type(exc).__name__}: {exc}")
+            await _finish(db, check_id, checked_by,
+                          error=quality.redact(f"{type(exc).__name__}: {exc}", db.url))
         raise
     await _finish(db, check_id, checked_by, report=report)
     report.checked_by = checked_by
@@ -132,7 +133,7 @@ async def _check_here(db: Database, check_id: int, flow_name: str, since: dt.dat
 
 
 async def _finish(db: Database, check_id: int, checked_by: str, *,
-                  report: quality.QualityReport | None = None, error: str | None = None) -> bool:
+                  report: quality.QualityReport | None = None, error: str | None = None) -> None:
     if report is not None:
         status = "passed" if report.success else "failed"
         values = {"elapsed_seconds": report.elapsed_seconds,
@@ -143,10 +144,9 @@ async def _finish(db: Database, check_id: int, checked_by: str, *,
         status = "error"
         values = {"elapsed_seconds": None, "failed_suites": [], "warning_suites": [],
                   "report": None, "error": error}
-    row = await db.fetch_one(query("finish_quality_check"),
-                             {"id": check_id, "status": status, "checked_by": checked_by,
-                              **values})
-    return row is not None
+    # No row back when another checker took the request over: its answer stands.
+    await db.execute(query("finish_quality_check"),
+                     {"id": check_id, "status": status, "checked_by": checked_by, **values})
 
 
 # ---------------------------------------------------------------------------- worker side

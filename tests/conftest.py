@@ -9,6 +9,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -162,3 +163,15 @@ def prefect_harness() -> Iterator[None]:
 @pytest.fixture
 def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def prefect_events(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Capture the Prefect events a flow emits (Prefect's own asserting client)."""
+    from prefect.events.clients import AssertingEventsClient
+    from prefect.events.worker import EventsWorker
+
+    worker = EventsWorker.instance(AssertingEventsClient)
+    monkeypatch.setattr(EventsWorker, "instance", lambda *args, **kwargs: worker)
+    yield worker
+    worker.drain()

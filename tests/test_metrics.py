@@ -472,18 +472,6 @@ async def test_cli_metrics_is_read_only_and_shows_rules(db: Database,
 
 # ---------------------------------------------------------------------------- the flow
 
-@pytest.fixture
-def prefect_events(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """Capture the Prefect events a flow emits (Prefect's own asserting client)."""
-    from prefect.events.clients import AssertingEventsClient
-    from prefect.events.worker import EventsWorker
-
-    worker = EventsWorker.instance(AssertingEventsClient)
-    monkeypatch.setattr(EventsWorker, "instance", lambda *args, **kwargs: worker)
-    yield worker
-    worker.drain()
-
-
 def alert_events(worker: Any) -> list[tuple[str, str]]:
     worker.wait_until_empty()  # not drain(): that would stop the worker for the next run
     events = [e for e in worker._client.events if e.event.startswith("mailpipe.alert.")]

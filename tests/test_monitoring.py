@@ -283,18 +283,6 @@ async def test_cli_health_check_exits_0_when_every_provider_answers(
 
 # ---------------------------------------------------------------------------- the flow
 
-@pytest.fixture
-def prefect_events(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """Capture the Prefect events a flow emits (Prefect's own asserting client)."""
-    from prefect.events.clients import AssertingEventsClient
-    from prefect.events.worker import EventsWorker
-
-    worker = EventsWorker.instance(AssertingEventsClient)
-    monkeypatch.setattr(EventsWorker, "instance", lambda *args, **kwargs: worker)
-    yield worker
-    worker.drain()
-
-
 def emitted(worker: Any, prefix: str) -> list[Any]:
     worker.wait_until_empty()
     return [e for e in worker._client.events if e.event.startswith(prefix)]

@@ -45,6 +45,16 @@ CREATE INDEX IF NOT EXISTS idx_quality_checks_queued
 CREATE INDEX IF NOT EXISTS idx_quality_checks_requested_at
     ON quality_checks (requested_at);
 
+-- Whether the worker whose listening session has backend pid `pid` still lives (holds its
+-- advisory lock); NULL pid (nobody claimed) counts as alive: nothing to take over.
+CREATE OR REPLACE FUNCTION quality_worker_is_alive(pid integer) RETURNS boolean
+    LANGUAGE sql STABLE AS $$
+    SELECT pid IS NULL OR EXISTS (
+        SELECT 1 FROM pg_locks
+         WHERE locktype = 'advisory' AND classid = 7240001 AND objid = pid AND objsubid = 2
+           AND granted)
+$$;
+
 -- ---------------------------------------------------------------- privileges and RLS
 GRANT SELECT, INSERT, UPDATE, DELETE ON quality_checks TO mailpipe_app;
 GRANT SELECT ON quality_checks TO mailpipe_analyst;

@@ -35,10 +35,7 @@ UPDATE quality_checks AS q
    SET status = 'running', started_at = now(), checked_by = %(checked_by)s, worker_pid = NULL
  WHERE q.id = %(id)s
    AND (q.status = 'queued'
-        OR (q.status = 'running' AND q.worker_pid IS NOT NULL
-            AND NOT EXISTS (SELECT 1 FROM pg_locks
-                             WHERE locktype = 'advisory' AND classid = 7240001
-                               AND objid = q.worker_pid AND objsubid = 2 AND granted)))
+        OR (q.status = 'running' AND NOT quality_worker_is_alive(q.worker_pid)))
 RETURNING q.id;
 
 -- start_inline_quality_check --
@@ -62,10 +59,7 @@ SELECT id, pg_notify('mailpipe_quality_checks_done', id::text) FROM done;
 -- quality_check_state --
 -- What a waiting flow run polls: its request's status, answer and whether its worker lives
 SELECT q.status, q.report, q.error, q.checked_by,
-       q.worker_pid IS NULL OR EXISTS (
-           SELECT 1 FROM pg_locks
-            WHERE locktype = 'advisory' AND classid = 7240001 AND objid = q.worker_pid
-              AND objsubid = 2 AND granted) AS worker_alive
+       quality_worker_is_alive(q.worker_pid) AS worker_alive
   FROM quality_checks AS q
  WHERE q.id = %(id)s;
 

@@ -95,6 +95,12 @@ async def events(db: Database) -> list[Row]:
         " provider_name, locked_by, lease_expires_at FROM communication_events ORDER BY id")
 
 
+async def recorded_message_ids(db: Database) -> set[str]:
+    """Message-IDs of the events recorded as sent (what a crash did not lose track of)."""
+    return {r["message_id"] for r in await db.fetch_all(
+        "SELECT message_id FROM communication_events WHERE status = 'sent'")}
+
+
 async def expire_leases(db: Database) -> int:
     """Time passes: every lease still held (by a dead worker) runs out now."""
     return await db.execute(

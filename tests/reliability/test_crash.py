@@ -33,6 +33,7 @@ from tests.reliability.support import (
     events,
     expire_leases,
     reconcile,
+    recorded_message_ids,
     wait_for,
 )
 
@@ -180,8 +181,7 @@ async def test_repeated_kills_at_random_points(
         await wait_for(lambda target=target: len(server.accepted) >= target, timeout=60,
                        what=f"the server accepts {target} messages")
         drainer.kill()
-        recorded = {r["message_id"] for r in await db.fetch_all(
-            "SELECT message_id FROM communication_events WHERE status = 'sent'")}
+        recorded = await recorded_message_ids(db)
         in_flight += [m.message_id for m in server.accepted[start:]
                       if m.message_id not in recorded]
     server.behaviour.data_delay = 0

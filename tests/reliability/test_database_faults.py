@@ -19,7 +19,14 @@ from mailpipe.delivery import drain_in_processes, drain_queue
 from mailpipe.errors import DatabaseUnavailable, MailpipeError
 from mailpipe.testing.smtpd import Behaviour, SMTPTestServer
 from tests.factories import add_provider, add_template, insert_events
-from tests.reliability.support import Figures, events, expire_leases, reconcile, wait_for
+from tests.reliability.support import (
+    Figures,
+    events,
+    expire_leases,
+    reconcile,
+    recorded_message_ids,
+    wait_for,
+)
 
 COUNT = 400
 
@@ -82,8 +89,7 @@ async def test_connections_killed_mid_run_in_process(
         with pytest.raises(MailpipeError) as info:
             await run
     assert_clear(info.value)
-    recorded = {r["message_id"] for r in await db.fetch_all(
-        "SELECT message_id FROM communication_events WHERE status = 'sent'")}
+    recorded = await recorded_message_ids(db)
     in_flight = set(server.accepted_message_ids()) - recorded
     assert len(recorded) < COUNT
     numbers = await resume_and_reconcile(db, server, ids, in_flight)
@@ -105,9 +111,7 @@ async def test_connections_killed_mid_run_in_processes(
     with pytest.raises(MailpipeError) as info:
         await run
     assert_clear(info.value)
-    recorded = {r["message_id"] for r in await db.fetch_all(
-        "SELECT message_id FROM communication_events WHERE status = 'sent'")}
-    in_flight = set(server.accepted_message_ids()) - recorded
+    in_flight = set(server.accepted_message_ids()) - await recorded_message_ids(db)
     numbers = await resume_and_reconcile(db, server, ids, in_flight)
     figures.record("database_faults", "pg_terminate_backend mid-run (2 drainer processes)",
                    connections_killed=killed, in_flight=len(in_flight),
@@ -135,9 +139,7 @@ async def test_one_lost_connection_stops_the_run_after_the_others_record_their_b
     # before stopping, so its messages are not sent twice.
     assert await db.fetch_value(
         "SELECT count(*) FROM communication_events WHERE status = 'processing'") <= 20
-    recorded = {r["message_id"] for r in await db.fetch_all(
-        "SELECT message_id FROM communication_events WHERE status = 'sent'")}
-    in_flight = set(server.accepted_message_ids()) - recorded
+    in_flight = set(server.accepted_message_ids()) - await recorded_message_ids(db)
     assert len(in_flight) <= 20
     assert "never retrieved" not in caplog.text
     numbers = await resume_and_reconcile(db, server, ids, in_flight)
