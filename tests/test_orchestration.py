@@ -189,16 +189,25 @@ def sent_in(artifacts: dict[str, Any]) -> int:
     return next(row["events"] for row in table if row["outcome"] == "sent")
 
 
-async def queue_checkers(db: Database) -> list[str]:
-    """Who answered each process_email_queue run's post-run data-quality check.
+async def settled_queue_checks(db: Database, sent: int, timeout: float = 120) -> list[str]:
+    """Who answered each process_email_queue run's post-run data-quality check, once all
+    ``sent`` events are sent and every such check has finished.
 
     Every run, the test's or a scheduled one, that found work checks afterwards; a run that
     found the queue empty does not. Schedules stay active in these tests, so a scheduled run
-    may drain the events before the test's own run: the assertion is on all of them.
+    may drain (some of) the events and still be sending or checking when the test's own run
+    completes: hence the wait, and the assertion on all of them.
     """
-    rows = await db.fetch_all("SELECT checked_by FROM quality_checks "
-                              "WHERE flow_name = 'process_email_queue' ORDER BY id")
-    return [r["checked_by"] for r in rows]
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = await db.fetch_all("SELECT status, checked_by FROM quality_checks "
+                                  "WHERE flow_name = 'process_email_queue' ORDER BY id")
+        done = rows and all(r["status"] in {"passed", "failed", "error"} for r in rows)
+        if done and await statuses(db) == {"sent": sent}:
+            return [r["checked_by"] for r in rows]
+        assert time.monotonic() < deadline, (
+            f"events {await statuses(db)}, checks {rows} after {timeout} s")
+        await asyncio.sleep(0.5)
 
 
 def wait_for_text(path: Path, pattern: str, process: subprocess.Popen[bytes],
@@ -552,9 +561,8 @@ def test_serve_schedules_runs_and_leaves_schedules_active(
         run_id = run_async(start_run("process_email_queue/process_email_queue"))
         [run] = run_async(wait_for_runs([run_id], timeout=120))
         assert run.state.type.value == "COMPLETED", run.state
-        assert run_async(statuses(db)) == {"sent": 20}
-        checkers = run_async(queue_checkers(db))
-        assert checkers and all(c.startswith("worker ") for c in checkers), checkers
+        checkers = run_async(settled_queue_checks(db, 20))
+        assert all(c.startswith("worker ") for c in checkers), checkers
     finally:
         serve.send_signal(signal.SIGTERM)
         rc = serve.wait(60)
@@ -595,9 +603,8 @@ def test_up_sets_up_deploys_runs_workers_and_stops_cleanly_on_ctrl_c(
         run_id = run_async(start_run("process_email_queue/process_email_queue"))
         [run] = run_async(wait_for_runs([run_id], timeout=120))
         assert run.state.type.value == "COMPLETED", run.state
-        assert run_async(statuses(db)) == {"sent": 15}
-        checkers = run_async(queue_checkers(db))
-        assert checkers and all(c.startswith("worker ") for c in checkers), checkers
+        checkers = run_async(settled_queue_checks(db, 15))
+        assert all(c.startswith("worker ") for c in checkers), checkers
     finally:
         os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
         rc = up.wait(60)
