@@ -637,12 +637,7 @@ async def drain_queue(db: Database, *, batch_size: int = 200, time_budget: float
     failures = [o for o in outcomes if isinstance(o, BaseException)]
     if failures:
         raise failures[0]
-    results = [o for o in outcomes if isinstance(o, DrainResult)]
-    total = DrainResult(worker=",".join(r.worker for r in results))
-    for r in results:
-        total.merge(r)
-    total.stopped_by = results[0].stopped_by
-    return total
+    return _combined([o for o in outcomes if isinstance(o, DrainResult)])
 
 
 def build_event_message(*, event_id: int | str, message_id: str, template_key: str,
@@ -741,7 +736,7 @@ async def preview_message(db: Database, template_key: str | None = None, data: A
 
 
 def _drain_process(url: str, batch_size: int, concurrency: int, time_budget: float,
-                   max_events: int | None) -> dict[str, Any]:
+                   max_events: int | None) -> DrainResult:
     """Entry point of one drainer process: its own event loop and connection pool."""
 
     async def go() -> DrainResult:
@@ -749,10 +744,7 @@ def _drain_process(url: str, batch_size: int, concurrency: int, time_budget: flo
             return await drain_queue(db, batch_size=batch_size, concurrency=concurrency,
                                      time_budget=time_budget, max_events=max_events)
 
-    result = asyncio.run(go())
-    return {"counts": dict(result.counts), "batches": result.batches, "rescued": result.rescued,
-            "elapsed": result.elapsed_seconds, "stopped_by": result.stopped_by,
-            "by_provider": dict(result.by_provider), "worker": result.worker}
+    return asyncio.run(go())  # a plain dataclass: pickled back to the parent
 
 
 def drain_in_processes(url: str, *, processes: int, batch_size: int = 200,
@@ -770,13 +762,13 @@ def drain_in_processes(url: str, *, processes: int, batch_size: int = 200,
     with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
         futures = [pool.submit(_drain_process, url, batch_size, concurrency, time_budget, share)
                    for share in shares]
-        parts = [f.result() for f in futures]
-    total = DrainResult(worker=",".join(p["worker"] for p in parts))
-    for part in parts:
-        total.counts.update(part["counts"])
-        total.batches += part["batches"]
-        total.rescued += part["rescued"]
-        total.by_provider.update(part["by_provider"])
-        total.elapsed_seconds = max(total.elapsed_seconds, part["elapsed"])
-    total.stopped_by = parts[0]["stopped_by"]
+        return _combined([f.result() for f in futures])
+
+
+def _combined(results: list[DrainResult]) -> DrainResult:
+    """One result for drainers that ran side by side (tasks or processes)."""
+    total = DrainResult(worker=",".join(r.worker for r in results))
+    for r in results:
+        total.merge(r)
+    total.stopped_by = results[0].stopped_by
     return total

@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mailpipe.config import Settings, get_settings
 from mailpipe.errors import ConfigError, MailpipeError
@@ -77,9 +76,12 @@ def enter_project_directory(directory: str | None = None) -> dict[str, str]:
     checkout wherever it likes. Returns ``{"directory": ...}`` like Prefect's own
     ``set_working_directory`` step, which tells the worker where the entrypoint lives.
     """
-    path = Path(directory).expanduser().resolve() if directory else project_dir()
-    if not (path / "flows").is_dir():
-        raise ConfigError(f"{path} has no flows/ folder; point MAILPIPE_PROJECT_DIR at it")
+    if directory:
+        path = Path(directory).expanduser().resolve()
+        if not (path / "flows").is_dir():
+            raise ConfigError(f"{path} has no flows/ folder; point MAILPIPE_PROJECT_DIR at it")
+    else:
+        path = project_dir()  # checks it
     os.chdir(path)
     return {"directory": str(path)}
 
@@ -250,8 +252,10 @@ async def setup_prefect(
     - the variables ``mailpipe_timezone`` and ``mailpipe_database_url_block`` that
       ``prefect.yaml`` reads at deploy time.
     """
+    from mailpipe.snapshots import resolve_timezone
+
     settings = settings or get_settings()
-    timezone = _checked_timezone(settings.timezone)
+    timezone = resolve_timezone(settings.timezone)
     specs = load_deployment_specs(project_file(project))
     with prefect_api_errors(require_api()):
         return await _setup_prefect(settings, timezone, specs, secret_source, pool_type,
@@ -296,15 +300,6 @@ async def _setup_prefect(settings: Settings, timezone: str, specs: list[Deployme
                         (DATABASE_URL_BLOCK_VARIABLE, block_name)):
         steps.append(SetupStep("variable", name, await _upsert_variable(name, value), value))
     return steps
-
-
-def _checked_timezone(name: str) -> str:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"MAILPIPE_TIMEZONE={name!r} is not a timezone; use e.g. UTC or "
-                          "Europe/Berlin") from None
-    return name
 
 
 async def _secret_exists(name: str) -> bool:
@@ -660,8 +655,6 @@ def start_quality_worker(*, project: Path,
                          env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
     """``mailpipe check worker`` as a child process: answers the flows' post-run data-quality
     checks with Great Expectations imported once (see :mod:`mailpipe.quality_worker`)."""
-    import sys
-
     environment = {**(env if env is not None else os.environ),
                    "MAILPIPE_PROJECT_DIR": str(project)}
     return subprocess.Popen([sys.executable, "-m", "mailpipe", "check", "worker"], cwd=project,

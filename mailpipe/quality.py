@@ -25,7 +25,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import lru_cache
@@ -93,8 +93,14 @@ class SuiteSpec:
             raise QualityConfigError("since must be a timezone-aware datetime "
                                      "(e.g. datetime.now(UTC))")
         # isoformat() of a datetime is the only value put into SQL: no user text reaches it.
-        bound = f"'{(since - WINDOW_MARGIN).astimezone(dt.UTC).isoformat()}'::timestamptz"
+        bound = f"'{window_start(since)}'::timestamptz"
         return f"SELECT * FROM ({self.query}) AS w WHERE ({self.window.replace(':since', bound)})"
+
+
+def window_start(since: dt.datetime) -> str:
+    """Where a windowed suite's rows start (ISO 8601, UTC): ``since`` minus the clock-skew
+    margin."""
+    return (since - WINDOW_MARGIN).astimezone(dt.UTC).isoformat()
 
 
 def expectations_dir() -> Path:
@@ -384,7 +390,7 @@ def run_checks(tables: Sequence[str] | None = None, since: dt.datetime | None = 
             suites=_suite_results(results, specs, since, settings, database_url, pages),
             docs_url=docs[0]["site_url"] if docs else None,
         )
-        _log_report(report)
+        log_report(report)
         try:
             if on_report is not None:
                 on_report(report)
@@ -567,13 +573,11 @@ def _suite_results(results: Sequence[Any], specs: Mapping[str, SuiteSpec],
         outcomes = [_expectation_result(spec.name, r, database_url) for r in vr.results]
         # GX returns results grouped by metric, not in suite order: keep a stable order.
         outcomes.sort(key=lambda r: r.invariant)
-        window = None
-        if since is not None and spec.window is not None:
-            window = (since - WINDOW_MARGIN).astimezone(dt.UTC).isoformat()
         suites.append(SuiteResult(
             name=spec.name, table=spec.table, policy=effective_policy(spec, settings),
-            window=window, success=all(r.success for r in outcomes),
-            evaluated=len(outcomes), results=outcomes, docs_url=pages.get(spec.name),
+            window=window_start(since) if since is not None and spec.window else None,
+            success=all(r.success for r in outcomes), evaluated=len(outcomes),
+            results=outcomes, docs_url=pages.get(spec.name),
         ))
     return suites
 
@@ -657,14 +661,20 @@ def _prune_results(out_dir: Path, keep: int) -> None:
                     run_dir.rmdir()
 
 
-def _log_report(report: QualityReport) -> None:
+def log_report(report: QualityReport,
+               logger: logging.Logger | logging.LoggerAdapter[Any] = log) -> None:
+    """One line per broken invariant (error for ``fail`` suites, warning for ``warn``), then
+    a summary: who checked, how long, where the Data Docs are."""
     for suite in report.suites:
         for r in suite.failed:
             level = logging.ERROR if suite.policy == "fail" else logging.WARNING
-            log.log(level, "data quality %s (%s): %s", suite.name, suite.policy, r.summary())
-    log.info("data quality %s: %d suite(s), %d failed, %d warning(s) in %.1fs; Data Docs: %s",
-             report.run_name, len(report.suites), len(report.failures), len(report.warnings),
-             report.elapsed_seconds, report.docs_url)
+            logger.log(level, "data quality %s (%s): %s", suite.name, suite.policy, r.summary())
+    logger.info("data quality %s: %d suite(s), %s in %.1f s%s; Data Docs: %s",
+                report.run_name, len(report.suites),
+                "all invariants hold" if report.success else
+                f"{len(report.failures)} failed, {len(report.warnings)} warning(s)",
+                report.elapsed_seconds, f" ({report.checked_by})" if report.checked_by else "",
+                report.docs_url)
 
 
 # ---------------------------------------------------------------------------- flows
@@ -681,10 +691,9 @@ def check_after_run(flow_name: str, since: dt.datetime | None,
     :func:`enforce_policy` after publishing the artifact and raising alerts. ``on_report``
     and ``reuse_context``: as in :func:`run_checks`.
     """
-    specs = suite_specs()
-    if tables is None and not any(flow_name in s.flows for s in specs.values()):
-        raise QualityConfigError(f"no suite lists flow {flow_name!r} in meta.mailpipe.flows")
     chosen = tables if tables is not None else suites_for_flow(flow_name)
+    if tables is None and not chosen:
+        raise QualityConfigError(f"no suite lists flow {flow_name!r} in meta.mailpipe.flows")
     report = run_checks(chosen, since, database_url, run_name=flow_name,
                         checkpoint=flow_name if tables is None else None,
                         on_report=on_report, reuse_context=reuse_context)
@@ -714,35 +723,23 @@ async def publish_quality_artifact(report: QualityReport, *, key: str | None = N
 
 
 async def raise_quality_alerts(db: Database, report: QualityReport) -> list[Any]:
-    """Raise an alert per ``warn`` suite that failed (and resolve it once it passes again).
-
-    Uses the monitoring alert lifecycle (``mailpipe.alerts``) when its rules include
-    ``data_quality``; until then the warning is logged and stays in the report. Returns the
-    alert transitions (empty when logged only).
-    """
+    """Raise a ``data_quality`` alert per ``warn`` suite that failed (and resolve it once the
+    suite passes again, or is no longer ``warn``: a ``fail`` suite fails the run instead),
+    through the monitoring alert lifecycle (:mod:`mailpipe.alerts`); returns the alert
+    transitions."""
     from mailpipe import alerts
 
-    warn_suites = [s for s in report.suites if s.policy == "warn"]
-    if "data_quality" not in alerts.RULES:
-        for suite in report.warnings:
-            log.warning("data-quality warning (no data_quality alert rule yet, logged only): "
-                        "%s: %s", suite.name,
-                        "; ".join(r.summary() for r in suite.failed))
-        return []
-    evaluations = _alert_evaluations(report, warn_suites)
-    transitions = await alerts.apply_alerts(db, evaluations)
+    transitions = await alerts.apply_alerts(db, _alert_evaluations(report))
     await alerts.notify(transitions)
     return transitions
 
 
-def _alert_evaluations(report: QualityReport, warn_suites: Iterable[SuiteResult]) -> list[Any]:
+def _alert_evaluations(report: QualityReport) -> list[Any]:
     from mailpipe.alerts import Evaluation
 
     evaluations = []
-    checked = set()
-    for suite in warn_suites:
-        checked.add(suite.name)
-        if suite.success:
+    for suite in report.suites:
+        if suite.success or suite.policy != "warn":
             evaluations.append(Evaluation("data_quality", suite.name, "ok"))
             continue
         failed = suite.failed
@@ -754,9 +751,9 @@ def _alert_evaluations(report: QualityReport, warn_suites: Iterable[SuiteResult]
                      "docs_url": suite.docs_url},
         ))
     # Suites this run did not check keep their alert as it is (another flow checks them).
-    for name in suite_specs():
-        if name not in checked:
-            evaluations.append(Evaluation("data_quality", name, "no_data"))
+    checked = {suite.name for suite in report.suites}
+    evaluations += [Evaluation("data_quality", name, "no_data")
+                    for name in suite_specs() if name not in checked]
     return evaluations
 
 
@@ -880,15 +877,7 @@ async def check_flow_run(flow_name: str, since: dt.datetime) -> QualityReport:
 
     async with Database(min_size=1, max_size=2) as db:
         report = await post_run_check(db, flow_name, since, flow_run_id=flow_run.id)
-        logger = get_run_logger()
-        for suite in report.suites:
-            for r in suite.failed:
-                logger.log(logging.ERROR if suite.policy == "fail" else logging.WARNING,
-                           "data quality %s (%s): %s", suite.name, suite.policy, r.summary())
-        logger.info("data quality: %d suite(s), %s in %.1f s (%s); Data Docs: %s",
-                    len(report.suites), "all invariants hold" if report.success else
-                    f"{len(report.failures)} failed, {len(report.warnings)} warning(s)",
-                    report.elapsed_seconds, report.checked_by, report.docs_url)
+        log_report(report, get_run_logger())
         await publish_quality_artifact(report)
         await raise_quality_alerts(db, report)
     enforce_policy(report)

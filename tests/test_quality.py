@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import logging
 import re
 import shutil
 import subprocess
@@ -286,15 +285,16 @@ async def test_rate_limit_violations(db: Database, database_url: str) -> None:
     await db.execute("ALTER TABLE rate_limit_counters"
                      " DROP CONSTRAINT rate_limit_counters_count_check,"
                      " DROP CONSTRAINT rate_limit_counters_scope_check")
+    # One fixed minute (the whole table is checked): now() could cross a minute between rows.
+    minute = "2026-01-01 09:30"
     insert = ("INSERT INTO rate_limit_counters (scope, key, window_size, window_start, count,"
-              " limit_value) VALUES (%s, %s, 'minute', date_trunc('minute', now()), %s, %s)")
-    await db.execute(insert, ("provider", "ok", 100, 100))
-    await db.execute(insert, ("provider", "lowered", 105, 100))  # within the 10% tolerance
-    await db.execute(insert, ("provider", "negative", -1, 100))
-    await db.execute(insert, ("provider", "over", 111, 100))
-    await db.execute(insert, ("planet", "mars", 1, None))
-    minute = (await db.fetch_value("SELECT to_char(date_trunc('minute', now()) AT TIME ZONE"
-                                   " 'UTC', 'YYYY-MM-DD HH24:MI')"))
+              " limit_value) VALUES (%s, %s, 'minute', %s::timestamptz, %s, %s)")
+    at = f"{minute}+00"
+    await db.execute(insert, ("provider", "ok", at, 100, 100))
+    await db.execute(insert, ("provider", "lowered", at, 105, 100))  # within the 10% tolerance
+    await db.execute(insert, ("provider", "negative", at, -1, 100))
+    await db.execute(insert, ("provider", "over", at, 111, 100))
+    await db.execute(insert, ("planet", "mars", at, 1, None))
 
     report = quality.run_checks(["rate_limit_counters"], None, database_url)
 
@@ -362,7 +362,7 @@ async def test_snapshot_violations(db: Database, database_url: str,
 
 
 async def test_flow_check_fails_on_fail_policy_and_warns_otherwise(
-        db: Database, database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+        db: Database, database_url: str) -> None:
     started = dt.datetime.now(dt.UTC)
     await plant_quality_violations(db)
 
@@ -375,16 +375,20 @@ async def test_flow_check_fails_on_fail_policy_and_warns_otherwise(
     assert "communication_events.priority_in_range" in markdown and "| 42 |" in markdown
     with pytest.raises(quality.DataQualityError, match="communication_events.priority_in_range"):
         quality.enforce_policy(report)
-    with caplog.at_level(logging.WARNING, logger="mailpipe.quality"):
-        transitions = await quality.raise_quality_alerts(db, report)
-    from mailpipe import alerts
+    transitions = await quality.raise_quality_alerts(db, report)
+    firing = await db.fetch_all("SELECT scope FROM alerts WHERE rule = 'data_quality'"
+                                " AND status = 'firing'")
+    assert [r["scope"] for r in firing] == ["rate_limit_counters"]
+    assert [(t.kind, t.alert.scope) for t in transitions] == [("opened", "rate_limit_counters")]
+    # Still broken on the next run: the alert stays open, no new one.
+    assert await quality.raise_quality_alerts(db, report) == []
 
-    if "data_quality" in alerts.RULES:  # the monitoring alert rule exists: a real alert
-        firing = await db.fetch_all("SELECT scope FROM alerts WHERE rule = 'data_quality'"
-                                    " AND status = 'firing'")
-        assert [r["scope"] for r in firing] == ["rate_limit_counters"] and transitions
-    else:  # until then: logged, and kept in the report
-        assert transitions == [] and "rate_limit_counters.count_within_limit" in caplog.text
+    # MAILPIPE_QUALITY_POLICIES made the suite fail-policy: the run fails instead, and its
+    # warning alert resolves rather than staying open forever.
+    next(s for s in report.suites if s.name == "rate_limit_counters").policy = "fail"
+    transitions = await quality.raise_quality_alerts(db, report)
+    assert [(t.kind, t.alert.scope) for t in transitions] == [
+        ("resolved", "rate_limit_counters")]
 
 
 def test_cli_check(env_database: str) -> None:
@@ -398,7 +402,9 @@ def test_cli_check(env_database: str) -> None:
     assert clean.exit_code == 0, clean.output
     assert json.loads(clean.stdout)["success"] is True
     assert unknown.exit_code == 1 and "no suite for nope" in unknown.output
-    assert {s["suite"] for s in json.loads(listed.stdout)} == set(quality.suite_specs())
+    suites = {s["suite"]: s for s in json.loads(listed.stdout)}
+    assert set(suites) == set(quality.suite_specs())
+    assert "alert" in suites["rate_limit_counters"]["policy_reason"]  # why it is only warn
 
 
 async def test_cli_check_exits_1_on_a_broken_invariant(db: Database, env_database: str) -> None:

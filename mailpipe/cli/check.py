@@ -67,15 +67,16 @@ def check_command(
     from mailpipe import quality
 
     if list_suites:
-        settings_rows = [
+        rows = [
             {"suite": s.name, "policy": quality.effective_policy(s),
              "window": s.window or "whole table", "flows": ", ".join(s.flows),
-             "expectations": s.expectations}
+             "expectations": s.expectations, "policy_reason": s.policy_reason}
             for s in quality.suite_specs().values()]
         if as_json:
-            print_json(settings_rows)
-        else:
-            print_table(settings_rows, title="Data-quality suites")
+            print_json(rows)
+        else:  # the reasons are sentences: JSON only
+            print_table([{k: v for k, v in r.items() if k != "policy_reason"} for r in rows],
+                        title="Data-quality suites")
         return
     if sync_config:
         changed = quality.sync_config()

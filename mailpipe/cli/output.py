@@ -56,6 +56,11 @@ def print_table(rows: Iterable[Mapping[str, Any]], *, title: str | None = None,
     console.print(table)
 
 
+def short_time(value: datetime | None) -> str | None:
+    """A time for a narrow table column (month-day hour:minute:second)."""
+    return None if value is None else f"{value:%m-%d %H:%M:%S}"
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"

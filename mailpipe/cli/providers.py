@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from typing import Any
 
 import typer
 
-from mailpipe.cli.output import command, console, err_console, print_json, print_table, run
+from mailpipe.cli.output import (
+    command,
+    console,
+    err_console,
+    print_json,
+    print_table,
+    run,
+    short_time,
+)
 from mailpipe.cli.values import BadOption, duration, optional_limit
 from mailpipe.db import Database
 from mailpipe.providers import (
@@ -81,10 +88,6 @@ def provider_view(provider: Provider, activity: dict[str, int] | None = None) ->
         view["sent_today"] = activity.get("sent", 0)
         view["failed_today"] = activity.get("failed", 0)
     return view
-
-
-def _when(value: dt.datetime | None) -> str | None:
-    return None if value is None else f"{value:%m-%d %H:%M:%S}"
 
 
 def _refuse_password(password: str | None) -> None:
@@ -240,8 +243,8 @@ def list_command(as_json: bool = _JSON) -> None:
                     "disabled": "[red]disabled[/]"}
     print_table([{"name": v["name"], "endpoint": f"{v['host']}:{v['port']}",
                   "tls": v["tls_mode"], "status": status_style.get(v["status"], v["status"]),
-                  "health": v["health_score"], "suspended until": _when(v["suspended_until"]),
-                  "last check": _when(v["last_checked"]), "sent today": v["sent_today"],
+                  "health": v["health_score"], "suspended until": short_time(v["suspended_until"]),
+                  "last check": short_time(v["last_checked"]), "sent today": v["sent_today"],
                   "failed today": v["failed_today"], "prio": v["priority"]} for v in views],
                 title="SMTP providers (failover order)")
     if not views:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import typer
 
-from mailpipe.cli.output import command, console, err_console, print_json, print_table, run
+from mailpipe.cli.output import (
+    command,
+    console,
+    err_console,
+    print_json,
+    print_table,
+    run,
+    short_time,
+)
 from mailpipe.cli.values import BadOption, duration
 from mailpipe.db import Database
 from mailpipe.queue import (
@@ -74,10 +81,6 @@ def status_command(as_json: bool = _JSON) -> None:
                       highlight=False)
 
 
-def _when(value: dt.datetime | None) -> str | None:
-    return None if value is None else f"{value:%m-%d %H:%M:%S}"
-
-
 def _clip(text: str | None, width: int) -> str | None:
     if text is None or len(text) <= width:
         return text
@@ -122,8 +125,8 @@ def list_command(
         return
     print_table([{"id": r["id"], "status": r["status"], "pri": r["priority"],
                   "to": r["recipient_email"], "template": r["template_key"],
-                  "retries": r["retry_count"], "due": _when(r["scheduled_at"]),
-                  "changed": _when(r["updated_at"]),
+                  "retries": r["retry_count"], "due": short_time(r["scheduled_at"]),
+                  "changed": short_time(r["updated_at"]),
                   "error": _clip(r["last_error"], 70)} for r in rows],
                 title="Events (most recently changed first; --json for every column)")
     if len(rows) == limit:
