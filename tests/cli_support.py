@@ -65,3 +65,9 @@ def fetch(url: str, sql: str, params: Any = None) -> list[Row]:
 def execute(url: str, sql: str, params: Any = None) -> int:
     """Run one statement on the test's database."""
     return with_db(url, lambda db: db.execute(sql, params))
+
+
+def add_local_provider(server: Any, sender: str = "Shop <shop@example.com>") -> Result:
+    """``mailpipe provider add local`` pointing at an in-process SMTP test server."""
+    return ok("provider", "add", "local", "--host", "127.0.0.1", "--port", str(server.port),
+              "--tls", "none", "--from", sender)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
+from mailpipe import quality_worker
 from mailpipe.db import Database, Jsonb
 from mailpipe.templates import save_template
 from mailpipe.testing.smtpd import SMTPTestServer
@@ -72,3 +77,68 @@ async def plant_quality_violations(db: Database) -> None:
     await db.execute("INSERT INTO rate_limit_counters (scope, key, window_size, window_start,"
                      " count, limit_value) VALUES ('provider', 'p', 'minute',"
                      " date_trunc('minute', now()), 500, 100)")
+
+
+# ---------------------------------------------------------------- Prefect artifacts (API reads)
+
+async def run_artifacts(flow_run_id: Any) -> dict[str, Any]:
+    """The artifacts one flow run published, by key (Prefect imported here, not at import)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key: a for a in artifacts}
+
+
+async def latest_table_artifact(key: str) -> list[dict[str, Any]]:
+    """The rows of the newest table artifact with this key."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    assert found, f"no artifact {key!r}"
+    return table_rows(max(found, key=lambda a: a.created))
+
+
+def table_rows(artifact: Any) -> list[dict[str, Any]]:
+    """A table artifact's rows (the API returns them as JSON text)."""
+    return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+
+
+def take_events(worker: Any, prefix: str) -> list[Any]:
+    """The events with this name prefix the ``prefect_events`` fixture captured so far, which
+    it then forgets (the next call sees only newer ones)."""
+    worker.wait_until_empty()  # not drain(): that would stop the worker for the next run
+    events = [e for e in worker._client.events if e.event.startswith(prefix)]
+    worker._client.events = []
+    return events
+
+
+# ---------------------------------------------------------------- a check worker in the test
+
+class Worker(asyncio.Event):
+    """Set whenever the worker holds its liveness lock (again, after a reconnection)."""
+
+    task: asyncio.Task[int]  # its result: how many checks it answered
+
+
+@contextlib.asynccontextmanager
+async def worker(database_url: str) -> AsyncIterator[Worker]:
+    """A real ``mailpipe check worker`` as a task of the test's event loop; yields once it
+    holds its liveness lock, stops it (its current check finishes) on exit."""
+    stop, ready = asyncio.Event(), Worker()
+    task = asyncio.create_task(quality_worker.run_worker(
+        stop=stop, ready=ready, database_url=database_url, poll_seconds=0.5))
+    await asyncio.wait([task, asyncio.create_task(ready.wait())], timeout=120,
+                       return_when=asyncio.FIRST_COMPLETED)
+    assert ready.is_set(), task.exception() if task.done() else "worker not ready in 120 s"
+    ready.task = task
+    try:
+        yield ready
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)

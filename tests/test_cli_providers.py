@@ -8,7 +8,7 @@ import pytest
 
 from mailpipe.delivery import drain_queue
 from mailpipe.testing.smtpd import Behaviour, SMTPTestServer, free_port
-from tests.cli_support import fails, fetch, invoke, ok, ok_json, with_db
+from tests.cli_support import add_local_provider, fails, fetch, invoke, ok, ok_json, with_db
 from tests.factories import add_template, insert_events
 
 SECRET = "s3cr3t-Pa55word"
@@ -133,8 +133,7 @@ def test_add_probe_reports_success_and_failure(env_database: str,
 
 def test_list_counts_todays_sent_and_failed(env_database: str, smtpd_factory) -> None:
     server = smtpd_factory(Behaviour(rcpt_replies={"bad1@example.com": "550 5.1.1 no such user"}))
-    ok("provider", "add", "local", "--host", "127.0.0.1", "--port", str(server.port),
-       "--tls", "none", "--from", "Shop <shop@example.com>")
+    add_local_provider(server)
 
     async def deliver(db) -> None:
         await add_template(db)

@@ -7,18 +7,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Prefect sets up its console log handlers at import: on pytest's streams here, not on the
-# short-lived streams of one CliRunner invocation (closed afterwards).
-import prefect  # noqa: F401
+import pytest
 
 from mailpipe.testing.smtpd import SMTPTestServer
-from tests.cli_support import fails, fetch, invoke, ok, ok_json
+from tests.cli_support import add_local_provider, fails, fetch, invoke, ok, ok_json
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _prefect_logging_outside_cli_runner() -> None:
+    # Prefect sets up its console log handlers when prefect.main is imported (`import prefect`
+    # is lazy): on pytest's streams here, not on the short-lived streams of one CliRunner
+    # invocation (closed afterwards).
+    import prefect.main  # noqa: F401
 
 
 def test_run_process_email_queue_and_monitor_smtp_health(prefect_harness, env_database: str,
                                                         smtpd: SMTPTestServer) -> None:
-    ok("provider", "add", "local", "--host", "127.0.0.1", "--port", str(smtpd.port),
-       "--tls", "none", "--from", "shop@example.com")
+    add_local_provider(smtpd, "shop@example.com")
     ok("template", "add", "welcome", "--subject", "Hi {{ name }}", "--text", "Hello")
     for n in range(5):
         ok("enqueue", "--to", f"user{n}@example.com", "--template", "welcome", "--data",
@@ -40,7 +45,7 @@ def test_run_process_email_queue_and_monitor_smtp_health(prefect_harness, env_da
 
 
 def test_a_failed_flow_run_exits_non_zero(prefect_harness, env_database: str,
-                                          tmp_path: Path) -> None:
+                                          project_root: Path) -> None:
     from prefect.settings import PREFECT_API_URL
 
     # The console script in a subprocess, against the test's Prefect API and database.
@@ -49,7 +54,7 @@ def test_a_failed_flow_run_exits_non_zero(prefect_harness, env_database: str,
     command = [sys.executable, "-m", "mailpipe", "run", "monitor_email_production",
                "--param", 'windows=["5m", "soon"]']
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240,
-                          cwd=Path(__file__).resolve().parent.parent)
+                          cwd=project_root)
     assert proc.returncode == 1, proc.stderr
     assert ("error: flow run monitor_email_production ended Failed: ConfigError: window "
             "'soon' is not a duration like 30s, 5m, 1h or 7d") in proc.stderr.splitlines()
@@ -58,7 +63,7 @@ def test_a_failed_flow_run_exits_non_zero(prefect_harness, env_database: str,
 
     proc = subprocess.run([*command[:3], "--debug", *command[3:]], env=env,
                           capture_output=True, text=True, timeout=240,
-                          cwd=Path(__file__).resolve().parent.parent)
+                          cwd=project_root)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 

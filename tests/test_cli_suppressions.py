@@ -6,7 +6,7 @@ import datetime as dt
 
 from mailpipe.delivery import drain_queue
 from mailpipe.testing.smtpd import SMTPTestServer
-from tests.cli_support import fails, fetch, ok, ok_json, with_db
+from tests.cli_support import add_local_provider, execute, fails, ok, ok_json, with_db
 from tests.factories import add_template, insert_events
 
 
@@ -27,8 +27,7 @@ def test_add_list_remove_and_the_flow_obeys(env_database: str, smtpd: SMTPTestSe
     assert listed["blocked.example"]["kind"] == "domain"
     assert listed["bob@example.com"]["expires_at"] is None
 
-    ok("provider", "add", "local", "--host", "127.0.0.1", "--port", str(smtpd.port),
-       "--tls", "none", "--from", "shop@example.com")
+    add_local_provider(smtpd, "shop@example.com")
 
     async def deliver(db) -> dict[str, int]:
         await add_template(db)
@@ -54,8 +53,7 @@ def test_add_list_remove_and_the_flow_obeys(env_database: str, smtpd: SMTPTestSe
 
 def test_expired_entries_and_bad_input(env_database: str) -> None:
     ok("suppression", "add", "old@example.com")
-    fetch(env_database, "UPDATE email_suppressions SET expires_at = now() - interval '1 day'"
-                        " RETURNING id")
+    execute(env_database, "UPDATE email_suppressions SET expires_at = now() - interval '1 day'")
     assert ok_json("suppression", "list") == []
     assert [r["address"] for r in ok_json("suppression", "list", "--all")] == [
         "old@example.com"]

@@ -10,7 +10,16 @@ import pytest
 
 from mailpipe.delivery import drain_queue
 from mailpipe.testing.smtpd import SMTPTestServer
-from tests.cli_support import execute, fails, fetch, invoke, ok, ok_json, with_db
+from tests.cli_support import (
+    add_local_provider,
+    execute,
+    fails,
+    fetch,
+    invoke,
+    ok,
+    ok_json,
+    with_db,
+)
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:
@@ -97,8 +106,7 @@ def test_bad_input_is_one_line(env_database: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("recipient", ["ann@example.com", "jörg@example.com"])
 def test_render_equals_what_the_flow_sends(env_database: str, smtpd: SMTPTestServer,
                                           tmp_path: Path, recipient: str) -> None:
-    ok("provider", "add", "local", "--host", "127.0.0.1", "--port", str(smtpd.port),
-       "--tls", "none", "--from", "Shop <shop@example.com>")
+    add_local_provider(smtpd)
     ok("template", "add", "order", "--subject", "Grüße {{ name }}: order {{ order }}",
        "--text-file", write(tmp_path, "t.txt", "Hello {{ name }},\nTotal: {{ total }} €\n"),
        "--html-file", write(tmp_path, "t.html",
@@ -126,8 +134,7 @@ def test_render_equals_what_the_flow_sends(env_database: str, smtpd: SMTPTestSer
 
 def test_render_fails_with_the_error_the_flow_records(env_database: str,
                                                      smtpd: SMTPTestServer) -> None:
-    ok("provider", "add", "local", "--host", "127.0.0.1", "--port", str(smtpd.port),
-       "--tls", "none", "--from", "shop@example.com")
+    add_local_provider(smtpd, "shop@example.com")
     ok("template", "add", "welcome", "--subject", "Hi {{ name }}", "--text", "{{ name }}")
     # A syntax error can only come from a row written by hand (the CLI compiles first).
     execute(env_database, "INSERT INTO email_templates (template_key, subject, text_body)"

@@ -10,7 +10,14 @@ from typer.testing import CliRunner
 from mailpipe.cli import app
 from mailpipe.db import Database
 from mailpipe.testing.smtpd import SMTPTestServer
-from tests.factories import add_provider, add_template, insert_events, statuses
+from tests.factories import (
+    add_provider,
+    add_template,
+    insert_events,
+    run_artifacts,
+    statuses,
+    worker,
+)
 
 
 @pytest.fixture
@@ -23,8 +30,6 @@ async def seeded(db: Database, smtpd: SMTPTestServer, env_database: str) -> Data
 
 async def test_flow_drains_and_publishes_artifacts(prefect_harness, seeded: Database,
                                                    smtpd: SMTPTestServer) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     from flows.process_email_queue import process_email_queue
 
@@ -33,10 +38,7 @@ async def test_flow_drains_and_publishes_artifacts(prefect_harness, seeded: Data
     summary = await state.aresult()
     assert summary["sent"] == 40 and summary["batches"] >= 3
     assert len(smtpd.accepted) == 40 and await statuses(seeded) == {"sent": 40}
-    async with get_client() as client:
-        artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
-    by_key = {a.key: a for a in artifacts}
+    by_key = await run_artifacts(state.state_details.flow_run_id)
     assert {"process-email-queue-summary", "process-email-queue-report"} <= set(by_key)
     assert "**40 sent**" in by_key["process-email-queue-report"].data
 
@@ -81,32 +83,23 @@ def test_demo_runs_the_pipeline_end_to_end(prefect_harness, env_database: str, t
 
 async def test_flow_post_run_check_is_answered_by_a_running_worker(
         prefect_harness, seeded: Database, database_url: str) -> None:
-    import asyncio
-
     from flows.process_email_queue import process_email_queue
-    from mailpipe.quality_worker import run_worker
 
-    stop, ready = asyncio.Event(), asyncio.Event()
-    worker = asyncio.create_task(run_worker(stop=stop, ready=ready, database_url=database_url))
-    await asyncio.wait([worker, asyncio.create_task(ready.wait())], timeout=120,
-                       return_when=asyncio.FIRST_COMPLETED)
-    assert ready.is_set(), worker
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
     run_logs = logging.getLogger("prefect.flow_runs")
-    run_logs.addHandler(handler)
     level = run_logs.level
-    run_logs.setLevel(logging.INFO)  # the test harness may raise it
-    try:
-        state = await process_email_queue(batch_size=15, return_state=True)
-    finally:
-        run_logs.removeHandler(handler)
-        run_logs.setLevel(level)
-        stop.set()
-        answered = await asyncio.wait_for(worker, 60)
+    async with worker(database_url) as running:
+        run_logs.addHandler(handler)
+        run_logs.setLevel(logging.INFO)  # the test harness may raise it
+        try:
+            state = await process_email_queue(batch_size=15, return_state=True)
+        finally:
+            run_logs.removeHandler(handler)
+            run_logs.setLevel(level)
 
-    assert state.is_completed() and answered == 1
+    assert state.is_completed() and running.task.result() == 1  # answered once
     [check] = await seeded.fetch_all("SELECT flow_name, flow_run_id, status, checked_by"
                                      " FROM quality_checks")
     assert check["flow_name"] == "process_email_queue" and check["status"] == "passed"

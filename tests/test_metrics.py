@@ -9,8 +9,7 @@ import http.server
 import json
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
@@ -30,7 +29,7 @@ from mailpipe.db import Database
 from mailpipe.errors import ConfigError
 from mailpipe.metrics import collect_metrics, parse_window, parse_windows
 from mailpipe.testing.smtpd import free_port
-from tests.factories import add_provider
+from tests.factories import add_provider, latest_table_artifact, take_events
 
 MIN = dt.timedelta(minutes=1)
 WEBHOOK_TOKEN = "T0KEN-in-the-webhook-path"
@@ -229,8 +228,6 @@ async def cycle(db: Database, settings: Settings) -> list[tuple[str, str, str]]:
     return sorted((t.kind, t.alert.rule, t.alert.scope) for t in transitions)
 
 
-Step = Callable[[Database], Awaitable[None]]
-
 
 async def bounce_seed(db: Database) -> None:
     await add_sent(db, 100)
@@ -412,8 +409,7 @@ def webhook() -> Iterator[str]:
     server.server_close()
 
 
-async def test_webhook_receives_each_transition(db: Database, webhook: str,
-                                                rules_settings: Settings) -> None:
+async def test_webhook_receives_each_transition(db: Database, webhook: str) -> None:
     await add_provider(db, "p1")
     await add_probe(db, "p1", "ok")
     await lag_seed(db)
@@ -473,10 +469,7 @@ async def test_cli_metrics_is_read_only_and_shows_rules(db: Database,
 # ---------------------------------------------------------------------------- the flow
 
 def alert_events(worker: Any) -> list[tuple[str, str]]:
-    worker.wait_until_empty()  # not drain(): that would stop the worker for the next run
-    events = [e for e in worker._client.events if e.event.startswith("mailpipe.alert.")]
-    worker._client.events = []
-    return sorted((e.event, e.resource.id) for e in events)
+    return sorted((e.event, e.resource.id) for e in take_events(worker, "mailpipe.alert."))
 
 
 async def test_flow_opens_announces_and_resolves_alerts(
@@ -484,7 +477,6 @@ async def test_flow_opens_announces_and_resolves_alerts(
         monkeypatch: pytest.MonkeyPatch, prefect_events: Any,
         caplog: pytest.LogCaptureFixture) -> None:
     from flows.monitor_email_production import monitor_email_production
-    from tests.test_monitoring import read_artifact
 
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("MAILPIPE_ALERT_WEBHOOK_URL", webhook)
@@ -501,7 +493,7 @@ async def test_flow_opens_announces_and_resolves_alerts(
         ("mailpipe.alert.opened", "mailpipe.alert.bounce_rate.all"),
         ("mailpipe.alert.opened", "mailpipe.alert.bounce_rate.p1"),
         ("mailpipe.alert.opened", "mailpipe.alert.queue_lag.all")]
-    table = await read_artifact("email-production-metrics")
+    table = await latest_table_artifact("email-production-metrics")
     assert {(r["window"], r["scope"]) for r in table} >= {("5m", "all"), ("24h", "p1")}
     assert next(r for r in table if (r["window"], r["scope"]) == ("5m", "all"))["sent"] == 100
 
@@ -523,11 +515,3 @@ async def test_flow_opens_announces_and_resolves_alerts(
     assert WEBHOOK_TOKEN not in json.dumps(table)
 
 
-def test_flow_entrypoint_loads_for_real(project_root: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from prefect.flows import load_flow_from_entrypoint
-
-    monkeypatch.chdir(project_root)
-    entry = load_flow_from_entrypoint(
-        "flows/monitor_email_production.py:monitor_email_production", use_placeholder_flow=False)
-    assert entry.name == "monitor_email_production"

@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from mailpipe.config import Settings, get_settings
 from mailpipe.db import Database
 from mailpipe.monitoring import check_providers, health_score
 from mailpipe.testing.smtpd import Behaviour, Certificate, SMTPTestServer, free_port
-from tests.factories import add_provider
+from tests.factories import add_provider, latest_table_artifact, take_events
 
 WRONG_PASSWORD = "wr0ng-Pa55word-do-not-leak"
 RIGHT_PASSWORD = "r1ght-Pa55word"
@@ -283,24 +282,6 @@ async def test_cli_health_check_exits_0_when_every_provider_answers(
 
 # ---------------------------------------------------------------------------- the flow
 
-def emitted(worker: Any, prefix: str) -> list[Any]:
-    worker.wait_until_empty()
-    return [e for e in worker._client.events if e.event.startswith(prefix)]
-
-
-async def read_artifact(key: str) -> list[dict[str, Any]]:
-    """The latest table artifact with this key, from the Prefect API."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    async with get_client() as client:
-        found = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    assert found, f"no artifact {key!r}"
-    latest = max(found, key=lambda a: a.created)
-    return json.loads(latest.data) if isinstance(latest.data, str) else latest.data
-
-
 async def test_flow_probes_suspends_emits_events_and_publishes_an_artifact(
         prefect_harness: None, db: Database, fleet: dict[str, Any], cli_env: str,
         monkeypatch: pytest.MonkeyPatch, prefect_events: Any,
@@ -315,12 +296,12 @@ async def test_flow_probes_suspends_emits_events_and_publishes_an_artifact(
     assert summary["probed"] == 6 and summary["ok"] == 2 and summary["failed"] == 4
     assert sorted(summary["suspended"]) == ["no-secret", "refusing", "stalling",
                                             "wrong-password"]
-    events = emitted(prefect_events, "mailpipe.provider.")
+    events = take_events(prefect_events, "mailpipe.provider.")
     assert sorted((e.event, e.resource.id) for e in events) == sorted(
         ("mailpipe.provider.suspended", f"mailpipe.smtp-provider.{name}")
         for name in summary["suspended"])
 
-    table = await read_artifact("monitor-smtp-health")
+    table = await latest_table_artifact("monitor-smtp-health")
     assert {r["provider"]: r["result"] for r in table}["wrong-password"] == "auth_failed"
     assert json.dumps(table).count("127.0.0.1") >= 4
     for secret in (WRONG_PASSWORD, RIGHT_PASSWORD):
@@ -337,11 +318,3 @@ async def test_flow_probes_suspends_emits_events_and_publishes_an_artifact(
     assert await db.fetch_value("SELECT count(*) FROM smtp_connection_audit") == 12
 
 
-def test_flow_entrypoint_loads_for_real(project_root: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from prefect.flows import load_flow_from_entrypoint
-
-    monkeypatch.chdir(project_root)
-    entry = load_flow_from_entrypoint("flows/monitor_smtp_health.py:monitor_smtp_health",
-                                      use_placeholder_flow=False)
-    assert entry.name == "monitor_smtp_health"

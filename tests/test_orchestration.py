@@ -35,7 +35,7 @@ from mailpipe.db import Database
 from mailpipe.errors import ConfigError
 from mailpipe.orchestration import LocalPrefectServer, OrchestrationError
 from mailpipe.testing.smtpd import Behaviour, SMTPTestServer, free_port
-from tests.factories import add_provider, add_template, insert_events, statuses
+from tests.factories import add_provider, add_template, insert_events, run_artifacts, statuses
 
 PROJECT = Path(__file__).resolve().parent.parent
 SPECS = orchestration.load_deployment_specs(PROJECT / "prefect.yaml")
@@ -174,40 +174,68 @@ async def wait_for_runs(run_ids: list[uuid.UUID], timeout: float = 240) -> list[
             await asyncio.sleep(0.5)
 
 
-async def run_artifacts(run_id: uuid.UUID) -> dict[str, Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    async with get_client() as client:
-        artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
-    return {a.key: a for a in artifacts}
-
-
 def sent_in(artifacts: dict[str, Any]) -> int:
     table = json.loads(artifacts["process-email-queue-summary"].data)
     return next(row["events"] for row in table if row["outcome"] == "sent")
 
 
+async def queue_runs_in_flight() -> int:
+    """process_email_queue runs that started and have not finished (any deployment)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    active = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
+    async with get_client() as client:
+        return len(await client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["process_email_queue"])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=active)))))
+
+
 async def settled_queue_checks(db: Database, sent: int, timeout: float = 120) -> list[str]:
     """Who answered each process_email_queue run's post-run data-quality check, once all
-    ``sent`` events are sent and every such check has finished.
+    ``sent`` events are sent, no process_email_queue run is in flight and every check has
+    finished.
 
     Every run, the test's or a scheduled one, that found work checks afterwards; a run that
     found the queue empty does not. Schedules stay active in these tests, so a scheduled run
-    may drain (some of) the events and still be sending or checking when the test's own run
-    completes: hence the wait, and the assertion on all of them.
+    may drain (some of) the events and still be sending, publishing its artifacts or checking
+    when the test's own run completes: hence the wait, and the assertion on all of them.
     """
     deadline = time.monotonic() + timeout
     while True:
         rows = await db.fetch_all("SELECT status, checked_by FROM quality_checks "
                                   "WHERE flow_name = 'process_email_queue' ORDER BY id")
         done = rows and all(r["status"] in {"passed", "failed", "error"} for r in rows)
-        if done and await statuses(db) == {"sent": sent}:
+        if done and await statuses(db) == {"sent": sent} and not await queue_runs_in_flight():
             return [r["checked_by"] for r in rows]
         assert time.monotonic() < deadline, (
             f"events {await statuses(db)}, checks {rows} after {timeout} s")
         await asyncio.sleep(0.5)
+
+
+def assert_check_worker_answers(out_path: Path, process: subprocess.Popen[bytes], db: Database,
+                                ready_queue: Callable[..., Any], smtpd: SMTPTestServer,
+                                events: int) -> None:
+    """Once the check worker that ``process`` (serve or up) started is ready: queue
+    ``events`` events, run process_email_queue on demand, and see every post-run check
+    answered by that worker."""
+    wait_for_text(out_path, r"data-quality worker \S+ \S+ ready", process)
+    # Queued only now: whichever run sends them (this one or a scheduled one) checks after
+    # the worker is up.
+    run_async(ready_queue(smtpd, events))
+    run_id = run_async(start_run("process_email_queue/process_email_queue"))
+    [run] = run_async(wait_for_runs([run_id], timeout=120))
+    assert run.state.type.value == "COMPLETED", run.state
+    checkers = run_async(settled_queue_checks(db, events))
+    assert all(c.startswith("worker ") for c in checkers), checkers
 
 
 def wait_for_text(path: Path, pattern: str, process: subprocess.Popen[bytes],
@@ -478,8 +506,8 @@ def test_work_pool_template_is_accepted_and_renders(kind: str, deployed: dict[st
     job_variables = deployed["deployments"]["process_email_queue"].job_variables
     jsonschema.validate(job_variables, variables)
 
-    run_id = run_async(_deploy_on_pool(f"mailpipe-{kind}", kind, template, job_variables))
-    assert run_id is not None  # the server validated the run's full set of job variables
+    # Raises unless the server accepts the deployment and a run with these job variables.
+    run_async(_deploy_on_pool(f"mailpipe-{kind}", kind, template, job_variables))
 
     defaults = {name: prop.get("default") for name, prop in variables["properties"].items()}
     rendered = apply_values(template["job_configuration"], {
@@ -501,7 +529,7 @@ def test_work_pool_template_is_accepted_and_renders(kind: str, deployed: dict[st
 
 
 async def _deploy_on_pool(pool: str, kind: str, template: dict[str, Any],
-                          job_variables: dict[str, Any]) -> uuid.UUID:
+                          job_variables: dict[str, Any]) -> None:
     """Create the pool, a deployment on it and a run (each validated by the server), then
     remove them again. Bad job variables must be refused, or the check would prove nothing."""
     from prefect.client.orchestration import get_client
@@ -524,7 +552,6 @@ async def _deploy_on_pool(pool: str, kind: str, template: dict[str, Any],
             run = await client.create_flow_run_from_deployment(deployment_id)
             await client.delete_flow_run(run.id)
             await client.delete_deployment(deployment_id)
-            return run.id
         finally:
             await client.delete_work_pool(pool)
 
@@ -532,6 +559,15 @@ async def _deploy_on_pool(pool: str, kind: str, template: dict[str, Any],
 # --- mailpipe serve ----------------------------------------------------------------------------
 
 
+@pytest.fixture
+def schedules_quieted_after(deployed: dict[str, Any]) -> Iterator[None]:
+    """For tests that switch the schedules on (serve, up): off again afterwards, pass or
+    fail, so that the other tests' runs are their own."""
+    yield
+    run_async(quiet_schedules())
+
+
+@pytest.mark.usefixtures("schedules_quieted_after")
 def test_serve_schedules_runs_and_leaves_schedules_active(
         deployed: dict[str, Any], prefect_server: LocalPrefectServer, db: Database,
         database_url: str, ready_queue: Callable[..., Any], smtpd: SMTPTestServer,
@@ -553,16 +589,8 @@ def test_serve_schedules_runs_and_leaves_schedules_active(
             assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in d.schedules] == [
                 (cron, TIMEZONE, True)]
         run_async(wait_for_scheduled_runs(deployments))  # the schedules produce runs
-        wait_for_text(out_path, r"data-quality worker \S+ \S+ ready", serve)
-        # Queued once the check worker is up: whichever run sends them (this one or a scheduled
-        # one) checks afterwards, and serve's check worker answers.
-        run_async(ready_queue(smtpd, 20))
-        # No worker runs now: only the serve process can pick this run up.
-        run_id = run_async(start_run("process_email_queue/process_email_queue"))
-        [run] = run_async(wait_for_runs([run_id], timeout=120))
-        assert run.state.type.value == "COMPLETED", run.state
-        checkers = run_async(settled_queue_checks(db, 20))
-        assert all(c.startswith("worker ") for c in checkers), checkers
+        # No Prefect worker runs now: only the serve process can pick the run up.
+        assert_check_worker_answers(out_path, serve, db, ready_queue, smtpd, 20)
     finally:
         serve.send_signal(signal.SIGTERM)
         rc = serve.wait(60)
@@ -572,12 +600,12 @@ def test_serve_schedules_runs_and_leaves_schedules_active(
     assert all(not d.paused and all(s.active for s in d.schedules) for d in after.values())
     remaining = run_async(scheduled_runs([d.id for d in after.values()]))
     assert {r.deployment_id for r in remaining} == {d.id for d in after.values()}
-    run_async(quiet_schedules())
 
 
 # --- mailpipe up -------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("schedules_quieted_after")
 def test_up_sets_up_deploys_runs_workers_and_stops_cleanly_on_ctrl_c(
         deployed: dict[str, Any], prefect_server: LocalPrefectServer, db: Database,
         database_url: str, ready_queue: Callable[..., Any], smtpd: SMTPTestServer,
@@ -598,13 +626,7 @@ def test_up_sets_up_deploys_runs_workers_and_stops_cleanly_on_ctrl_c(
         assert prefect_server.api_url.removesuffix("/api") in text
         deployments = run_async(read_deployments())
         assert {d.work_pool_name for d in deployments.values()} == {"mailpipe"}
-        wait_for_text(out_path, r"data-quality worker \S+ \S+ ready", up)
-        run_async(ready_queue(smtpd, 15))  # after the check worker is up, as in the serve test
-        run_id = run_async(start_run("process_email_queue/process_email_queue"))
-        [run] = run_async(wait_for_runs([run_id], timeout=120))
-        assert run.state.type.value == "COMPLETED", run.state
-        checkers = run_async(settled_queue_checks(db, 15))
-        assert all(c.startswith("worker ") for c in checkers), checkers
+        assert_check_worker_answers(out_path, up, db, ready_queue, smtpd, 15)
     finally:
         os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
         rc = up.wait(60)
@@ -614,7 +636,6 @@ def test_up_sets_up_deploys_runs_workers_and_stops_cleanly_on_ctrl_c(
     assert "Stopped" in text and SMTP_PASSWORD not in text
     with pytest.raises(ProcessLookupError):
         os.killpg(up.pid, 0)  # no worker left behind
-    run_async(quiet_schedules())
 
 
 # --- late runs ---------------------------------------------------------------------------------

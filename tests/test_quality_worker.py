@@ -9,11 +9,9 @@ claims, answers or dies.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,34 +23,11 @@ from mailpipe.config import Settings, get_settings
 from mailpipe.db import Database
 from mailpipe.errors import MailpipeError
 from mailpipe.queries import query
-from tests.factories import plant_quality_violations
+from tests.factories import plant_quality_violations, worker
 
 
 def settings(**changes: object) -> Settings:
     return get_settings().model_copy(update=changes)
-
-
-class Worker(asyncio.Event):
-    """Set whenever the worker holds its liveness lock (again, after a reconnection)."""
-
-    task: asyncio.Task[int]
-
-
-@contextlib.asynccontextmanager
-async def worker(database_url: str) -> AsyncIterator[Worker]:
-    """A real worker task; yields once it holds its liveness lock."""
-    stop, ready = asyncio.Event(), Worker()
-    task = asyncio.create_task(quality_worker.run_worker(
-        stop=stop, ready=ready, database_url=database_url, poll_seconds=0.5))
-    await asyncio.wait([task, asyncio.create_task(ready.wait())], timeout=120,
-                       return_when=asyncio.FIRST_COMPLETED)
-    assert ready.is_set(), task.exception() if task.done() else "worker not ready in 120 s"
-    ready.task = task
-    try:
-        yield ready
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
 
 
 async def check_rows(db: Database) -> list[dict[str, object]]:
