@@ -33,6 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _support import embedded_postgres  # noqa: E402
+
 from mailpipe.alerts import evaluate_rules, required_windows  # noqa: E402
 from mailpipe.db import Database, admin_execute, redact_url, with_database_name  # noqa: E402
 from mailpipe.metrics import collect_metrics  # noqa: E402
@@ -209,15 +211,10 @@ def main() -> None:
             admin_execute(args.database_url, [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"])
         return
 
-    import pgserver
-
-    with tempfile.TemporaryDirectory(prefix="mailpipe-bench-") as folder:
-        server = pgserver.get_server(Path(folder) / "pgdata", cleanup_mode="delete")
-        try:
-            print(f"embedded Postgres in {folder}")
-            asyncio.run(bench(server.get_uri(), args))
-        finally:
-            server.cleanup()
+    with tempfile.TemporaryDirectory(prefix="mailpipe-bench-") as folder, \
+            embedded_postgres(Path(folder) / "pgdata", cleanup_mode="delete") as admin:
+        print(f"embedded Postgres in {folder}")
+        asyncio.run(bench(admin, args))
 
 
 if __name__ == "__main__":

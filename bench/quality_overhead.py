@@ -42,11 +42,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from _support import create_database, postgres_server  # noqa: E402
 from queue_throughput import seed, start_sink  # noqa: E402
-from snapshot_scaling import PROVIDERS, generate_day  # noqa: E402
+from snapshot_scaling import PROVIDERS, add_providers, generate_day  # noqa: E402
 
-from mailpipe.db import Database, admin_execute, redact_url, with_database_name  # noqa: E402
-from mailpipe.migrations import migrate  # noqa: E402
+from mailpipe.db import Database, admin_execute, redact_url  # noqa: E402
 
 # ---------------------------------------------------------------- part 1: one flow run
 
@@ -172,10 +172,7 @@ def part1(admin: str, events: int, repeat: int, tmp: Path) -> None:
 async def load(url: str, rows: int, probes: int, window_events: int) -> dt.datetime:
     day = date.today() - dt.timedelta(days=1)
     async with Database(url, min_size=1, max_size=2) as db:
-        await db.execute(
-            "INSERT INTO smtp_provider_configs (provider_name, host, created_at, per_minute_limit)"
-            " SELECT 'provider-' || i, 'smtp' || i || '.example.com', '2025-01-01', 100000"
-            " FROM generate_series(0, %s - 1) AS i", (PROVIDERS,))
+        await add_providers(db, per_minute_limit=100000)
         await generate_day(db, day, "q", 0, rows, probes)
         await db.execute(
             "INSERT INTO rate_limit_counters (scope, key, window_size, window_start, count,"
@@ -231,19 +228,6 @@ def part2(admin: str, rows: int, window_events: int, repeat: int) -> None:
     print(f"  all 7 suites on whole tables ({rows:,} rows): {a:.2f} s")
 
 
-def create_database(admin: str, name: str) -> str:
-    admin_execute(admin, [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
-                          f"CREATE DATABASE {name}"])
-    url = with_database_name(admin, name)
-
-    async def go() -> None:
-        async with Database(url, min_size=1, max_size=1) as db:
-            await migrate(db)
-
-    asyncio.run(go())
-    return url
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20000, help="events the flow run drains")
@@ -260,25 +244,20 @@ def main() -> None:
         return
 
     tmp = Path(tempfile.mkdtemp(prefix="mailpipe-qbench-"))
-    server = None
-    admin = args.database_url
-    if not admin:
-        import pgserver
-
-        server = pgserver.get_server(tmp / "pg", cleanup_mode="stop")
-        admin = server.get_uri()
-    print(f"Postgres: {redact_url(admin)}; {os.cpu_count()} cores")
     try:
-        if not args.skip_drain:
-            part1(admin, args.events, args.repeat, tmp)
-        if not args.skip_rows:
-            part2(admin, args.rows, args.events, args.repeat)
+        with postgres_server(args.database_url, tmp / "pg") as admin:
+            print(f"Postgres: {redact_url(admin)}; {os.cpu_count()} cores")
+            try:
+                if not args.skip_drain:
+                    part1(admin, args.events, args.repeat, tmp)
+                if not args.skip_rows:
+                    part2(admin, args.rows, args.events, args.repeat)
+            finally:
+                if args.database_url:
+                    admin_execute(admin, [
+                        "DROP DATABASE IF EXISTS mailpipe_qbench_drain WITH (FORCE)",
+                        "DROP DATABASE IF EXISTS mailpipe_qbench_rows WITH (FORCE)"])
     finally:
-        if args.database_url:
-            admin_execute(admin, ["DROP DATABASE IF EXISTS mailpipe_qbench_drain WITH (FORCE)",
-                                  "DROP DATABASE IF EXISTS mailpipe_qbench_rows WITH (FORCE)"])
-        if server is not None:
-            server.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

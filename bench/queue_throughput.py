@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import aiosmtplib  # noqa: E402
+from _support import create_database, postgres_server  # noqa: E402
 
-from mailpipe.db import Database, admin_execute, with_database_name  # noqa: E402
+from mailpipe.db import Database  # noqa: E402
 from mailpipe.delivery import drain_in_processes  # noqa: E402
 from mailpipe.messages import build_message, validate_recipient  # noqa: E402
-from mailpipe.migrations import migrate  # noqa: E402
 from mailpipe.templates import CompiledTemplate  # noqa: E402
 from mailpipe.testing.smtpd import free_port  # noqa: E402
 
@@ -178,25 +178,6 @@ async def naive_run(url: str, port: int, n: int, connections: int) -> float:
         return n / (time.perf_counter() - started)
 
 
-def database(tmp: Path) -> tuple[str, object | None]:
-    admin = os.environ.get("DATABASE_URL")
-    server = None
-    if not admin:
-        import pgserver
-        server = pgserver.get_server(tmp / "pg", cleanup_mode="stop")
-        admin = server.get_uri()
-    admin_execute(admin, ["DROP DATABASE IF EXISTS mailpipe_bench WITH (FORCE)",
-                          "CREATE DATABASE mailpipe_bench"])
-    url = with_database_name(admin, "mailpipe_bench")
-
-    async def go() -> None:
-        async with Database(url, min_size=1, max_size=1) as db:
-            await migrate(db)
-
-    asyncio.run(go())
-    return url, server
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20000)
@@ -209,38 +190,44 @@ def main() -> None:
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mailpipe-bench-"))
-    url, server = database(tmp)
-    sink, port, sink_name = start_sink()
     try:
-        n, c = args.events, args.connections
-        print(f"sink: {sink_name}; {n} events; {c} SMTP connections; "
-              f"{args.processes} drainer processes; batch {args.batch_size}; "
-              f"{os.cpu_count()} cores")
-        d = asyncio.run(raw_loop(port, n, c, prebuilt=True))
-        a = asyncio.run(raw_loop(port, n, c, prebuilt=False))
-        b, rss = mailpipe_run(url, port, n, c, args.processes, args.batch_size)
-        naive = asyncio.run(naive_run(url, port, args.naive_events, c))
-        print(f"(d) transport ceiling (prebuilt bytes, 1 process): {d:8.0f} msg/s")
-        print(f"(a) build ceiling (render+build+send, 1 process):  {a:8.0f} msg/s")
-        print(f"(b) mailpipe end to end ({args.processes} processes):       {b:8.0f} msg/s"
-              f"   = {b / a:.2f} x (a), {b / d:.2f} x (d)   [targets >= 0.75, >= 0.60]")
-        print(f"(c) naive row-at-a-time baseline:                  {naive:8.0f} msg/s"
-              f"   mailpipe = {b / naive:.1f} x naive")
-        print(f"peak RSS of a drainer process: {rss / 1024:.0f} MiB")
-        if args.rss_check:
-            rates = {}
-            for size in (10_000, 100_000):
-                rate, peak = mailpipe_run(url, port, size, c, args.processes, args.batch_size)
-                rates[size] = (rate, peak)
-                print(f"  {size:>7} events: {rate:6.0f} msg/s, peak RSS {peak / 1024:.0f} MiB")
-            ratio = rates[100_000][1] / rates[10_000][1]
-            print(f"peak RSS 100k / 10k = {ratio:.2f} (target <= 1.10)")
+        with postgres_server(os.environ.get("DATABASE_URL"), tmp / "pg") as admin:
+            url = create_database(admin, "mailpipe_bench")
+            sink, port, sink_name = start_sink()
+            try:
+                run(url, port, sink_name, args)
+            finally:
+                sink.send_signal(signal.SIGTERM)
+                sink.wait(timeout=10)
     finally:
-        sink.send_signal(signal.SIGTERM)
-        sink.wait(timeout=10)
-        if server is not None:
-            server.cleanup()  # type: ignore[attr-defined]
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(url: str, port: int, sink_name: str, args: argparse.Namespace) -> None:
+    """The four runs (and the RSS check) against the sink, printed."""
+    n, c = args.events, args.connections
+    print(f"sink: {sink_name}; {n} events; {c} SMTP connections; "
+          f"{args.processes} drainer processes; batch {args.batch_size}; "
+          f"{os.cpu_count()} cores")
+    d = asyncio.run(raw_loop(port, n, c, prebuilt=True))
+    a = asyncio.run(raw_loop(port, n, c, prebuilt=False))
+    b, rss = mailpipe_run(url, port, n, c, args.processes, args.batch_size)
+    naive = asyncio.run(naive_run(url, port, args.naive_events, c))
+    print(f"(d) transport ceiling (prebuilt bytes, 1 process): {d:8.0f} msg/s")
+    print(f"(a) build ceiling (render+build+send, 1 process):  {a:8.0f} msg/s")
+    print(f"(b) mailpipe end to end ({args.processes} processes):       {b:8.0f} msg/s"
+          f"   = {b / a:.2f} x (a), {b / d:.2f} x (d)   [targets >= 0.75, >= 0.60]")
+    print(f"(c) naive row-at-a-time baseline:                  {naive:8.0f} msg/s"
+          f"   mailpipe = {b / naive:.1f} x naive")
+    print(f"peak RSS of a drainer process: {rss / 1024:.0f} MiB")
+    if args.rss_check:
+        rates = {}
+        for size in (10_000, 100_000):
+            rate, peak = mailpipe_run(url, port, size, c, args.processes, args.batch_size)
+            rates[size] = (rate, peak)
+            print(f"  {size:>7} events: {rate:6.0f} msg/s, peak RSS {peak / 1024:.0f} MiB")
+        ratio = rates[100_000][1] / rates[10_000][1]
+        print(f"peak RSS 100k / 10k = {ratio:.2f} (target <= 1.10)")
 
 
 if __name__ == "__main__":

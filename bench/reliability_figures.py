@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Columns shown first when a suite has them; the rest follow in the order recorded.
 FIRST = ["case", "events", "faults_injected", "in_flight", "lost", "duplicated", "unrecorded",
          "ambiguous", "status_sent", "status_failed"]
-HIDDEN = {"suite", "first_pass_counts", "accepted_messages"}
+HIDDEN = {"suite", "accepted_messages"}
 
 
 def table(rows: list[dict[str, Any]]) -> str:

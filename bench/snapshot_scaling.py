@@ -28,6 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _support import embedded_postgres
+
 from mailpipe.db import Database, admin_execute, redact_url, with_database_name
 from mailpipe.migrations import migrate
 from mailpipe.snapshots import day_bounds, explain_day, snapshot_day
@@ -110,13 +112,18 @@ async def print_plan(db: Database, day: date) -> None:
               f" {scan['rows']:>10,}")
 
 
+async def add_providers(db: Database, *, per_minute_limit: int | None = None) -> None:
+    """The PROVIDERS providers the generated traffic names: provider-0, provider-1, ..."""
+    await db.execute(
+        "INSERT INTO smtp_provider_configs (provider_name, host, created_at, per_minute_limit)"
+        " SELECT 'provider-' || i, 'smtp' || i || '.example.com', '2025-01-01', %s::integer"
+        " FROM generate_series(0, %s - 1) AS i", (per_minute_limit, PROVIDERS))
+
+
 async def prepare(db: Database, target: date, n: int, probes: int, history: int) -> None:
     """Migrate, add the providers, load the target day and ``history`` days before it."""
     await migrate(db)
-    await db.execute(
-        "INSERT INTO smtp_provider_configs (provider_name, host, created_at)"
-        " SELECT 'provider-' || i, 'smtp' || i || '.example.com', '2025-01-01'"
-        " FROM generate_series(0, %s - 1) AS i", (PROVIDERS,))
+    await add_providers(db)
     await generate_day(db, target, "t", 0, n, probes)
     per_day_ids = n + n // 50
     for k in range(1, history + 1):
@@ -184,14 +191,9 @@ def main() -> None:
         run(admin, label, args)
         return
 
-    import pgserver
-
-    with tempfile.TemporaryDirectory(prefix="mailpipe-bench-") as folder:
-        server = pgserver.get_server(Path(folder) / "pgdata", cleanup_mode="delete")
-        try:
-            run(server.get_uri(), f"an embedded Postgres in {folder}", args)
-        finally:
-            server.cleanup()
+    with tempfile.TemporaryDirectory(prefix="mailpipe-bench-") as folder, \
+            embedded_postgres(Path(folder) / "pgdata", cleanup_mode="delete") as admin:
+        run(admin, f"an embedded Postgres in {folder}", args)
 
 
 def run(admin_url: str, label: str, args: argparse.Namespace) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from mailpipe.db import Database
 from mailpipe.errors import DatabaseError, IntegrityViolation
+from tests.reliability.support import as_role
 
 TABLES = ["communication_events", "smtp_provider_configs", "smtp_connection_audit",
           "smtp_delivery_confirmations", "rate_limit_counters", "email_templates",
@@ -21,12 +22,6 @@ async def seeded(db: Database) -> Database:
         "INSERT INTO communication_events (event_type, recipient_email, template_key)"
         " VALUES ('welcome', 'a@example.com', 'welcome')")
     return db
-
-
-async def as_role(db: Database, role: str, sql: str) -> list[dict]:
-    async with db.transaction() as tx:
-        await tx.execute(f"SET LOCAL ROLE {role}")
-        return await tx.fetch_all(sql)
 
 
 async def test_roles_exist_after_migrate(db: Database) -> None:

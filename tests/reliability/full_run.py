@@ -19,6 +19,7 @@ import time
 import traceback
 from typing import Any
 
+from mailpipe import quality
 from mailpipe.config import Settings
 from mailpipe.db import Database
 from mailpipe.errors import MailpipeError
@@ -41,14 +42,9 @@ async def run() -> dict[str, Any]:
         "snapshot_email_health": await snapshot_email_health(),
     }
     summary["flows_seconds"] = round(time.perf_counter() - started, 1)
-    try:
-        from mailpipe import quality
-    except ImportError:  # the data-quality module is optional in older checkouts
-        summary["quality"] = None
-    else:
-        report = await asyncio.to_thread(quality.run_checks)
-        summary["quality"] = {"suites": len(report.suites), "docs_url": report.docs_url,
-                              "seconds": round(report.elapsed_seconds, 1)}
+    report = await asyncio.to_thread(quality.run_checks)
+    summary["quality"] = {"suites": len(report.suites), "docs_url": report.docs_url,
+                          "seconds": round(report.elapsed_seconds, 1)}
 
     errors = []
     password = os.environ["RELIABILITY_DB_PASSWORD"]

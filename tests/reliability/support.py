@@ -1,11 +1,13 @@
 """Shared tools of the reliability suites: drainer processes, deadline polling, the ledger that
-reconciles the database with what the SMTP servers received, and the figures of a run."""
+reconciles the database with what the SMTP servers received, the recovery check after a crash
+or a lost connection, queries as another role, and the figures of a run."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,19 +19,25 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailpipe.db import Database, Row
-from mailpipe.testing.smtpd import SMTPTestServer
+from mailpipe.delivery import drain_queue
+from mailpipe.testing.smtpd import Behaviour, SMTPTestServer
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
-FINAL = {"sent", "failed", "suppressed", "cancelled"}
+# The application_name of the engine's connections (mailpipe.db.Database's default); the
+# suites' own pools use another (conftest.TEST_APPLICATION).
+ENGINE = "mailpipe"
 
 
 class DeadlineExceeded(AssertionError):
     """A polled condition did not become true in time."""
 
 
-async def wait_for(check: Callable[[], Awaitable[T] | T], *, timeout: float, what: str,
-                   interval: float = 0.01) -> T:
+class Rollback(Exception):
+    """Raised inside a test's blocking transaction to roll it back (and release its locks)."""
+
+
+async def wait_for(check: Callable[[], Awaitable[T] | T], *, timeout: float, what: str) -> T:
     """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds.
 
     Synchronisation by observation, never by a fixed sleep: the test moves on as soon as the
@@ -44,7 +52,7 @@ async def wait_for(check: Callable[[], Awaitable[T] | T], *, timeout: float, wha
             return value  # type: ignore[return-value]
         if time.monotonic() > deadline:
             raise DeadlineExceeded(f"not within {timeout:g}s: {what}")
-        await asyncio.sleep(interval)
+        await asyncio.sleep(0.01)
 
 
 class DrainerProcess:
@@ -59,7 +67,6 @@ class DrainerProcess:
             cwd=ROOT, env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.pid = self.process.pid
-        self.killed = False
 
     @property
     def worker_prefix(self) -> str:
@@ -70,10 +77,6 @@ class DrainerProcess:
         """kill -9: no cleanup, no goodbye to Postgres or SMTP (a crashed or OOM-killed worker)."""
         os.kill(self.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
-        self.killed = True
-
-    def running(self) -> bool:
-        return self.process.poll() is None
 
     def result(self, timeout: float = 180.0) -> tuple[int, dict[str, Any], str]:
         """Wait for the process; (exit code, its JSON line, its stderr)."""
@@ -113,6 +116,23 @@ async def make_retries_due(db: Database) -> int:
     return await db.execute(
         "UPDATE communication_events SET scheduled_at = now() - interval '1 second'"
         " WHERE status = 'queued' AND scheduled_at > now()")
+
+
+async def waiting_on_a_lock(db: Database, application_name: str | None = None) -> bool:
+    """Another session on this database (of ``application_name``, when given) is blocked on
+    a row, table or transaction lock."""
+    return bool(await db.fetch_value(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+        " AND (%(name)s::text IS NULL OR application_name = %(name)s::text)",
+        {"name": application_name}))
+
+
+async def as_role(db: Database, role: str, sql: str) -> list[dict]:
+    """Run ``sql`` as ``role`` (SET LOCAL ROLE, in a transaction of its own)."""
+    async with db.transaction() as tx:
+        await tx.execute(f"SET LOCAL ROLE {role}")
+        return await tx.fetch_all(sql)
 
 
 @dataclass
@@ -171,6 +191,43 @@ def reconcile(rows: list[Row], servers: Iterable[SMTPTestServer], *,
         if n > 1:
             ledger.duplicated_ids.append(message_id)
     return ledger
+
+
+def without_date(content: bytes) -> bytes:
+    """A message's bytes without its Date header (the one header a re-send changes)."""
+    return re.sub(rb"\nDate: [^\r\n]*", b"", content)
+
+
+async def recover_and_reconcile(db: Database, server: SMTPTestServer, ids: list[int],
+                                in_flight: Iterable[str], *, batch_size: int) -> dict[str, Any]:
+    """After a crash or a lost connection: the server behaves again, time passes (every lease
+    the failed run held runs out), the next run drains the queue; check the promise and return
+    the figures (``rescued`` and :meth:`Ledger.figures`).
+
+    ``in_flight``: the Message-IDs the server accepted while their events were not recorded as
+    sent, at each crash or lost connection (one Message-ID once per crash it was in flight at).
+    The promise: every event sent, 0 lost, 0 unrecorded; the duplicates are exactly the
+    in-flight messages, each accepted once more per crash it was in flight at, the same bytes
+    every time but for the Date header, and flagged ``may_be_duplicate`` on its confirmation.
+    """
+    times = Counter(in_flight)
+    server.behaviour = Behaviour()
+    await expire_leases(db)
+    result = await drain_queue(db, batch_size=batch_size)
+    ledger = reconcile(await events(db), [server], expected_ids=ids)
+    assert ledger.statuses == {"sent": len(ids)}, ledger.statuses
+    assert ledger.lost == [] and ledger.unrecorded == []
+    assert set(ledger.duplicated_ids) == set(times), (sorted(ledger.duplicated_ids),
+                                                       sorted(times))
+    assert {m: ledger.accepted[m] for m in times} == {m: n + 1 for m, n in times.items()}
+    assert ledger.duplicated == sum(times.values())
+    for message_id in times:
+        copies = {without_date(m.content) for m in server.accepted if m.message_id == message_id}
+        assert len(copies) == 1, message_id
+    flagged = {r["message_id"] for r in await db.fetch_all(
+        "SELECT message_id FROM smtp_delivery_confirmations WHERE may_be_duplicate")}
+    assert set(times) <= flagged
+    return {"rescued": result.rescued, **ledger.figures()}
 
 
 class Figures:

@@ -45,6 +45,8 @@ from tests.reliability.strategies import (
 from tests.reliability.support import Figures
 
 EXAMPLES = int(os.environ.get("RELIABILITY_EXAMPLES", "40"))
+# derandomize=False is not redundant: Hypothesis loads its "ci" profile (derandomize=True)
+# when CI, GITHUB_ACTIONS, GITLAB_CI... is set; these properties draw new examples every run.
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -63,7 +65,7 @@ def count(entry_point: str) -> None:
 def _record_examples(figures: Figures):
     yield
     for entry_point, n in sorted(_counts.items()):
-        figures.record("bad_input", entry_point, examples=n, crashes=0, lost=0)
+        figures.record("bad_input", entry_point, examples=n)
 
 
 def one_clear_line(error: BaseException) -> None:

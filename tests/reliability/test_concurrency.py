@@ -68,5 +68,7 @@ async def test_drainer_processes_lose_nothing_and_never_send_twice(
     # Every 451 became exactly one recorded retry, whichever process took it.
     assert retried > 0 and await db.fetch_value(
         "SELECT sum(retry_count) FROM communication_events") == retried
-    # The processes really shared the work (each first round: every process sent some).
+    # The processes really shared the work: at least two of the first round sent some. Not
+    # necessarily every one: a process that starts (imports, connects) after the others have
+    # claimed everything due finds nothing to do and stops with 0 sent.
     assert sum(1 for n in per_process[:processes] if n > 0) >= 2

@@ -21,11 +21,7 @@ import pytest
 from mailpipe import quality_worker
 from mailpipe.config import get_settings
 from mailpipe.db import Database
-from tests.reliability.support import wait_for
-
-
-class Rollback(Exception):
-    """Raised to end the test's blocking transaction."""
+from tests.reliability.support import Rollback, wait_for, waiting_on_a_lock
 
 
 async def test_kill_9_of_the_check_worker_mid_check_loses_no_check(
@@ -48,10 +44,8 @@ async def test_kill_9_of_the_check_worker_mid_check_loses_no_check(
                     lambda: db.fetch_one("SELECT id, checked_by FROM quality_checks"
                                          " WHERE status = 'running'"),
                     timeout=60, what="the worker claimed the request")
-                await wait_for(lambda: db.fetch_value(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"),
-                    timeout=60, what="the worker's checkpoint waits on the table lock")
+                await wait_for(lambda: waiting_on_a_lock(db), timeout=60,
+                               what="the worker's checkpoint waits on the table lock")
                 worker.send_signal(signal.SIGKILL)
                 worker.wait(10)
                 raise Rollback  # the flow run's own check may read the table again
