@@ -29,8 +29,9 @@ def embedded_postgres(data_dir: Path, *, cleanup_mode: str = "stop") -> Iterator
 
 
 @contextmanager
-def postgres_server(url: str | None, data_dir: Path, *, cleanup_mode: str = "stop"
-                    ) -> Iterator[str]:
+def postgres_server(
+    url: str | None, data_dir: Path, *, cleanup_mode: str = "stop"
+) -> Iterator[str]:
     """The admin URL of the server to run on: ``url`` when given (left as it is at the end),
     else an :func:`embedded_postgres` in ``data_dir``."""
     if url:
@@ -42,8 +43,9 @@ def postgres_server(url: str | None, data_dir: Path, *, cleanup_mode: str = "sto
 
 def create_database(admin: str, name: str) -> str:
     """(Re)create database ``name`` on the server at ``admin``, migrated; returns its URL."""
-    admin_execute(admin, [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
-                          f"CREATE DATABASE {name}"])
+    admin_execute(
+        admin, [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}"]
+    )
     url = with_database_name(admin, name)
 
     async def go() -> None:

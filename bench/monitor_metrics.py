@@ -42,8 +42,14 @@ from mailpipe.migrations import migrate  # noqa: E402
 from mailpipe.queries import query  # noqa: E402
 
 PROVIDERS = 20
-LARGE = {"communication_events", "smtp_delivery_confirmations", "delivery_attempts",
-         "smtp_connection_audit", "email_suppressions", "rate_limit_counters"}
+LARGE = {
+    "communication_events",
+    "smtp_delivery_confirmations",
+    "delivery_attempts",
+    "smtp_connection_audit",
+    "email_suppressions",
+    "rate_limit_counters",
+}
 
 LOAD = [
     # providers
@@ -121,9 +127,12 @@ async def load(db: Database, events: int, days: int) -> None:
         "       (SELECT count(*) FROM smtp_delivery_confirmations) AS confirmations,"
         "       (SELECT count(*) FROM delivery_attempts) AS attempts,"
         "       (SELECT count(*) FROM smtp_connection_audit) AS probes,"
-        "       (SELECT count(*) FROM rate_limit_counters) AS counters")
-    print(f"loaded in {time.perf_counter() - started:.0f}s: "
-          + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        "       (SELECT count(*) FROM rate_limit_counters) AS counters"
+    )
+    print(
+        f"loaded in {time.perf_counter() - started:.0f}s: "
+        + ", ".join(f"{k} {v:,}" for k, v in counts.items())
+    )
 
 
 def scans(plan: dict[str, Any]) -> list[str]:
@@ -132,15 +141,19 @@ def scans(plan: dict[str, Any]) -> list[str]:
     if "Scan" in plan["Node Type"]:
         target = plan.get("Index Name") or ""
         relation = plan.get("Relation Name") or ""
-        found.append(" ".join(filter(None, [plan["Node Type"], target,
-                                            f"on {relation}" if relation else ""])))
+        found.append(
+            " ".join(
+                filter(None, [plan["Node Type"], target, f"on {relation}" if relation else ""])
+            )
+        )
     for child in plan.get("Plans", []):
         found += scans(child)
     return found
 
 
-async def explain(db: Database, name: str, params: dict[str, Any] | None = None,
-                  window: str = "") -> bool:
+async def explain(
+    db: Database, name: str, params: dict[str, Any] | None = None, window: str = ""
+) -> bool:
     """Print one query's time and scan nodes; False if it seq-scans a large table."""
     row = await db.fetch_one(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {query(name)}", params)
     plan = row["QUERY PLAN"]
@@ -163,13 +176,18 @@ async def bench(url: str, args: argparse.Namespace) -> None:
         ok = await explain(db, "metrics_queue")
         for window in ("5m", "1h", "24h"):
             span = {"window": _span(window)}
-            for name in ("metrics_delivery_by_provider", "metrics_probes_by_provider",
-                         "metrics_suppressions_added", "metrics_rate_limit_windows"):
+            for name in (
+                "metrics_delivery_by_provider",
+                "metrics_probes_by_provider",
+                "metrics_suppressions_added",
+                "metrics_rate_limit_windows",
+            ):
                 ok &= await explain(db, name, span, window)
         ok &= await explain(db, "metrics_provider_states")
         ok &= await explain(db, "recent_probe_results", {"names": names, "limit": 10})
-        ok &= await explain(db, "provider_delivery_outcomes",
-                            {"names": names, "window": _span("1h")}, "1h")
+        ok &= await explain(
+            db, "provider_delivery_outcomes", {"names": names, "window": _span("1h")}, "1h"
+        )
 
         windows = required_windows()
         await collect_metrics(db, windows)
@@ -179,10 +197,14 @@ async def bench(url: str, args: argparse.Namespace) -> None:
             metrics = await collect_metrics(db, windows)
             evaluate_rules(metrics)
             runs.append(time.perf_counter() - started)
-        print(f"\ncollect_metrics + evaluate_rules, windows {windows}, {PROVIDERS} providers: "
-              f"median {statistics.median(runs) * 1000:.0f} ms over {args.repeat} runs")
-        print(f"24h: {metrics.window('24h').sent:,} sent; queue {metrics.queue.queued:,} "
-              f"queued, {metrics.queue.due:,} due")
+        print(
+            f"\ncollect_metrics + evaluate_rules, windows {windows}, {PROVIDERS} providers: "
+            f"median {statistics.median(runs) * 1000:.0f} ms over {args.repeat} runs"
+        )
+        print(
+            f"24h: {metrics.window('24h').sent:,} sent; queue {metrics.queue.queued:,} "
+            f"queued, {metrics.queue.due:,} due"
+        )
         print("every query index-backed" if ok else "SOME QUERY SEQ-SCANS A LARGE TABLE")
 
 
@@ -197,8 +219,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=7, help="days the events spread over")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs (median)")
-    parser.add_argument("--database-url",
-                        help="a server to create the bench database on (default: embedded)")
+    parser.add_argument(
+        "--database-url", help="a server to create the bench database on (default: embedded)"
+    )
     args = parser.parse_args()
 
     if args.database_url:
@@ -211,8 +234,10 @@ def main() -> None:
             admin_execute(args.database_url, [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"])
         return
 
-    with tempfile.TemporaryDirectory(prefix="mailpipe-bench-") as folder, \
-            embedded_postgres(Path(folder) / "pgdata", cleanup_mode="delete") as admin:
+    with (
+        tempfile.TemporaryDirectory(prefix="mailpipe-bench-") as folder,
+        embedded_postgres(Path(folder) / "pgdata", cleanup_mode="delete") as admin,
+    ):
         print(f"embedded Postgres in {folder}")
         asyncio.run(bench(admin, args))
 

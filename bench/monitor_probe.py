@@ -33,12 +33,27 @@ from mailpipe.testing.smtpd import Behaviour, SMTPTestServer  # noqa: E402
 
 def provider(name: str, port: int) -> Provider:
     """A provider row pointing at a local server (no TLS, no AUTH)."""
-    return Provider(id=0, name=name, host="127.0.0.1", port=port, tls_mode="none",
-                    username=None, credentials=None, from_address=None, priority=1,
-                    timeout_seconds=30.0, max_connections=1, per_minute_limit=None,
-                    per_hour_limit=None, per_day_limit=None, status="active",
-                    suspended_until=None, health_score=100.0, consecutive_failures=0,
-                    last_checked=None)
+    return Provider(
+        id=0,
+        name=name,
+        host="127.0.0.1",
+        port=port,
+        tls_mode="none",
+        username=None,
+        credentials=None,
+        from_address=None,
+        priority=1,
+        timeout_seconds=30.0,
+        max_connections=1,
+        per_minute_limit=None,
+        per_hour_limit=None,
+        per_day_limit=None,
+        status="active",
+        suspended_until=None,
+        health_score=100.0,
+        consecutive_failures=0,
+        last_checked=None,
+    )
 
 
 async def timed(coro_factory, repeat: int) -> float:
@@ -78,18 +93,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--providers", type=int, default=20)
     parser.add_argument("--slow-seconds", type=float, default=1.0)
-    parser.add_argument("--rtt-seconds", type=float, default=0.1,
-                        help="EHLO delay of the other servers")
+    parser.add_argument(
+        "--rtt-seconds", type=float, default=0.1, help="EHLO delay of the other servers"
+    )
     parser.add_argument("--repeat", type=int, default=5, help="timed runs (median)")
     args = parser.parse_args()
 
     servers = [SMTPTestServer(Behaviour(ehlo_delay=args.slow_seconds)).start()]
-    servers += [SMTPTestServer(Behaviour(ehlo_delay=args.rtt_seconds)).start()
-                for _ in range(args.providers - 1)]
+    servers += [
+        SMTPTestServer(Behaviour(ehlo_delay=args.rtt_seconds)).start()
+        for _ in range(args.providers - 1)
+    ]
     try:
         providers = [provider(f"p{i:02d}", s.port) for i, s in enumerate(servers)]
-        print(f"{args.providers} in-process SMTP servers; p00 answers EHLO after "
-              f"{args.slow_seconds:g} s, the others after {args.rtt_seconds:g} s")
+        print(
+            f"{args.providers} in-process SMTP servers; p00 answers EHLO after "
+            f"{args.slow_seconds:g} s, the others after {args.rtt_seconds:g} s"
+        )
         asyncio.run(bench(providers, providers[0], args.repeat))
     finally:
         for server in servers:

@@ -50,6 +50,7 @@ from mailpipe.db import Database, admin_execute, redact_url  # noqa: E402
 
 # ---------------------------------------------------------------- part 1: one flow run
 
+
 async def flow_run(url: str, mode: str) -> dict[str, float]:
     """Child process: a process_email_queue run. ``mode``: ``none`` (drain only), ``inline``
     (the check in this process) or ``worker`` (answered by a running check worker)."""
@@ -62,20 +63,26 @@ async def flow_run(url: str, mode: str) -> dict[str, float]:
         result = await drain_queue(db, batch_size=500, concurrency=2, time_budget=3600)
         drained = time.perf_counter()
         if mode == "inline":
-            report, _ = await quality.acheck_after_run("process_email_queue", started,
-                                                       database_url=url)
+            report, _ = await quality.acheck_after_run(
+                "process_email_queue", started, database_url=url
+            )
         elif mode == "worker":
             assert await quality_worker.workers_alive(db) == 1
             report = await quality_worker.post_run_check(db, "process_email_queue", started)
         done = time.perf_counter()
-        checked_by = await db.fetch_value("SELECT checked_by FROM quality_checks"
-                                          " ORDER BY id DESC LIMIT 1")
+        checked_by = await db.fetch_value(
+            "SELECT checked_by FROM quality_checks ORDER BY id DESC LIMIT 1"
+        )
     if mode != "none":
         assert report.success, report.markdown()
     if mode == "worker":
         assert checked_by.startswith("worker "), checked_by
-    return {"sent": result.counts["sent"], "drain": drained - t0, "post_run": done - drained,
-            "total": done - t0}
+    return {
+        "sent": result.counts["sent"],
+        "drain": drained - t0,
+        "post_run": done - drained,
+        "total": done - t0,
+    }
 
 
 def run_child(url: str, env: dict[str, str], mode: str) -> dict[str, float]:
@@ -98,7 +105,10 @@ def start_check_worker(url: str, env: dict[str, str], log: Path) -> subprocess.P
     """`mailpipe check worker` on the bench database; returns once it is ready."""
     worker = subprocess.Popen(
         [sys.executable, "-m", "mailpipe", "check", "worker", "--poll", "1"],
-        env={**env, "DATABASE_URL": url}, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        env={**env, "DATABASE_URL": url},
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
     async def ready() -> None:
         from mailpipe import quality_worker
@@ -118,21 +128,25 @@ def start_check_worker(url: str, env: dict[str, str], log: Path) -> subprocess.P
 def part1(admin: str, events: int, repeat: int, tmp: Path) -> None:
     url = create_database(admin, "mailpipe_qbench_drain")
     sink, port, sink_name = start_sink()
-    base = {**os.environ, "MAILPIPE_DATA_DIR": str(tmp / "data"),
-            "MAILPIPE_QUALITY_RESULTS_DIR": str(tmp / "quality")}
+    base = {
+        **os.environ,
+        "MAILPIPE_DATA_DIR": str(tmp / "data"),
+        "MAILPIPE_QUALITY_RESULTS_DIR": str(tmp / "quality"),
+    }
     compiled = {k: v for k, v in base.items() if k != "PYTHONDONTWRITEBYTECODE"}
     compiled["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
     try:
-        print(f"part 1: a process_email_queue run in a fresh process: drain {events} queued"
-              f" events (2 drainers, batches of 500, {sink_name}), then the flow's checkpoint"
-              f" on the run's rows; median of {repeat}")
+        print(
+            f"part 1: a process_email_queue run in a fresh process: drain {events} queued"
+            f" events (2 drainers, batches of 500, {sink_name}), then the flow's checkpoint"
+            f" on the run's rows; median of {repeat}"
+        )
         asyncio.run(seed(url, port, 10, 2))
         run_child(url, compiled, "inline")  # fills the bytecode cache of the compiled variant
         for label, env in (("no .pyc (this box)", base), ("compiled bytecode", compiled)):
             worker = start_check_worker(url, env, tmp / "worker.log")
             try:
-                runs: dict[str, list[dict[str, float]]] = {"none": [], "inline": [],
-                                                            "worker": []}
+                runs: dict[str, list[dict[str, float]]] = {"none": [], "inline": [], "worker": []}
                 worker_cpu: list[float] = []
                 for _ in range(repeat + 1):  # the first round warms the worker up
                     for mode in runs:  # interleaved, so load changes hit every mode alike
@@ -151,23 +165,29 @@ def part1(admin: str, events: int, repeat: int, tmp: Path) -> None:
             base_total = statistics.median(r["total"] for r in runs["none"])
             base_cpu = statistics.median(r["cpu"] for r in runs["none"])
             print(f"  {label}: drain only {base_total:.1f} s ({base_cpu:.1f} s CPU)")
-            for mode, what in (("inline", "checked in the flow run (GX imported)"),
-                               ("worker", "answered by `mailpipe check worker`")):
+            for mode, what in (
+                ("inline", "checked in the flow run (GX imported)"),
+                ("worker", "answered by `mailpipe check worker`"),
+            ):
                 total = statistics.median(r["total"] for r in runs[mode])
                 post = statistics.median(r["post_run"] for r in runs[mode])
                 cpu = statistics.median(r["cpu"] for r in runs[mode]) - base_cpu
                 if mode == "worker":
                     cpu += statistics.median(worker_cpu)
                 added = total / base_total - 1
-                print(f"    {what:40} run {total:5.1f} s, {post:4.2f} s after the drain:"
-                      f" {100 * added:+.0f}% [{'ok' if added <= 0.15 else 'over'} vs 15%];"
-                      f" CPU {cpu:+.1f} s", flush=True)
+                print(
+                    f"    {what:40} run {total:5.1f} s, {post:4.2f} s after the drain:"
+                    f" {100 * added:+.0f}% [{'ok' if added <= 0.15 else 'over'} vs 15%];"
+                    f" CPU {cpu:+.1f} s",
+                    flush=True,
+                )
     finally:
         sink.send_signal(signal.SIGTERM)
         sink.wait(timeout=10)
 
 
 # ---------------------------------------------------------------- part 2: 1M rows
+
 
 async def load(url: str, rows: int, probes: int, window_events: int) -> dt.datetime:
     day = date.today() - dt.timedelta(days=1)
@@ -179,15 +199,19 @@ async def load(url: str, rows: int, probes: int, window_events: int) -> dt.datet
             " limit_value, updated_at) SELECT 'provider', 'provider-' || p, 'minute', m,"
             " 50, 100000, m FROM generate_series(0, %s - 1) AS p,"
             " generate_series(%s::date::timestamptz, %s::date + interval '1 day' - interval"
-            " '1 minute', interval '1 minute') AS m", (PROVIDERS, day, day))
+            " '1 minute', interval '1 minute') AS m",
+            (PROVIDERS, day, day),
+        )
         from mailpipe.snapshots import snapshot_day
 
         await snapshot_day(db, day, "UTC")
         await db.execute("VACUUM ANALYZE")
         # ``since`` such that the window holds the newest ``events`` events, as one run would
-        return await db.fetch_value("SELECT updated_at FROM communication_events"
-                                    " ORDER BY updated_at DESC OFFSET %s LIMIT 1",
-                                    (window_events,))
+        return await db.fetch_value(
+            "SELECT updated_at FROM communication_events"
+            " ORDER BY updated_at DESC OFFSET %s LIMIT 1",
+            (window_events,),
+        )
 
 
 def timed(fn, repeat: int) -> float:
@@ -204,12 +228,15 @@ def part2(admin: str, rows: int, window_events: int, repeat: int) -> None:
     url = create_database(admin, "mailpipe_qbench_rows")
     t0 = time.perf_counter()
     since = asyncio.run(load(url, rows, rows // 3, window_events))
-    print(f"part 2: {rows:,} events + {rows:,} confirmations, {rows // 10:,} attempts,"
-          f" {rows // 3:,} probes (loaded in {time.perf_counter() - t0:.0f} s)")
+    print(
+        f"part 2: {rows:,} events + {rows:,} confirmations, {rows // 10:,} attempts,"
+        f" {rows // 3:,} probes (loaded in {time.perf_counter() - t0:.0f} s)"
+    )
     t0 = time.perf_counter()
     import great_expectations  # noqa: F401 - the import, timed on its own
 
     from mailpipe import quality
+
     print(f"  import great_expectations: {time.perf_counter() - t0:.1f} s")
     since = since + quality.WINDOW_MARGIN  # the check subtracts the margin again
 
@@ -222,8 +249,11 @@ def part2(admin: str, rows: int, window_events: int, repeat: int) -> None:
         assert report.success, report.markdown()
 
     w = timed(windowed, repeat)
-    print(f"  process_email_queue checkpoint, window of the newest {window_events:,} events:"
-          f" {w:.2f} s", flush=True)
+    print(
+        f"  process_email_queue checkpoint, window of the newest {window_events:,} events:"
+        f" {w:.2f} s",
+        flush=True,
+    )
     a = timed(whole, repeat)
     print(f"  all 7 suites on whole tables ({rows:,} rows): {a:.2f} s")
 
@@ -254,9 +284,13 @@ def main() -> None:
                     part2(admin, args.rows, args.events, args.repeat)
             finally:
                 if args.database_url:
-                    admin_execute(admin, [
-                        "DROP DATABASE IF EXISTS mailpipe_qbench_drain WITH (FORCE)",
-                        "DROP DATABASE IF EXISTS mailpipe_qbench_rows WITH (FORCE)"])
+                    admin_execute(
+                        admin,
+                        [
+                            "DROP DATABASE IF EXISTS mailpipe_qbench_drain WITH (FORCE)",
+                            "DROP DATABASE IF EXISTS mailpipe_qbench_rows WITH (FORCE)",
+                        ],
+                    )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

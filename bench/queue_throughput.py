@@ -46,22 +46,26 @@ SENDER = "Shop <shop@example.com>"
 def start_sink() -> tuple[subprocess.Popen[bytes], int, str]:
     port = free_port()
     sink = shutil.which("smtp-sink") or (
-        "/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None)
+        "/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None
+    )
     if sink:
         user = ["-u", "postfix"] if os.geteuid() == 0 else []
         proc = subprocess.Popen([sink, *user, f"127.0.0.1:{port}", "1000"])
         name = "Postfix smtp-sink"
     else:
-        code = ("import asyncio,sys\nfrom aiosmtpd.controller import Controller\n"
-                "class H:\n async def handle_DATA(self,s,se,e): return '250 OK'\n"
-                f"c=Controller(H(),hostname='127.0.0.1',port={port});c.start()\n"
-                "import threading;threading.Event().wait()\n")
+        code = (
+            "import asyncio,sys\nfrom aiosmtpd.controller import Controller\n"
+            "class H:\n async def handle_DATA(self,s,se,e): return '250 OK'\n"
+            f"c=Controller(H(),hostname='127.0.0.1',port={port});c.start()\n"
+            "import threading;threading.Event().wait()\n"
+        )
         proc = subprocess.Popen([sys.executable, "-c", code])
         name = "aiosmtpd sink (separate process)"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
             import socket
+
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             break
         except OSError:
@@ -71,10 +75,15 @@ def start_sink() -> tuple[subprocess.Popen[bytes], int, str]:
 
 def render_and_build(template: CompiledTemplate, i: int) -> bytes:
     rendered = template.render({"name": f"Customer {i}", "order": 100000 + i, "total": "42.00"})
-    return build_message(sender=SENDER, recipient=validate_recipient(f"user{i}@example.com"),
-                         subject=rendered.subject, text=rendered.text, html=rendered.html,
-                         message_id=f"<bench-{i}@example.com>",
-                         headers={"X-Mailpipe-Event": str(i)})
+    return build_message(
+        sender=SENDER,
+        recipient=validate_recipient(f"user{i}@example.com"),
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        message_id=f"<bench-{i}@example.com>",
+        headers={"X-Mailpipe-Event": str(i)},
+    )
 
 
 async def raw_loop(port: int, n: int, connections: int, *, prebuilt: bool) -> float:
@@ -99,39 +108,49 @@ async def raw_loop(port: int, n: int, connections: int, *, prebuilt: bool) -> fl
 
 async def seed(url: str, port: int, n: int, connections: int) -> None:
     async with Database(url, min_size=1, max_size=2) as db:
-        await db.execute("TRUNCATE communication_events, smtp_delivery_confirmations,"
-                         " delivery_attempts, smtp_provider_configs, email_templates,"
-                         " rate_limit_counters")
+        await db.execute(
+            "TRUNCATE communication_events, smtp_delivery_confirmations,"
+            " delivery_attempts, smtp_provider_configs, email_templates,"
+            " rate_limit_counters"
+        )
         await db.execute(
             "INSERT INTO smtp_provider_configs (provider_name, host, port, tls_mode,"
             " from_address, max_connections) VALUES ('sink', '127.0.0.1', %s, 'none', %s, %s)",
-            (port, SENDER, connections))
+            (port, SENDER, connections),
+        )
         await db.execute(
             "INSERT INTO email_templates (template_key, subject, text_body, html_body)"
-            " VALUES ('bench', %s, %s, %s)", (SUBJECT, TEXT, HTML))
+            " VALUES ('bench', %s, %s, %s)",
+            (SUBJECT, TEXT, HTML),
+        )
         await db.execute(
             "INSERT INTO communication_events (event_type, recipient_email, template_key,"
             " payload) SELECT 'bench', 'user' || g || '@example.com', 'bench',"
             " jsonb_build_object('name', 'Customer ' || g, 'order', 100000 + g,"
             "                    'total', '42.00')"
-            " FROM generate_series(1, %s) g", (n,))
+            " FROM generate_series(1, %s) g",
+            (n,),
+        )
         await db.execute("VACUUM ANALYZE communication_events")
 
 
 async def sent_count(url: str) -> int:
     async with Database(url, min_size=1, max_size=1) as db:
-        return int(await db.fetch_value(
-            "SELECT count(*) FROM communication_events WHERE status = 'sent'"))
+        return int(
+            await db.fetch_value("SELECT count(*) FROM communication_events WHERE status = 'sent'")
+        )
 
 
-def mailpipe_run(url: str, port: int, n: int, connections: int, processes: int,
-                 batch_size: int) -> tuple[float, int]:
+def mailpipe_run(
+    url: str, port: int, n: int, connections: int, processes: int, batch_size: int
+) -> tuple[float, int]:
     per_process = max(1, connections // processes)
     asyncio.run(seed(url, port, n, per_process))
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
-    result = drain_in_processes(url, processes=processes, batch_size=batch_size,
-                                concurrency=1, time_budget=3600)
+    result = drain_in_processes(
+        url, processes=processes, batch_size=batch_size, concurrency=1, time_budget=3600
+    )
     elapsed = time.perf_counter() - started
     rss = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     sent = asyncio.run(sent_count(url))
@@ -152,24 +171,33 @@ async def naive_run(url: str, port: int, n: int, connections: int) -> float:
                 row = await tx.fetch_one(
                     "SELECT id, recipient_email, payload, message_id FROM communication_events"
                     " WHERE status = 'queued' ORDER BY priority, scheduled_at, id"
-                    " LIMIT 1 FOR UPDATE SKIP LOCKED")
+                    " LIMIT 1 FOR UPDATE SKIP LOCKED"
+                )
                 if row is None:
                     break
                 rendered = template.render(row["payload"])
-                data = build_message(sender=SENDER,
-                                     recipient=validate_recipient(row["recipient_email"]),
-                                     subject=rendered.subject, text=rendered.text,
-                                     html=rendered.html, message_id=row["message_id"])
+                data = build_message(
+                    sender=SENDER,
+                    recipient=validate_recipient(row["recipient_email"]),
+                    subject=rendered.subject,
+                    text=rendered.text,
+                    html=rendered.html,
+                    message_id=row["message_id"],
+                )
                 await client.mail("shop@example.com")
                 await client.rcpt(row["recipient_email"])
                 response = await client.data(data)
-                await tx.execute("UPDATE communication_events SET status = 'sent',"
-                                 " sent_at = now() WHERE id = %s", (row["id"],))
+                await tx.execute(
+                    "UPDATE communication_events SET status = 'sent',"
+                    " sent_at = now() WHERE id = %s",
+                    (row["id"],),
+                )
                 await tx.execute(
                     "INSERT INTO smtp_delivery_confirmations (communication_event_id,"
                     " provider_name, message_id, recipient_email, smtp_code)"
                     " VALUES (%s, 'sink', %s, %s, %s)",
-                    (row["id"], row["message_id"], row["recipient_email"], response.code))
+                    (row["id"], row["message_id"], row["recipient_email"], response.code),
+                )
         await client.quit()
 
     async with Database(url, min_size=connections, max_size=connections) as db:
@@ -185,8 +213,11 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--naive-events", type=int, default=3000)
-    parser.add_argument("--rss-check", action="store_true",
-                        help="also drain 10k and 100k events and compare peak RSS")
+    parser.add_argument(
+        "--rss-check",
+        action="store_true",
+        help="also drain 10k and 100k events and compare peak RSS",
+    )
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mailpipe-bench-"))
@@ -206,19 +237,25 @@ def main() -> None:
 def run(url: str, port: int, sink_name: str, args: argparse.Namespace) -> None:
     """The four runs (and the RSS check) against the sink, printed."""
     n, c = args.events, args.connections
-    print(f"sink: {sink_name}; {n} events; {c} SMTP connections; "
-          f"{args.processes} drainer processes; batch {args.batch_size}; "
-          f"{os.cpu_count()} cores")
+    print(
+        f"sink: {sink_name}; {n} events; {c} SMTP connections; "
+        f"{args.processes} drainer processes; batch {args.batch_size}; "
+        f"{os.cpu_count()} cores"
+    )
     d = asyncio.run(raw_loop(port, n, c, prebuilt=True))
     a = asyncio.run(raw_loop(port, n, c, prebuilt=False))
     b, rss = mailpipe_run(url, port, n, c, args.processes, args.batch_size)
     naive = asyncio.run(naive_run(url, port, args.naive_events, c))
     print(f"(d) transport ceiling (prebuilt bytes, 1 process): {d:8.0f} msg/s")
     print(f"(a) build ceiling (render+build+send, 1 process):  {a:8.0f} msg/s")
-    print(f"(b) mailpipe end to end ({args.processes} processes):       {b:8.0f} msg/s"
-          f"   = {b / a:.2f} x (a), {b / d:.2f} x (d)   [targets >= 0.75, >= 0.60]")
-    print(f"(c) naive row-at-a-time baseline:                  {naive:8.0f} msg/s"
-          f"   mailpipe = {b / naive:.1f} x naive")
+    print(
+        f"(b) mailpipe end to end ({args.processes} processes):       {b:8.0f} msg/s"
+        f"   = {b / a:.2f} x (a), {b / d:.2f} x (d)   [targets >= 0.75, >= 0.60]"
+    )
+    print(
+        f"(c) naive row-at-a-time baseline:                  {naive:8.0f} msg/s"
+        f"   mailpipe = {b / naive:.1f} x naive"
+    )
     print(f"peak RSS of a drainer process: {rss / 1024:.0f} MiB")
     if args.rss_check:
         rates = {}

@@ -22,8 +22,18 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # Columns shown first when a suite has them; the rest follow in the order recorded.
-FIRST = ["case", "events", "faults_injected", "in_flight", "lost", "duplicated", "unrecorded",
-         "ambiguous", "status_sent", "status_failed"]
+FIRST = [
+    "case",
+    "events",
+    "faults_injected",
+    "in_flight",
+    "lost",
+    "duplicated",
+    "unrecorded",
+    "ambiguous",
+    "status_sent",
+    "status_failed",
+]
 HIDDEN = {"suite", "accepted_messages"}
 
 
@@ -44,8 +54,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--heavy", action="store_true", help="also run the heavy sizes")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (e.g. -k crash)")
@@ -55,9 +66,18 @@ def main() -> int:
         figures = Path(tmp) / "figures.json"
         # Our own pytest temp root: another pytest session resets /tmp/pytest-of-<user> to
         # 0700, which locks the embedded Postgres of a session already running out of it.
-        command = [sys.executable, "-m", "pytest", "-q", "tests/reliability",
-                   f"--basetemp={Path(tmp) / 'pytest'}", "-p", "no:cacheprovider",
-                   *(["--heavy"] if args.heavy else []), *args.pytest_args]
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "tests/reliability",
+            f"--basetemp={Path(tmp) / 'pytest'}",
+            "-p",
+            "no:cacheprovider",
+            *(["--heavy"] if args.heavy else []),
+            *args.pytest_args,
+        ]
         env = {**os.environ, "RELIABILITY_FIGURES": str(figures)}
         code = subprocess.run(command, cwd=ROOT, env=env).returncode
         rows = json.loads(figures.read_text()) if figures.exists() else []
@@ -69,10 +89,12 @@ def main() -> int:
         lost = sum(r.get("lost", 0) for r in rows)
         duplicated = sum(r.get("duplicated", 0) for r in rows)
         in_flight = sum(r.get("in_flight", 0) for r in rows)
-        print(f"\nTotal: {sum(r.get('events', 0) for r in rows)} events, "
-              f"{sum(r.get('faults_injected', 0) for r in rows)} SMTP faults injected, "
-              f"lost {lost}, duplicated {duplicated} (in flight at a crash or lost "
-              f"connection: {in_flight}).")
+        print(
+            f"\nTotal: {sum(r.get('events', 0) for r in rows)} events, "
+            f"{sum(r.get('faults_injected', 0) for r in rows)} SMTP faults injected, "
+            f"lost {lost}, duplicated {duplicated} (in flight at a crash or lost "
+            f"connection: {in_flight})."
+        )
     return code
 
 

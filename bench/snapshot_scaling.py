@@ -91,12 +91,19 @@ SELECT 'provider-' || (i %% %(providers)s), 'smtp.example.com', i %% 20 <> 0, t,
 """
 
 
-async def generate_day(db: Database, day: date, tag: str, id_base: int, n: int,
-                       probes: int) -> None:
+async def generate_day(
+    db: Database, day: date, tag: str, id_base: int, n: int, probes: int
+) -> None:
     """Load one day of traffic in one transaction with triggers and FK checks off."""
     day_start, _ = await day_bounds(db, day, "UTC")
-    params = {"day_start": day_start, "tag": tag, "id_base": id_base, "n": n,
-              "probes": probes, "providers": PROVIDERS}
+    params = {
+        "day_start": day_start,
+        "tag": tag,
+        "id_base": id_base,
+        "n": n,
+        "probes": probes,
+        "providers": PROVIDERS,
+    }
     async with db.transaction() as tx:
         await tx.execute("SET LOCAL session_replication_role = replica")
         for sql in (GENERATE_EVENTS, GENERATE_CONFIRMATIONS, GENERATE_ATTEMPTS, GENERATE_PROBES):
@@ -108,8 +115,10 @@ async def print_plan(db: Database, day: date) -> None:
     for scan in await explain_day(db, day, "UTC"):
         if scan["relation"] in SMALL_TABLES or not (scan["relation"] or scan["index"]):
             continue
-        print(f"    {scan['relation'] or '':30} {scan['node']:18} {scan['index'] or '':50}"
-              f" {scan['rows']:>10,}")
+        print(
+            f"    {scan['relation'] or '':30} {scan['node']:18} {scan['index'] or '':50}"
+            f" {scan['rows']:>10,}"
+        )
 
 
 async def add_providers(db: Database, *, per_minute_limit: int | None = None) -> None:
@@ -117,7 +126,9 @@ async def add_providers(db: Database, *, per_minute_limit: int | None = None) ->
     await db.execute(
         "INSERT INTO smtp_provider_configs (provider_name, host, created_at, per_minute_limit)"
         " SELECT 'provider-' || i, 'smtp' || i || '.example.com', '2025-01-01', %s::integer"
-        " FROM generate_series(0, %s - 1) AS i", (per_minute_limit, PROVIDERS))
+        " FROM generate_series(0, %s - 1) AS i",
+        (per_minute_limit, PROVIDERS),
+    )
 
 
 async def prepare(db: Database, target: date, n: int, probes: int, history: int) -> None:
@@ -127,31 +138,38 @@ async def prepare(db: Database, target: date, n: int, probes: int, history: int)
     await generate_day(db, target, "t", 0, n, probes)
     per_day_ids = n + n // 50
     for k in range(1, history + 1):
-        await generate_day(db, target - timedelta(days=k), f"h{k}", k * per_day_ids * 2,
-                           n, probes)
+        await generate_day(db, target - timedelta(days=k), f"h{k}", k * per_day_ids * 2, n, probes)
         print(f"  history day {k}/{history} loaded", flush=True)
     await db.execute("VACUUM ANALYZE")
 
 
 async def bench(day_url: str, history_url: str, args: argparse.Namespace) -> None:
     n, probes, target = args.events, args.probes, date(2025, 6, 15)
-    async with Database(day_url, min_size=1, max_size=2) as day_db, \
-            Database(history_url, min_size=1, max_size=2) as history_db:
+    async with (
+        Database(day_url, min_size=1, max_size=2) as day_db,
+        Database(history_url, min_size=1, max_size=2) as history_db,
+    ):
         t0 = time.perf_counter()
         await prepare(day_db, target, n, probes, 0)
-        print(f"database 1, target day {target} only: {n:,} sent events + {n // 50:,} failed,"
-              f" {n:,} confirmations, {n // 10:,} attempts, {probes:,} probes (generated in "
-              f"{time.perf_counter() - t0:.0f} s)")
+        print(
+            f"database 1, target day {target} only: {n:,} sent events + {n // 50:,} failed,"
+            f" {n:,} confirmations, {n // 10:,} attempts, {probes:,} probes (generated in "
+            f"{time.perf_counter() - t0:.0f} s)"
+        )
         t0 = time.perf_counter()
         await prepare(history_db, target, n, probes, args.history_factor)
         total = await history_db.fetch_value("SELECT count(*) FROM communication_events")
-        print(f"database 2, the same day + {args.history_factor}x history on the days before"
-              f" ({total:,} events in total, generated in {time.perf_counter() - t0:.0f} s)")
+        print(
+            f"database 2, the same day + {args.history_factor}x history on the days before"
+            f" ({total:,} events in total, generated in {time.perf_counter() - t0:.0f} s)"
+        )
 
         # Interleaved (day, history, day, history, ...) so that a change in machine load
         # during the runs hits both sides alike.
-        first = [(await snapshot_day(day_db, target, "UTC")).seconds,
-                 (await snapshot_day(history_db, target, "UTC")).seconds]
+        first = [
+            (await snapshot_day(day_db, target, "UTC")).seconds,
+            (await snapshot_day(history_db, target, "UTC")).seconds,
+        ]
         times: list[list[float]] = [[], []]
         rows = 0
         for _ in range(args.repeat):
@@ -160,30 +178,45 @@ async def bench(day_url: str, history_url: str, args: argparse.Namespace) -> Non
                 times[side].append(snap.seconds)
                 rows = len(snap.rows)
         day_s, history_s = statistics.median(times[0]), statistics.median(times[1])
-        for label, db, cold, runs in (("target day only", day_db, first[0], times[0]),
-                                      ("with history", history_db, first[1], times[1])):
-            print(f"{label}: first run {cold:.3f} s; runs "
-                  f"{', '.join(f'{t:.3f}' for t in runs)} s ({rows} rows per run)")
+        for label, db, cold, runs in (
+            ("target day only", day_db, first[0], times[0]),
+            ("with history", history_db, first[1], times[1]),
+        ):
+            print(
+                f"{label}: first run {cold:.3f} s; runs "
+                f"{', '.join(f'{t:.3f}' for t in runs)} s ({rows} rows per run)"
+            )
             await print_plan(db, target)
 
     ratio = history_s / day_s
     print()
-    print(f"RESULT  {n:,}-event day {day_s:.3f} s median (target <= 3 s: "
-          f"{'ok' if max(day_s, history_s) <= 3 else 'MISSED'});  with "
-          f"{args.history_factor}x history {history_s:.3f} s;  ratio {ratio:.2f}x "
-          f"(target <= 1.3x: {'ok' if ratio <= 1.3 else 'MISSED'})")
+    print(
+        f"RESULT  {n:,}-event day {day_s:.3f} s median (target <= 3 s: "
+        f"{'ok' if max(day_s, history_s) <= 3 else 'MISSED'});  with "
+        f"{args.history_factor}x history {history_s:.3f} s;  ratio {ratio:.2f}x "
+        f"(target <= 1.3x: {'ok' if ratio <= 1.3 else 'MISSED'})"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=1_000_000,
-                        help="sent events and confirmations on the target day")
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=1_000_000,
+        help="sent events and confirmations on the target day",
+    )
     parser.add_argument("--probes", type=int, default=300_000, help="audit probes per day")
-    parser.add_argument("--history-factor", type=int, default=10,
-                        help="days of the same traffic added before the target day")
+    parser.add_argument(
+        "--history-factor",
+        type=int,
+        default=10,
+        help="days of the same traffic added before the target day",
+    )
     parser.add_argument("--repeat", type=int, default=5, help="timed runs of each (median)")
-    parser.add_argument("--database-url",
-                        help="a server to create the bench database on (default: embedded)")
+    parser.add_argument(
+        "--database-url", help="a server to create the bench database on (default: embedded)"
+    )
     args = parser.parse_args()
 
     if args.database_url:
@@ -191,8 +224,10 @@ def main() -> None:
         run(admin, label, args)
         return
 
-    with tempfile.TemporaryDirectory(prefix="mailpipe-bench-") as folder, \
-            embedded_postgres(Path(folder) / "pgdata", cleanup_mode="delete") as admin:
+    with (
+        tempfile.TemporaryDirectory(prefix="mailpipe-bench-") as folder,
+        embedded_postgres(Path(folder) / "pgdata", cleanup_mode="delete") as admin,
+    ):
         run(admin, f"an embedded Postgres in {folder}", args)
 
 
@@ -204,8 +239,7 @@ def run(admin_url: str, label: str, args: argparse.Namespace) -> None:
     try:
         asyncio.run(bench(*(with_database_name(admin_url, name) for name in names), args))
     finally:
-        admin_execute(admin_url, [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                                  for name in names])
+        admin_execute(admin_url, [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)" for name in names])
 
 
 if __name__ == "__main__":

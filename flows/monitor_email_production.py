@@ -64,18 +64,26 @@ async def monitor_email_production(windows: list[str] | None = None) -> dict[str
     await acreate_table_artifact(
         key="email-production-metrics",
         table=table_rows(w.as_row() for w in metrics.windows),
-        description=f"{metrics.summary()}. Firing: {firing_text}.")
+        description=f"{metrics.summary()}. Firing: {firing_text}.",
+    )
     summary = {
         "queue": table_rows([metrics.queue_row()])[0],
         "firing": [f"{e.rule}:{e.scope}:{e.severity}" for e in firing],
         "opened": [f"{t.alert.rule}:{t.alert.scope}" for t in transitions if t.kind == "opened"],
-        "escalated": [f"{t.alert.rule}:{t.alert.scope}" for t in transitions
-                      if t.kind == "escalated"],
-        "resolved": [f"{t.alert.rule}:{t.alert.scope}" for t in transitions
-                     if t.kind == "resolved"],
+        "escalated": [
+            f"{t.alert.rule}:{t.alert.scope}" for t in transitions if t.kind == "escalated"
+        ],
+        "resolved": [
+            f"{t.alert.rule}:{t.alert.scope}" for t in transitions if t.kind == "resolved"
+        ],
         "webhook_delivered": delivered,
     }
-    logger.info("queue %s due, lag %.0fs; %s rules firing; opened %s, resolved %s",
-                metrics.queue.due, metrics.queue.queue_lag_seconds, len(firing),
-                len(summary["opened"]), len(summary["resolved"]))
+    logger.info(
+        "queue %s due, lag %.0fs; %s rules firing; opened %s, resolved %s",
+        metrics.queue.due,
+        metrics.queue.queue_lag_seconds,
+        len(firing),
+        len(summary["opened"]),
+        len(summary["resolved"]),
+    )
     return summary

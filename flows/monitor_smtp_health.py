@@ -39,8 +39,9 @@ async def probe_providers(timeout_seconds: float | None) -> HealthReport:
 
 
 @flow(name="monitor_smtp_health")
-async def monitor_smtp_health(timeout_seconds: float | None = None,
-                              check_quality: bool = True) -> dict[str, Any]:
+async def monitor_smtp_health(
+    timeout_seconds: float | None = None, check_quality: bool = True
+) -> dict[str, Any]:
     """Probe, audit and score every provider; returns counts and the status changes.
 
     ``timeout_seconds`` overrides every provider's own timeout for the whole probe.
@@ -58,8 +59,10 @@ async def monitor_smtp_health(timeout_seconds: float | None = None,
         logger.warning("provider %s %s", change.provider_name, change.kind)
     emit_provider_changes(report.changes)
     await acreate_table_artifact(
-        key="monitor-smtp-health", table=table_rows(report.rows()),
-        description=f"SMTP provider probes at {report.checked_at:%Y-%m-%d %H:%M:%S} UTC")
+        key="monitor-smtp-health",
+        table=table_rows(report.rows()),
+        description=f"SMTP provider probes at {report.checked_at:%Y-%m-%d %H:%M:%S} UTC",
+    )
     summary = {
         "probed": len(report.probes),
         "ok": len(report.probes) - len(report.failed),

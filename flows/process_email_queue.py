@@ -26,38 +26,69 @@ from mailpipe.retries import retry_on_transient
 
 
 @task(retries=2, retry_delay_seconds=[5, 20], retry_condition_fn=retry_on_transient)
-async def drain(batch_size: int, concurrency: int, time_budget_seconds: float,
-                max_events: int | None, processes: int) -> dict[str, Any]:
+async def drain(
+    batch_size: int,
+    concurrency: int,
+    time_budget_seconds: float,
+    max_events: int | None,
+    processes: int,
+) -> dict[str, Any]:
     """Drain due events; returns the counts (sent, retried, failed, deferred, suppressed)."""
     if processes > 1:
         # One Python process tops out at one core of SMTP and MIME work: fan out to OS
         # processes (SKIP LOCKED keeps them apart), still one task, no per-email overhead.
         result = await asyncio.to_thread(
-            drain_in_processes, database_url(), processes=processes, batch_size=batch_size,
-            concurrency=concurrency, time_budget=time_budget_seconds, max_events=max_events)
+            drain_in_processes,
+            database_url(),
+            processes=processes,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            time_budget=time_budget_seconds,
+            max_events=max_events,
+        )
         return result.summary()
     async with Database(max_size=concurrency + 2) as db:
-        result = await drain_queue(db, batch_size=batch_size, concurrency=concurrency,
-                                   time_budget=time_budget_seconds, max_events=max_events)
+        result = await drain_queue(
+            db,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            time_budget=time_budget_seconds,
+            max_events=max_events,
+        )
     return result.summary()
 
 
 @flow(name="process_email_queue", log_prints=False)
 async def process_email_queue(
-    batch_size: Annotated[int, Field(ge=1, le=5000, description="Events claimed per batch.")]
-    = 200,
-    concurrency: Annotated[int, Field(ge=1, le=32, description="Drainers in this run, each "
-                                      "claiming its own batches.")] = 2,
-    time_budget_seconds: Annotated[float, Field(gt=0, le=3600, description="Stop claiming "
-                                                "after this long, so every-minute runs do "
-                                                "not pile up.")] = 50.0,
-    max_events: Annotated[int | None, Field(ge=1, description="Stop after this many "
-                                            "events (default: no limit).")] = None,
-    processes: Annotated[int, Field(ge=1, le=64, description="OS processes draining in "
-                                    "parallel (use the machine's cores).")] = 1,
-    check_quality: Annotated[bool, Field(description="Run the data-quality suites on the "
-                                         "rows this run changed (skipped when it changed "
-                                         "none).")] = True,
+    batch_size: Annotated[int, Field(ge=1, le=5000, description="Events claimed per batch.")] = 200,
+    concurrency: Annotated[
+        int, Field(ge=1, le=32, description="Drainers in this run, each claiming its own batches.")
+    ] = 2,
+    time_budget_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=3600,
+            description="Stop claiming after this long, so every-minute runs do not pile up.",
+        ),
+    ] = 50.0,
+    max_events: Annotated[
+        int | None, Field(ge=1, description="Stop after this many events (default: no limit).")
+    ] = None,
+    processes: Annotated[
+        int,
+        Field(
+            ge=1, le=64, description="OS processes draining in parallel (use the machine's cores)."
+        ),
+    ] = 1,
+    check_quality: Annotated[
+        bool,
+        Field(
+            description="Run the data-quality suites on the "
+            "rows this run changed (skipped when it changed "
+            "none)."
+        ),
+    ] = True,
 ) -> dict[str, Any]:
     """Deliver due emails; returns the run's counts."""
     started = datetime.now(UTC)  # the data-quality window: rows changed from here
@@ -66,11 +97,15 @@ async def process_email_queue(
     logger.info(
         "sent %(sent)d, retried %(retried)d, failed %(failed)d, deferred %(deferred)d, "
         "suppressed %(suppressed)d, rescued %(rescued)d in %(elapsed_seconds).1fs "
-        "(%(rate_per_second).0f/s, stopped by %(stopped_by)s)", summary)
+        "(%(rate_per_second).0f/s, stopped by %(stopped_by)s)",
+        summary,
+    )
     await acreate_table_artifact(
         key="process-email-queue-summary",
-        table=[{"outcome": k, "events": summary[k]}
-               for k in ("sent", "retried", "failed", "deferred", "suppressed", "rescued")],
+        table=[
+            {"outcome": k, "events": summary[k]}
+            for k in ("sent", "retried", "failed", "deferred", "suppressed", "rescued")
+        ],
         description="Outcomes of this process_email_queue run.",
     )
     providers = "\n".join(f"| {name} | {n} |" for name, n in summary["by_provider"].items())
@@ -87,7 +122,8 @@ async def process_email_queue(
         ),
         description="process_email_queue summary",
     )
-    if check_quality and any(summary[k] for k in ("sent", "retried", "failed", "deferred",
-                                                "suppressed", "rescued")):
+    if check_quality and any(
+        summary[k] for k in ("sent", "retried", "failed", "deferred", "suppressed", "rescued")
+    ):
         await check_flow_run("process_email_queue", started)
     return summary

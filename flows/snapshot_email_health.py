@@ -45,12 +45,16 @@ async def snapshot_email_health(
     run = await compute_snapshots(start, end)
     last = run.last
     await acreate_table_artifact(
-        key="email-health-snapshot", table=artifact_table(last.rows),
+        key="email-health-snapshot",
+        table=artifact_table(last.rows),
         description=f"Email health on {last.day} ({run.timezone}): one row per provider, "
-                    "'*' = all providers")
+        "'*' = all providers",
+    )
     await acreate_markdown_artifact(
-        key="email-health-summary", markdown=headline_markdown(last.rows[0], run.previous),
-        description=f"Email health on {last.day} versus the 7 days before")
+        key="email-health-summary",
+        markdown=headline_markdown(last.rows[0], run.previous),
+        description=f"Email health on {last.day} versus the 7 days before",
+    )
     summary = {
         "start": run.start.isoformat(),
         "end": run.end.isoformat(),
@@ -59,8 +63,11 @@ async def snapshot_email_health(
         "rows": sum(len(d.rows) for d in run.days),
         "seconds": round(sum(d.seconds for d in run.days), 3),
     }
-    logger.info("snapshotted %(days)s day(s) %(start)s..%(end)s (%(timezone)s): %(rows)s rows "
-                "in %(seconds)s s", summary)
+    logger.info(
+        "snapshotted %(days)s day(s) %(start)s..%(end)s (%(timezone)s): %(rows)s rows "
+        "in %(seconds)s s",
+        summary,
+    )
     if check_quality:
         await check_flow_run("snapshot_email_health", started)
     return summary

@@ -27,8 +27,15 @@ from mailpipe.queries import query
 
 logger = logging.getLogger(__name__)
 
-RULES = ("bounce_rate", "complaint_rate", "failure_rate", "queue_lag", "all_providers_down",
-         "rate_limit_violations", "data_quality")  # mirrors the CHECK on alerts.rule
+RULES = (
+    "bounce_rate",
+    "complaint_rate",
+    "failure_rate",
+    "queue_lag",
+    "all_providers_down",
+    "rate_limit_violations",
+    "data_quality",
+)  # mirrors the CHECK on alerts.rule
 SEVERITY_RANK = {"warning": 1, "critical": 2}
 STATES = ("firing", "ok", "no_data")
 
@@ -39,8 +46,8 @@ class Evaluation:
 
     rule: str
     scope: str
-    state: str                     # firing, ok or no_data
-    severity: str | None = None    # when firing: warning or critical
+    state: str  # firing, ok or no_data
+    severity: str | None = None  # when firing: warning or critical
     value: float | None = None
     threshold: float | None = None
     message: str = ""
@@ -106,16 +113,25 @@ class AlertPlan:
 
 # ---------------------------------------------------------------------------- rules
 
+
 def required_windows(settings: Settings | None = None) -> list[str]:
     """The metric windows: configured ones plus those the rules read, shortest first."""
     settings = settings or get_settings()
-    return parse_windows(",".join([settings.metrics_windows, settings.alert_reputation_window,
-                                   settings.alert_failure_window,
-                                   settings.alert_rate_limit_window]))
+    return parse_windows(
+        ",".join(
+            [
+                settings.metrics_windows,
+                settings.alert_reputation_window,
+                settings.alert_failure_window,
+                settings.alert_rate_limit_window,
+            ]
+        )
+    )
 
 
-def grade(value: float | None, warning: float | None,
-          critical: float | None) -> tuple[str, float] | None:
+def grade(
+    value: float | None, warning: float | None, critical: float | None
+) -> tuple[str, float] | None:
     """``(severity, threshold)`` of the highest threshold ``value`` reaches, else None."""
     if value is None:
         return None
@@ -126,27 +142,55 @@ def grade(value: float | None, warning: float | None,
     return None
 
 
-def evaluate_rules(metrics: ProductionMetrics,
-                   settings: Settings | None = None) -> list[Evaluation]:
+def evaluate_rules(
+    metrics: ProductionMetrics, settings: Settings | None = None
+) -> list[Evaluation]:
     """Every rule's verdict on every scope it covers, from one metrics run."""
     s = settings or get_settings()
     reputation, failure = s.alert_reputation_window, s.alert_failure_window
     evaluations: list[Evaluation] = []
     evaluations += _rate_rule(
-        metrics, "bounce_rate", reputation, lambda w: w.bounce_rate,
-        lambda w: w.sent + w.bounced, "bounce rate", s.alert_bounce_rate_warning,
-        s.alert_bounce_rate_critical, s.alert_min_volume,
-        lambda w: {"bounced": w.bounced, "sent": w.sent})
-    evaluations += _rate_rule(
-        metrics, "complaint_rate", reputation, lambda w: w.complaint_rate, lambda w: w.sent,
-        "complaint rate", s.alert_complaint_rate_warning, s.alert_complaint_rate_critical,
-        s.alert_min_volume, lambda w: {"complaints": w.complaints, "sent": w.sent})
-    evaluations += _rate_rule(
-        metrics, "failure_rate", failure, lambda w: w.failure_rate, lambda w: w.attempts,
-        "failure rate", s.alert_failure_rate_warning, s.alert_failure_rate_critical,
+        metrics,
+        "bounce_rate",
+        reputation,
+        lambda w: w.bounce_rate,
+        lambda w: w.sent + w.bounced,
+        "bounce rate",
+        s.alert_bounce_rate_warning,
+        s.alert_bounce_rate_critical,
         s.alert_min_volume,
-        lambda w: {"attempts": w.attempts, "retries": w.retries, "failed": w.failed,
-                   "bounced": w.bounced, "failovers": w.failovers})
+        lambda w: {"bounced": w.bounced, "sent": w.sent},
+    )
+    evaluations += _rate_rule(
+        metrics,
+        "complaint_rate",
+        reputation,
+        lambda w: w.complaint_rate,
+        lambda w: w.sent,
+        "complaint rate",
+        s.alert_complaint_rate_warning,
+        s.alert_complaint_rate_critical,
+        s.alert_min_volume,
+        lambda w: {"complaints": w.complaints, "sent": w.sent},
+    )
+    evaluations += _rate_rule(
+        metrics,
+        "failure_rate",
+        failure,
+        lambda w: w.failure_rate,
+        lambda w: w.attempts,
+        "failure rate",
+        s.alert_failure_rate_warning,
+        s.alert_failure_rate_critical,
+        s.alert_min_volume,
+        lambda w: {
+            "attempts": w.attempts,
+            "retries": w.retries,
+            "failed": w.failed,
+            "bounced": w.bounced,
+            "failovers": w.failovers,
+        },
+    )
     evaluations.append(_queue_lag(metrics, s))
     evaluations.append(_all_providers_down(metrics))
     rate_limit = _rate_limit(metrics, s)
@@ -155,62 +199,114 @@ def evaluate_rules(metrics: ProductionMetrics,
     return evaluations
 
 
-def _rate_rule(metrics: ProductionMetrics, rule: str, window: str,
-               rate: Callable[[WindowMetrics], float | None],
-               volume: Callable[[WindowMetrics], int], label: str, warning: float | None,
-               critical: float | None, min_volume: int,
-               figures: Callable[[WindowMetrics], dict[str, Any]]) -> list[Evaluation]:
+def _rate_rule(
+    metrics: ProductionMetrics,
+    rule: str,
+    window: str,
+    rate: Callable[[WindowMetrics], float | None],
+    volume: Callable[[WindowMetrics], int],
+    label: str,
+    warning: float | None,
+    critical: float | None,
+    min_volume: int,
+    figures: Callable[[WindowMetrics], dict[str, Any]],
+) -> list[Evaluation]:
     results = []
     for w in metrics.scopes(window):
         details = {"window": window, "volume": volume(w), **figures(w)}
         if volume(w) < min_volume:
-            results.append(Evaluation(
-                rule, w.scope, "no_data", message=f"{volume(w)} messages over {window}, "
-                f"fewer than the {min_volume} needed to judge the {label}", details=details))
+            results.append(
+                Evaluation(
+                    rule,
+                    w.scope,
+                    "no_data",
+                    message=f"{volume(w)} messages over {window}, "
+                    f"fewer than the {min_volume} needed to judge the {label}",
+                    details=details,
+                )
+            )
             continue
         value = rate(w)
         verdict = grade(value, warning, critical)
         text = f"{label} {_pct(value)} over {window} ({volume(w)} messages)"
         if verdict is None:
-            results.append(Evaluation(rule, w.scope, "ok", value=value, message=text,
-                                      details=details))
+            results.append(
+                Evaluation(rule, w.scope, "ok", value=value, message=text, details=details)
+            )
         else:
             severity, threshold = verdict
-            results.append(Evaluation(
-                rule, w.scope, "firing", severity, value, threshold,
-                f"{text} >= {severity} threshold {_pct(threshold)}", details))
+            results.append(
+                Evaluation(
+                    rule,
+                    w.scope,
+                    "firing",
+                    severity,
+                    value,
+                    threshold,
+                    f"{text} >= {severity} threshold {_pct(threshold)}",
+                    details,
+                )
+            )
     return results
 
 
 def _queue_lag(metrics: ProductionMetrics, s: Settings) -> Evaluation:
     q = metrics.queue
     value = q.queue_lag_seconds
-    details = {"due": q.due, "queued": q.queued, "retry_backlog": q.retry_backlog,
-               "stuck": q.stuck, "oldest_due_at": q.oldest_due_at}
+    details = {
+        "due": q.due,
+        "queued": q.queued,
+        "retry_backlog": q.retry_backlog,
+        "stuck": q.stuck,
+        "oldest_due_at": q.oldest_due_at,
+    }
     verdict = grade(value, s.alert_queue_lag_warning_seconds, s.alert_queue_lag_critical_seconds)
     text = f"oldest due event has waited {value:.0f}s ({q.due} due, {q.stuck} stuck)"
     if verdict is None:
         return Evaluation("queue_lag", ALL, "ok", value=value, message=text, details=details)
     severity, threshold = verdict
-    return Evaluation("queue_lag", ALL, "firing", severity, value, threshold,
-                      f"{text} >= {severity} threshold {threshold:.0f}s", details)
+    return Evaluation(
+        "queue_lag",
+        ALL,
+        "firing",
+        severity,
+        value,
+        threshold,
+        f"{text} >= {severity} threshold {threshold:.0f}s",
+        details,
+    )
 
 
 def _all_providers_down(metrics: ProductionMetrics) -> Evaluation:
     configured = [p for p in metrics.providers if p.status != "disabled"]
     up = metrics.providers_up
-    details = {"providers": [
-        {"name": p.name, "status": p.status, "last_result": p.last_result,
-         "suspended_until": p.suspended_until} for p in configured]}
+    details = {
+        "providers": [
+            {
+                "name": p.name,
+                "status": p.status,
+                "last_result": p.last_result,
+                "suspended_until": p.suspended_until,
+            }
+            for p in configured
+        ]
+    }
     if up > 0:
-        return Evaluation("all_providers_down", ALL, "ok", value=up,
-                          message=f"{up} of {len(configured)} providers up", details=details)
+        return Evaluation(
+            "all_providers_down",
+            ALL,
+            "ok",
+            value=up,
+            message=f"{up} of {len(configured)} providers up",
+            details=details,
+        )
     if not configured:
         text = "no SMTP provider is configured (or all are disabled): nothing can be sent"
     else:
         text = "no SMTP provider is up: " + "; ".join(
             f"{p.name} {p.status}" + (f", last probe {p.last_result}" if p.last_result else "")
-            for p in configured)
+            for p in configured
+        )
     return Evaluation("all_providers_down", ALL, "firing", "critical", 0, 1, text, details)
 
 
@@ -221,20 +317,27 @@ def _rate_limit(metrics: ProductionMetrics, s: Settings) -> Evaluation | None:
         return None
     value = total.limit_windows_exceeded
     offenders = metrics.rate_limit_windows.get(window, [])
-    details = {"window": window, "deferred_attempts": total.deferred,
-               "limit_windows": offenders[:20]}
+    details = {
+        "window": window,
+        "deferred_attempts": total.deferred,
+        "limit_windows": offenders[:20],
+    }
     verdict = grade(value, s.alert_rate_limit_warning, s.alert_rate_limit_critical)
     text = f"{value} rate-limit windows deferred sends in the last {window}"
     if offenders:
         text += ": " + ", ".join(
             f"{o['scope']} {o['key']} per {o['window']} ({o['deferred']} deferred, "
-            f"limit {o['limit']})" for o in offenders[:5])
+            f"limit {o['limit']})"
+            for o in offenders[:5]
+        )
     if verdict is None:
-        return Evaluation("rate_limit_violations", ALL, "ok", value=value, message=text,
-                          details=details)
+        return Evaluation(
+            "rate_limit_violations", ALL, "ok", value=value, message=text, details=details
+        )
     severity, threshold = verdict
-    return Evaluation("rate_limit_violations", ALL, "firing", severity, value, threshold, text,
-                      details)
+    return Evaluation(
+        "rate_limit_violations", ALL, "firing", severity, value, threshold, text, details
+    )
 
 
 def _pct(value: float | None) -> str:
@@ -243,8 +346,10 @@ def _pct(value: float | None) -> str:
 
 # ---------------------------------------------------------------------------- lifecycle
 
-def plan_alerts(firing: Sequence[Mapping[str, Any]],
-                evaluations: Sequence[Evaluation]) -> AlertPlan:
+
+def plan_alerts(
+    firing: Sequence[Mapping[str, Any]], evaluations: Sequence[Evaluation]
+) -> AlertPlan:
     """Decide what changes: pure, so the lifecycle is unit-tested without a database.
 
     - firing and no open alert for (rule, scope): open one;
@@ -329,14 +434,16 @@ def _json_default(value: Any) -> Any:
 async def recent_alerts(db: Database, window: dt.timedelta | str = "24h") -> list[Alert]:
     """Firing alerts and those resolved within ``window``, firing first."""
     span = parse_window(window) if isinstance(window, str) else window
-    return [Alert.from_row(r) for r in await db.fetch_all(query("alerts_recent"),
-                                                          {"window": span})]
+    return [Alert.from_row(r) for r in await db.fetch_all(query("alerts_recent"), {"window": span})]
 
 
 # ---------------------------------------------------------------------------- notification
 
-def log_transitions(transitions: Sequence[AlertTransition],
-                    log: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> None:
+
+def log_transitions(
+    transitions: Sequence[AlertTransition],
+    log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+) -> None:
     """One log line per transition: warnings for openings and escalations."""
     log = log or logger
     for t in transitions:
@@ -350,17 +457,24 @@ def emit_alert_events(transitions: Sequence[AlertTransition]) -> int:
 
     for t in transitions:
         a = t.alert
-        emit(t.event_name,
-             resource={"prefect.resource.id": f"mailpipe.alert.{a.rule}.{a.scope}",
-                       "prefect.resource.name": f"{a.rule} ({a.scope})",
-                       "mailpipe.alert.id": str(a.id), "mailpipe.alert.rule": a.rule,
-                       "mailpipe.alert.scope": a.scope, "mailpipe.alert.severity": a.severity},
-             payload={"text": t.text(), "alert": a.as_dict()})
+        emit(
+            t.event_name,
+            resource={
+                "prefect.resource.id": f"mailpipe.alert.{a.rule}.{a.scope}",
+                "prefect.resource.name": f"{a.rule} ({a.scope})",
+                "mailpipe.alert.id": str(a.id),
+                "mailpipe.alert.rule": a.rule,
+                "mailpipe.alert.scope": a.scope,
+                "mailpipe.alert.severity": a.severity,
+            },
+            payload={"text": t.text(), "alert": a.as_dict()},
+        )
     return len(transitions)
 
 
-async def post_alert_webhook(transitions: Sequence[AlertTransition], url: str,
-                             *, timeout: float = 10.0) -> int:
+async def post_alert_webhook(
+    transitions: Sequence[AlertTransition], url: str, *, timeout: float = 10.0
+) -> int:
     """POST each transition as JSON to ``url``; returns how many were accepted (2xx).
 
     The body has ``text`` (so a Slack or Mattermost incoming webhook shows it as is),
@@ -370,8 +484,10 @@ async def post_alert_webhook(transitions: Sequence[AlertTransition], url: str,
     delivered = 0
     host = urlsplit(url).hostname or "?"
     for t in transitions:
-        body = json.dumps({"text": t.text(), "event": t.event_name, "alert": t.alert.as_dict()},
-                          default=_json_default).encode()
+        body = json.dumps(
+            {"text": t.text(), "event": t.event_name, "alert": t.alert.as_dict()},
+            default=_json_default,
+        ).encode()
         try:
             status = await asyncio.to_thread(_post_json, url, body, timeout)
         except Exception as exc:
@@ -387,14 +503,18 @@ async def post_alert_webhook(transitions: Sequence[AlertTransition], url: str,
 def _post_json(url: str, body: bytes, timeout: float) -> int:
     if urlsplit(url).scheme not in ("http", "https"):
         raise ValueError("the alert webhook URL must be http(s)")
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=timeout) as response:  # scheme checked above
         return int(response.status)
 
 
-async def notify(transitions: Sequence[AlertTransition], settings: Settings | None = None,
-                 log: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> int:
+async def notify(
+    transitions: Sequence[AlertTransition],
+    settings: Settings | None = None,
+    log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+) -> int:
     """Log, emit Prefect events and (when configured) call the webhook for each transition.
 
     Returns how many webhook calls succeeded (0 without a webhook).

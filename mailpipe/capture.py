@@ -44,9 +44,14 @@ class CaptureServer:
         self.maildir = maildir
         self.host = host
         self.port = port or free_port()
-        self._controller = Controller(self.handler, hostname=host, port=self.port,
-                                      data_size_limit=50 * 1024 * 1024, ready_timeout=10,
-                                      enable_SMTPUTF8=True)
+        self._controller = Controller(
+            self.handler,
+            hostname=host,
+            port=self.port,
+            data_size_limit=50 * 1024 * 1024,
+            ready_timeout=10,
+            enable_SMTPUTF8=True,
+        )
 
     @property
     def count(self) -> int:

@@ -65,7 +65,8 @@ class Settings(BaseSettings):
 
     # Monitoring (monitor_smtp_health, monitor_email_production); see README "Monitoring"
     probe_timeout_seconds: float | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="Whole-probe timeout; unset: each provider's own timeout_seconds.",
     )
     health_probe_history: int = Field(
@@ -123,16 +124,20 @@ class Settings(BaseSettings):
         default=20, ge=1, description="Validation results (and Data Docs pages) kept per suite."
     )
     quality_keep_days: int = Field(
-        default=30, ge=1,
+        default=30,
+        ge=1,
         description="Days of post-run check history (quality_checks rows) kept.",
     )
     quality_claim_seconds: float = Field(
-        default=5.0, gt=0, le=300,
+        default=5.0,
+        gt=0,
+        le=300,
         description="A flow run whose check no `mailpipe check worker` claims within this "
         "long checks itself.",
     )
     quality_check_timeout_seconds: float = Field(
-        default=900.0, gt=0,
+        default=900.0,
+        gt=0,
         description="A flow run waits this long for a worker's answer before failing.",
     )
 

@@ -36,8 +36,7 @@ def database_url(settings: Settings | None = None) -> str:
     if settings.database_url_block:
         from mailpipe.orchestration import read_secret_block  # imports Prefect, only here
 
-        return read_secret_block(settings.database_url_block,
-                                 setting="MAILPIPE_DATABASE_URL_BLOCK")
+        return read_secret_block(settings.database_url_block, setting="MAILPIPE_DATABASE_URL_BLOCK")
     from mailpipe.embedded import ensure_embedded_postgres
 
     return ensure_embedded_postgres(settings.pgdata)
@@ -68,9 +67,7 @@ def _translated_errors(url: str | None = None) -> Iterator[None]:
     try:
         yield
     except pg_errors.IntegrityError as exc:
-        raise IntegrityViolation(
-            _message(exc), constraint_name=exc.diag.constraint_name
-        ) from exc
+        raise IntegrityViolation(_message(exc), constraint_name=exc.diag.constraint_name) from exc
     except (psycopg.OperationalError, PoolTimeout) as exc:
         where = f" at {redact_url(url)}" if url else ""
         # One line: libpq's messages span several ("...unexpectedly\n\tThis probably means").
@@ -93,16 +90,24 @@ def _translated_errors(url: str | None = None) -> Iterator[None]:
         raise DatabaseError(_message(exc)) from exc
 
 
-_LOST = (pg_errors.AdminShutdown, pg_errors.CrashShutdown, pg_errors.IdleSessionTimeout,
-         pg_errors.IdleInTransactionSessionTimeout)
+_LOST = (
+    pg_errors.AdminShutdown,
+    pg_errors.CrashShutdown,
+    pg_errors.IdleSessionTimeout,
+    pg_errors.IdleInTransactionSessionTimeout,
+)
 
 
 def _connection_lost(exc: Exception) -> bool:
     """A connection that worked was cut (terminated, server restart), as opposed to one that
     could not be opened."""
     text = str(exc)
-    return isinstance(exc, _LOST) or "server closed the connection" in text \
-        or "connection is closed" in text or "consuming input failed" in text
+    return (
+        isinstance(exc, _LOST)
+        or "server closed the connection" in text
+        or "connection is closed" in text
+        or "consuming input failed" in text
+    )
 
 
 def _message(exc: psycopg.Error) -> str:
@@ -162,9 +167,10 @@ class Transaction:
         """Bulk-insert rows with COPY (table and columns are identifiers from our code)."""
         cols = ", ".join(columns)
         with _translated_errors():
-            async with self._conn.cursor() as cur, cur.copy(
-                f"COPY {table} ({cols}) FROM STDIN"
-            ) as copy:
+            async with (
+                self._conn.cursor() as cur,
+                cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy,
+            ):
                 for row in rows:
                     await copy.write_row(row)
 
@@ -180,8 +186,7 @@ class Listener(Transaction):
         """Payloads of the notifications that arrive within ``timeout`` seconds (returns at
         the first one; empty on timeout)."""
         with _translated_errors():
-            return [n.payload async for n in self._conn.notifies(timeout=timeout,
-                                                                   stop_after=1)]
+            return [n.payload async for n in self._conn.notifies(timeout=timeout, stop_after=1)]
 
 
 class Database:
@@ -249,15 +254,19 @@ class Database:
                 yield Transaction(conn)
 
     @contextlib.asynccontextmanager
-    async def listen(self, *channels: str, application_name: str | None = None
-                     ) -> AsyncIterator[Listener]:
+    async def listen(
+        self, *channels: str, application_name: str | None = None
+    ) -> AsyncIterator[Listener]:
         """A dedicated autocommit session listening on ``channels`` (identifiers from our
         code), closed on exit."""
         with _translated_errors(self.url):
             conn = await psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, row_factory=dict_row,
+                self.url,
+                autocommit=True,
+                row_factory=dict_row,
                 application_name=application_name or "mailpipe",
-                connect_timeout=int(self._timeout))
+                connect_timeout=int(self._timeout),
+            )
         try:
             for channel in channels:
                 with _translated_errors(self.url):

@@ -103,10 +103,12 @@ class DrainResult:
         """Counts for logs, artifacts and the CLI."""
         return {
             **{o: self.counts.get(o, 0) for o in OUTCOMES},
-            "rescued": self.rescued, "batches": self.batches,
+            "rescued": self.rescued,
+            "batches": self.batches,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "rate_per_second": round(self.counts.get("sent", 0) / self.elapsed_seconds, 1)
-            if self.elapsed_seconds else 0.0,
+            if self.elapsed_seconds
+            else 0.0,
             "stopped_by": self.stopped_by,
             "by_provider": dict(self.by_provider),
         }
@@ -148,8 +150,9 @@ class ProviderSender:
             self._password_loaded = True
         return await open_connection(self.provider, self._password, self.settings)
 
-    async def send_all(self, jobs: list[Job], build: Callable[[Job, Provider], bytes]
-                       ) -> list[tuple[Job, Accepted | Failure]]:
+    async def send_all(
+        self, jobs: list[Job], build: Callable[[Job, Provider], bytes]
+    ) -> list[tuple[Job, Accepted | Failure]]:
         """Send ``jobs`` over up to ``max_connections`` connections; one result per job."""
         pending = deque(jobs)
         results: list[tuple[Job, Accepted | Failure]] = []
@@ -165,10 +168,14 @@ class ProviderSender:
                     envelope_sender = self.envelope_sender(job)
                 except Exception as exc:
                     # Whatever is wrong with one message fails that message, not the batch.
-                    reason = str(exc) if isinstance(exc, InvalidMessage) \
+                    reason = (
+                        str(exc)
+                        if isinstance(exc, InvalidMessage)
                         else f"cannot build the message: {type(exc).__name__}: {exc}"
-                    results.append((job, Failure("smtp_error", reason, transient=False,
-                                                 stage="build")))
+                    )
+                    results.append(
+                        (job, Failure("smtp_error", reason, transient=False, stage="build"))
+                    )
                     continue
                 for attempt in (1, 2):
                     if client is None:
@@ -182,8 +189,12 @@ class ProviderSender:
                     try:
                         assert job.recipient is not None and job.rendered is not None
                         code, reply = await send_message(
-                            client, envelope_sender, job.recipient.address, data,
-                            smtputf8=job.recipient.smtputf8)
+                            client,
+                            envelope_sender,
+                            job.recipient.address,
+                            data,
+                            smtputf8=job.recipient.smtputf8,
+                        )
                     except SMTPFailure as exc:
                         failure = exc.failure
                         if failure.provider_level:
@@ -200,8 +211,7 @@ class ProviderSender:
                     else:
                         self.failures_in_a_row = 0
                         self.sent += 1
-                        results.append((job, Accepted(name, code, reply,
-                                                      dt.datetime.now(dt.UTC))))
+                        results.append((job, Accepted(name, code, reply, dt.datetime.now(dt.UTC))))
                     break
             if client is not None:
                 self._idle.append(client)
@@ -214,9 +224,13 @@ class ProviderSender:
         # and retry them later instead of failing them over now).
         if pending:
             assert self.down is not None
-            untried = replace(self.down, ambiguous=False, provider_level=True,
-                              message=f"not attempted: {name} was taken out of this run "
-                                      f"after {self.down.message}")
+            untried = replace(
+                self.down,
+                ambiguous=False,
+                provider_level=True,
+                message=f"not attempted: {name} was taken out of this run "
+                f"after {self.down.message}",
+            )
             results += [(job, untried) for job in pending]
         return results
 
@@ -251,11 +265,20 @@ class _Batch:
     deferrals: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     counts: Counter[str] = field(default_factory=Counter)
 
-    def finish(self, job: Job, status: str, *, outcome: str,
-               scheduled_at: dt.datetime | None = None,
-               retried: int = 0, error: str | None = None, error_class: str | None = None,
-               provider: str | None = None, sent_at: dt.datetime | None = None,
-               duplicate: bool = False) -> None:
+    def finish(
+        self,
+        job: Job,
+        status: str,
+        *,
+        outcome: str,
+        scheduled_at: dt.datetime | None = None,
+        retried: int = 0,
+        error: str | None = None,
+        error_class: str | None = None,
+        provider: str | None = None,
+        sent_at: dt.datetime | None = None,
+        duplicate: bool = False,
+    ) -> None:
         self.ids.append(job.id)
         self.statuses.append(status)
         self.scheduled_at.append(scheduled_at)
@@ -267,16 +290,29 @@ class _Batch:
         self.duplicates.append(duplicate)
         self.counts[outcome] += 1
 
-    def attempt(self, job: Job, outcome: str, provider: str | None, code: int | None,
-                error: str | None, at: dt.datetime) -> None:
+    def attempt(
+        self,
+        job: Job,
+        outcome: str,
+        provider: str | None,
+        code: int | None,
+        error: str | None,
+        at: dt.datetime,
+    ) -> None:
         self.attempts.append((job.id, provider, outcome, code, (error or "")[:2000], at))
 
 
 class Drainer:
     """Drains due events in batches; many drainers may run at once on one queue."""
 
-    def __init__(self, db: Database, settings: Settings | None = None, *,
-                 worker: str | None = None, now: Callable[[], dt.datetime] | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings | None = None,
+        *,
+        worker: str | None = None,
+        now: Callable[[], dt.datetime] | None = None,
+    ) -> None:
         self.db = db
         self.settings = settings or get_settings()
         self.worker = worker or worker_name()
@@ -286,9 +322,14 @@ class Drainer:
         self._random = random.Random()
         self._retired: list[ProviderSender] = []
 
-    async def drain(self, *, batch_size: int = 200, time_budget: float = 50.0,
-                    max_events: int | None = None,
-                    stop: asyncio.Event | None = None) -> DrainResult:
+    async def drain(
+        self,
+        *,
+        batch_size: int = 200,
+        time_budget: float = 50.0,
+        max_events: int | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> DrainResult:
         """Process batches until the queue has nothing due, the budget is spent,
         ``max_events`` were claimed or ``stop`` is set (checked between batches, so the batch
         in hand is always recorded). Always closes its SMTP connections."""
@@ -311,9 +352,12 @@ class Drainer:
                 if size <= 0:
                     result.stopped_by = "max_events"
                     break
-                rows = await claim_due_events(self.db, batch_size=size,
-                                              lease_seconds=self.settings.lease_seconds,
-                                              worker=self.worker)
+                rows = await claim_due_events(
+                    self.db,
+                    batch_size=size,
+                    lease_seconds=self.settings.lease_seconds,
+                    worker=self.worker,
+                )
                 if not rows:
                     break
                 claimed += len(rows)
@@ -332,11 +376,13 @@ class Drainer:
         now = self._now()
         batch = _Batch(self.worker)
         jobs = [Job(r) for r in rows]
-        await self.templates.load(self.db, {str(j.row["template_key"]) for j in jobs
-                                            if j.row["template_key"]})
+        await self.templates.load(
+            self.db, {str(j.row["template_key"]) for j in jobs if j.row["template_key"]}
+        )
         ready = self._prepare(jobs, batch, now)
-        suppressed = await find_suppressed(self.db, [j.recipient.address for j in ready
-                                                     if j.recipient])
+        suppressed = await find_suppressed(
+            self.db, [j.recipient.address for j in ready if j.recipient]
+        )
         if suppressed:
             still = []
             for job in ready:
@@ -344,8 +390,13 @@ class Drainer:
                 reason = suppressed.get(job.recipient.address.lower())
                 if reason:
                     error = f"recipient suppressed: {reason}"
-                    batch.finish(job, "suppressed", outcome="suppressed", error=error,
-                                 error_class="suppressed")
+                    batch.finish(
+                        job,
+                        "suppressed",
+                        outcome="suppressed",
+                        error=error,
+                        error_class="suppressed",
+                    )
                     batch.attempt(job, "suppressed", None, None, error, now)
                 else:
                     still.append(job)
@@ -364,21 +415,22 @@ class Drainer:
             try:
                 job.recipient = validate_recipient(row["recipient_email"] or "")
             except InvalidMessage as exc:
-                batch.finish(job, "failed", outcome="failed", error=str(exc),
-                             error_class="invalid")
+                batch.finish(job, "failed", outcome="failed", error=str(exc), error_class="invalid")
                 continue
             try:
                 template = self.templates.get(row["template_key"] or "")
                 job.rendered = template.render(row["payload"])
             except TemplateProblem as exc:
-                batch.finish(job, "failed", outcome="failed", error=str(exc),
-                             error_class="template")
+                batch.finish(
+                    job, "failed", outcome="failed", error=str(exc), error_class="template"
+                )
                 continue
             ready.append(job)
         return ready
 
-    async def _apply_domain_limits(self, jobs: list[Job], batch: _Batch,
-                                   now: dt.datetime) -> list[Job]:
+    async def _apply_domain_limits(
+        self, jobs: list[Job], batch: _Batch, now: dt.datetime
+    ) -> list[Job]:
         limits = self.settings.domain_limits
         if not limits:
             return jobs
@@ -392,22 +444,39 @@ class Drainer:
             if limit is None:
                 allowed += group
                 continue
-            granted = await ratelimits.reserve(self.db, "domain", domain, {"minute": limit},
-                                               len(group))
+            granted = await ratelimits.reserve(
+                self.db, "domain", domain, {"minute": limit}, len(group)
+            )
             allowed += group[:granted]
             for job in group[granted:]:
-                self._defer(job, batch, now, "domain", domain, {"minute": limit},
-                            f"rate limited: {domain} allows {limit}/minute")
+                self._defer(
+                    job,
+                    batch,
+                    now,
+                    "domain",
+                    domain,
+                    {"minute": limit},
+                    f"rate limited: {domain} allows {limit}/minute",
+                )
         return allowed
 
-    def _defer(self, job: Job, batch: _Batch, now: dt.datetime, scope: str, key: str,
-               limits: dict[str, int], reason: str) -> None:
+    def _defer(
+        self,
+        job: Job,
+        batch: _Batch,
+        now: dt.datetime,
+        scope: str,
+        key: str,
+        limits: dict[str, int],
+        reason: str,
+    ) -> None:
         """Back to the queue until the limited window ends; not a retry, never a failure."""
         until = ratelimits.next_window_start(limits, now)
         error = f"{reason}; deferred to {until:%H:%M:%S}Z"
         provider = key if scope == "provider" else None
-        batch.finish(job, "queued", outcome="deferred", scheduled_at=until, error=error,
-                     provider=provider)
+        batch.finish(
+            job, "queued", outcome="deferred", scheduled_at=until, error=error, provider=provider
+        )
         batch.attempt(job, "deferred", provider, None, error, now)
         batch.deferrals[(scope, key, next(w for w in ratelimits.WINDOWS if w in limits))] += 1
 
@@ -428,9 +497,11 @@ class Drainer:
         pending = jobs
         limited: list[Provider] = []  # providers that refused part of the batch for quota
         while pending:
-            candidates = [p for p in providers
-                          if self._sender(p).down is None
-                          and not all(p.name in j.tried for j in pending)]
+            candidates = [
+                p
+                for p in providers
+                if self._sender(p).down is None and not all(p.name in j.tried for j in pending)
+            ]
             if not candidates:
                 break
             assignments: list[tuple[ProviderSender, list[Job]]] = []
@@ -439,8 +510,9 @@ class Drainer:
                 mine = [j for j in rest if provider.name not in j.tried]
                 if not mine:
                     continue
-                granted = await ratelimits.reserve(self.db, "provider", provider.name,
-                                                   provider.limits, len(mine))
+                granted = await ratelimits.reserve(
+                    self.db, "provider", provider.name, provider.limits, len(mine)
+                )
                 if granted < len(mine) and provider not in limited:
                     limited.append(provider)
                 taken = mine[:granted]
@@ -453,8 +525,9 @@ class Drainer:
                     break
             if not assignments or not any(group for _, group in assignments):
                 break
-            results = await asyncio.gather(*(
-                sender.send_all(group, self._build) for sender, group in assignments if group))
+            results = await asyncio.gather(
+                *(sender.send_all(group, self._build) for sender, group in assignments if group)
+            )
             pending = rest
             failover: list[Job] = []
             for sender, outcomes in zip([s for s, g in assignments if g], results, strict=True):
@@ -464,8 +537,14 @@ class Drainer:
                         self._sent(job, outcome, batch)
                     elif outcome.provider_level and not outcome.ambiguous:
                         job.last_failure = outcome
-                        batch.attempt(job, "failover", sender.provider.name, outcome.code,
-                                      outcome.message, now)
+                        batch.attempt(
+                            job,
+                            "failover",
+                            sender.provider.name,
+                            outcome.code,
+                            outcome.message,
+                            now,
+                        )
                         failover.append(job)
                     else:
                         self._failed(job, outcome, sender.provider.name, batch, now)
@@ -478,14 +557,27 @@ class Drainer:
                 self._failed(job, job.last_failure, None, batch, now)
             elif limited:
                 first = limited[0]
-                self._defer(job, batch, now, "provider", first.name, first.limits,
-                            f"rate limited: every usable provider is at its limit "
-                            f"({first.name}: {first.limits})")
+                self._defer(
+                    job,
+                    batch,
+                    now,
+                    "provider",
+                    first.name,
+                    first.limits,
+                    f"rate limited: every usable provider is at its limit "
+                    f"({first.name}: {first.limits})",
+                )
             else:
                 error = "no usable SMTP provider (all disabled or suspended)"
                 retry_at = now + dt.timedelta(seconds=self.settings.retry_base_seconds)
-                batch.finish(job, "queued", outcome="deferred", scheduled_at=retry_at,
-                             error=error, error_class="no_provider")
+                batch.finish(
+                    job,
+                    "queued",
+                    outcome="deferred",
+                    scheduled_at=retry_at,
+                    error=error,
+                    error_class="no_provider",
+                )
                 batch.attempt(job, "deferred", None, None, error, now)
 
     async def _note_provider_health(self, sender: ProviderSender) -> None:
@@ -493,64 +585,118 @@ class Drainer:
         if sender.down is not None and not sender.down_recorded:
             sender.down_recorded = True  # count one failure per provider per run
             row = await record_provider_failure(self.db, name, self.settings)
-            log.warning("provider %s failed (%s): %s; failing over%s", name, sender.down.kind,
-                        sender.down.message,
-                        f"; suspended until {row['suspended_until']}" if row and
-                        row["status"] == "suspended" else "")
-        elif sender.sent and (sender.provider.consecutive_failures
-                              or sender.provider.status == "suspended"):
+            log.warning(
+                "provider %s failed (%s): %s; failing over%s",
+                name,
+                sender.down.kind,
+                sender.down.message,
+                f"; suspended until {row['suspended_until']}"
+                if row and row["status"] == "suspended"
+                else "",
+            )
+        elif sender.sent and (
+            sender.provider.consecutive_failures or sender.provider.status == "suspended"
+        ):
             await record_provider_success(self.db, name)
 
     def _build(self, job: Job, provider: Provider) -> bytes:
         assert job.rendered is not None and job.recipient is not None
         return build_event_message(
-            event_id=job.id, message_id=job.row["message_id"],
-            template_key=job.row["template_key"], recipient=job.recipient,
-            rendered=job.rendered, provider=provider)
+            event_id=job.id,
+            message_id=job.row["message_id"],
+            template_key=job.row["template_key"],
+            recipient=job.recipient,
+            rendered=job.rendered,
+            provider=provider,
+        )
 
     def _sent(self, job: Job, accepted: Accepted, batch: _Batch) -> None:
         duplicate = bool(job.row["may_be_duplicate"])
-        batch.finish(job, "sent", outcome="sent", provider=accepted.provider,
-                     sent_at=accepted.at)
+        batch.finish(job, "sent", outcome="sent", provider=accepted.provider, sent_at=accepted.at)
         assert job.recipient is not None
-        batch.confirmations.append((job.id, accepted.provider, job.row["message_id"],
-                                    job.recipient.address, "accepted", accepted.code,
-                                    accepted.reply[:1000], duplicate, accepted.at))
+        batch.confirmations.append(
+            (
+                job.id,
+                accepted.provider,
+                job.row["message_id"],
+                job.recipient.address,
+                "accepted",
+                accepted.code,
+                accepted.reply[:1000],
+                duplicate,
+                accepted.at,
+            )
+        )
 
-    def _failed(self, job: Job, failure: Failure, provider: str | None, batch: _Batch,
-                now: dt.datetime) -> None:
+    def _failed(
+        self, job: Job, failure: Failure, provider: str | None, batch: _Batch, now: dt.datetime
+    ) -> None:
         retry_count = int(job.row["retry_count"])
         if failure.stage == "build":
-            batch.finish(job, "failed", outcome="failed", error=failure.message,
-                         error_class="invalid", provider=provider)
+            batch.finish(
+                job,
+                "failed",
+                outcome="failed",
+                error=failure.message,
+                error_class="invalid",
+                provider=provider,
+            )
             batch.attempt(job, "failed", provider, None, failure.message, now)
             return
         if not failure.transient:
             bounced = failure.stage == "rcpt"
             error_class = "bounced" if bounced else "rejected"
-            batch.finish(job, "failed", outcome="failed", error=failure.message,
-                         error_class=error_class, provider=provider)
-            batch.attempt(job, "bounced" if bounced else "failed", provider, failure.code,
-                          failure.message, now)
+            batch.finish(
+                job,
+                "failed",
+                outcome="failed",
+                error=failure.message,
+                error_class=error_class,
+                provider=provider,
+            )
+            batch.attempt(
+                job,
+                "bounced" if bounced else "failed",
+                provider,
+                failure.code,
+                failure.message,
+                now,
+            )
             if bounced and job.recipient is not None:
                 batch.bounces.append(job.recipient.address.lower())
             return
         if retry_count + 1 > self.settings.max_retries:
             error = f"gave up after {retry_count + 1} attempts: {failure.message}"
-            batch.finish(job, "failed", outcome="failed", error=error,
-                         error_class="retries_exhausted", provider=provider, retried=1,
-                         duplicate=failure.ambiguous)
+            batch.finish(
+                job,
+                "failed",
+                outcome="failed",
+                error=error,
+                error_class="retries_exhausted",
+                provider=provider,
+                retried=1,
+                duplicate=failure.ambiguous,
+            )
             batch.attempt(job, "failed", provider, failure.code, failure.message, now)
             return
-        delay = min(self.settings.retry_base_seconds * 2 ** retry_count,
-                    self.settings.retry_max_seconds)
+        delay = min(
+            self.settings.retry_base_seconds * 2**retry_count, self.settings.retry_max_seconds
+        )
         delay *= 0.5 + self._random.random() / 2  # jitter: spread retries of one outage
         error = failure.message
         if failure.ambiguous:
             error = f"{error} (the provider may have accepted it: possible duplicate)"
-        batch.finish(job, "queued", outcome="retried", retried=1,
-                     scheduled_at=now + dt.timedelta(seconds=delay), error=error,
-                     error_class="transient", provider=provider, duplicate=failure.ambiguous)
+        batch.finish(
+            job,
+            "queued",
+            outcome="retried",
+            retried=1,
+            scheduled_at=now + dt.timedelta(seconds=delay),
+            error=error,
+            error_class="transient",
+            provider=provider,
+            duplicate=failure.ambiguous,
+        )
         batch.attempt(job, "retry", provider, failure.code, error, now)
 
     async def _record(self, batch: _Batch) -> None:
@@ -558,49 +704,87 @@ class Drainer:
         if not batch.ids:
             return
         async with self.db.transaction() as tx:
-            updated = await tx.fetch_all(query("finish_events"), {
-                "ids": batch.ids, "statuses": batch.statuses,
-                "scheduled_at": batch.scheduled_at, "retried": batch.retried,
-                "last_errors": batch.last_errors, "error_classes": batch.error_classes,
-                "providers": batch.providers, "sent_at": batch.sent_at,
-                "duplicates": batch.duplicates, "worker": self.worker,
-            })
+            updated = await tx.fetch_all(
+                query("finish_events"),
+                {
+                    "ids": batch.ids,
+                    "statuses": batch.statuses,
+                    "scheduled_at": batch.scheduled_at,
+                    "retried": batch.retried,
+                    "last_errors": batch.last_errors,
+                    "error_classes": batch.error_classes,
+                    "providers": batch.providers,
+                    "sent_at": batch.sent_at,
+                    "duplicates": batch.duplicates,
+                    "worker": self.worker,
+                },
+            )
             if batch.confirmations:
                 columns = list(zip(*batch.confirmations, strict=True))
-                await tx.execute(query("insert_confirmations"), {
-                    "ids": list(columns[0]), "providers": list(columns[1]),
-                    "message_ids": list(columns[2]), "recipients": list(columns[3]),
-                    "statuses": list(columns[4]), "codes": list(columns[5]),
-                    "responses": list(columns[6]), "duplicates": list(columns[7]),
-                    "at": list(columns[8]),
-                })
+                await tx.execute(
+                    query("insert_confirmations"),
+                    {
+                        "ids": list(columns[0]),
+                        "providers": list(columns[1]),
+                        "message_ids": list(columns[2]),
+                        "recipients": list(columns[3]),
+                        "statuses": list(columns[4]),
+                        "codes": list(columns[5]),
+                        "responses": list(columns[6]),
+                        "duplicates": list(columns[7]),
+                        "at": list(columns[8]),
+                    },
+                )
             if batch.attempts:
                 columns = list(zip(*batch.attempts, strict=True))
-                await tx.execute(query("insert_attempts"), {
-                    "ids": list(columns[0]), "providers": list(columns[1]),
-                    "outcomes": list(columns[2]), "codes": list(columns[3]),
-                    "errors": list(columns[4]), "at": list(columns[5]),
-                })
+                await tx.execute(
+                    query("insert_attempts"),
+                    {
+                        "ids": list(columns[0]),
+                        "providers": list(columns[1]),
+                        "outcomes": list(columns[2]),
+                        "codes": list(columns[3]),
+                        "errors": list(columns[4]),
+                        "at": list(columns[5]),
+                    },
+                )
             if batch.deferrals:
-                await tx.execute_many(query("count_deferrals"), [
-                    {"scope": scope, "key": key, "window": window, "deferred": n}
-                    for (scope, key, window), n in sorted(batch.deferrals.items())])
+                await tx.execute_many(
+                    query("count_deferrals"),
+                    [
+                        {"scope": scope, "key": key, "window": window, "deferred": n}
+                        for (scope, key, window), n in sorted(batch.deferrals.items())
+                    ],
+                )
             if batch.bounces:
-                await tx.execute(query("add_suppressions"), {
-                    "addresses": batch.bounces, "kinds": ["address"] * len(batch.bounces),
-                    "reasons": ["hard_bounce"] * len(batch.bounces),
-                    "sources": ["smtp 5xx on RCPT"] * len(batch.bounces),
-                    "expires_at": [None] * len(batch.bounces),
-                })
+                await tx.execute(
+                    query("add_suppressions"),
+                    {
+                        "addresses": batch.bounces,
+                        "kinds": ["address"] * len(batch.bounces),
+                        "reasons": ["hard_bounce"] * len(batch.bounces),
+                        "sources": ["smtp 5xx on RCPT"] * len(batch.bounces),
+                        "expires_at": [None] * len(batch.bounces),
+                    },
+                )
         if len(updated) != len(batch.ids):
-            log.warning("%d events of the batch were re-claimed by another worker after our "
-                        "lease expired; their outcome here was not recorded",
-                        len(batch.ids) - len(updated))
+            log.warning(
+                "%d events of the batch were re-claimed by another worker after our "
+                "lease expired; their outcome here was not recorded",
+                len(batch.ids) - len(updated),
+            )
 
 
 def _connection_key(provider: Provider) -> tuple[Any, ...]:
-    return (provider.host, provider.port, provider.tls_mode, provider.username,
-            str(provider.credentials), provider.timeout_seconds, provider.max_connections)
+    return (
+        provider.host,
+        provider.port,
+        provider.tls_mode,
+        provider.username,
+        str(provider.credentials),
+        provider.timeout_seconds,
+        provider.max_connections,
+    )
 
 
 def split_max_events(max_events: int | None, parts: int) -> list[int | None]:
@@ -610,9 +794,15 @@ def split_max_events(max_events: int | None, parts: int) -> list[int | None]:
     return [max_events // parts + (1 if i < max_events % parts else 0) for i in range(parts)]
 
 
-async def drain_queue(db: Database, *, batch_size: int = 200, time_budget: float = 50.0,
-                      concurrency: int = 1, max_events: int | None = None,
-                      settings: Settings | None = None) -> DrainResult:
+async def drain_queue(
+    db: Database,
+    *,
+    batch_size: int = 200,
+    time_budget: float = 50.0,
+    concurrency: int = 1,
+    max_events: int | None = None,
+    settings: Settings | None = None,
+) -> DrainResult:
     """Run ``concurrency`` drainers on one event loop until the queue is drained or the
     budget is spent; returns their combined result."""
     if batch_size < 1 or concurrency < 1 or time_budget <= 0:
@@ -623,8 +813,9 @@ async def drain_queue(db: Database, *, batch_size: int = 200, time_budget: float
 
     async def drain(drainer: Drainer, share: int | None) -> DrainResult:
         try:
-            return await drainer.drain(batch_size=batch_size, time_budget=time_budget,
-                                       max_events=share, stop=stop)
+            return await drainer.drain(
+                batch_size=batch_size, time_budget=time_budget, max_events=share, stop=stop
+            )
         except BaseException:
             stop.set()
             raise
@@ -632,17 +823,24 @@ async def drain_queue(db: Database, *, batch_size: int = 200, time_budget: float
     # When one drainer fails (its database connection was lost, say), the others record the
     # batch they hold and stop, instead of being cut off mid-batch when the caller closes the
     # pool (their sent-but-unrecorded messages would go out again after the lease expires).
-    outcomes = await asyncio.gather(*(drain(d, n) for d, n in zip(drainers, shares, strict=True)),
-                                    return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *(drain(d, n) for d, n in zip(drainers, shares, strict=True)), return_exceptions=True
+    )
     failures = [o for o in outcomes if isinstance(o, BaseException)]
     if failures:
         raise failures[0]
     return _combined([o for o in outcomes if isinstance(o, DrainResult)])
 
 
-def build_event_message(*, event_id: int | str, message_id: str, template_key: str,
-                        recipient: Recipient, rendered: Rendered,
-                        provider: Provider | None) -> bytes:
+def build_event_message(
+    *,
+    event_id: int | str,
+    message_id: str,
+    template_key: str,
+    recipient: Recipient,
+    rendered: Rendered,
+    provider: Provider | None,
+) -> bytes:
     """The bytes ``process_email_queue`` hands to SMTP for one event sent via ``provider``.
 
     From is the template's from address, else the provider's; the event id goes in the
@@ -651,13 +849,19 @@ def build_event_message(*, event_id: int | str, message_id: str, template_key: s
     """
     sender = rendered.from_address or (provider.from_address if provider else None)
     if not sender:
-        where = f"provider {provider.name!r}" if provider else \
-            "a provider (`mailpipe provider add ... --from ADDRESS`)"
-        raise InvalidMessage(f"no from address: set one on template {template_key!r} or on "
-                             f"{where}")
+        where = (
+            f"provider {provider.name!r}"
+            if provider
+            else "a provider (`mailpipe provider add ... --from ADDRESS`)"
+        )
+        raise InvalidMessage(f"no from address: set one on template {template_key!r} or on {where}")
     return build_message(
-        sender=sender, recipient=recipient, subject=rendered.subject, text=rendered.text,
-        html=rendered.html, message_id=message_id,
+        sender=sender,
+        recipient=recipient,
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        message_id=message_id,
         headers={"X-Mailpipe-Event": str(event_id)},
     )
 
@@ -671,18 +875,24 @@ class Preview:
 
     template_key: str
     version: int
-    provider: str | None     # the provider it would go through (None: none usable)
+    provider: str | None  # the provider it would go through (None: none usable)
     recipient: str
     message_id: str
-    event_id: str            # the X-Mailpipe-Event header ("preview" without an event)
+    event_id: str  # the X-Mailpipe-Event header ("preview" without an event)
     rendered: Rendered
     message: bytes
 
 
-async def preview_message(db: Database, template_key: str | None = None, data: Any = None, *,
-                          recipient: str | None = None, event_id: int | None = None,
-                          provider_name: str | None = None,
-                          version: int | None = None) -> Preview:
+async def preview_message(
+    db: Database,
+    template_key: str | None = None,
+    data: Any = None,
+    *,
+    recipient: str | None = None,
+    event_id: int | None = None,
+    provider_name: str | None = None,
+    version: int | None = None,
+) -> Preview:
     """Render and build a message exactly as the flow would, without sending or writing.
 
     Same template lookup and sandboxed render, same recipient validation, same provider
@@ -714,8 +924,10 @@ async def preview_message(db: Database, template_key: str | None = None, data: A
     else:
         row = await db.fetch_one(query("admin_template_version"), (template_key, version))
         if row is None:
-            raise UnknownTemplate(f"template {template_key!r} has no version {version}: see "
-                                  f"`mailpipe template show {template_key}`")
+            raise UnknownTemplate(
+                f"template {template_key!r} has no version {version}: see "
+                f"`mailpipe template show {template_key}`"
+            )
         template = CompiledTemplate.from_row(row)
     to = validate_recipient(recipient if recipient is not None else PREVIEW_RECIPIENT)
     rendered = template.render({} if data is None else data)
@@ -723,33 +935,59 @@ async def preview_message(db: Database, template_key: str | None = None, data: A
     if provider_name is not None:
         chosen = next((p for p in providers if p.name == provider_name), None)
         if chosen is None:
-            raise UnknownProvider(f"no provider named {provider_name!r}: see "
-                                  "`mailpipe provider list`")
+            raise UnknownProvider(
+                f"no provider named {provider_name!r}: see `mailpipe provider list`"
+            )
     else:
         usable = usable_providers(providers, dt.datetime.now(dt.UTC))
         chosen = usable[0] if usable else None
-    message = build_event_message(event_id=header_id, message_id=message_id,
-                                  template_key=template_key, recipient=to, rendered=rendered,
-                                  provider=chosen)
-    return Preview(template_key, template.version, chosen.name if chosen else None, to.address,
-                   message_id, header_id, rendered, message)
+    message = build_event_message(
+        event_id=header_id,
+        message_id=message_id,
+        template_key=template_key,
+        recipient=to,
+        rendered=rendered,
+        provider=chosen,
+    )
+    return Preview(
+        template_key,
+        template.version,
+        chosen.name if chosen else None,
+        to.address,
+        message_id,
+        header_id,
+        rendered,
+        message,
+    )
 
 
-def _drain_process(url: str, batch_size: int, concurrency: int, time_budget: float,
-                   max_events: int | None) -> DrainResult:
+def _drain_process(
+    url: str, batch_size: int, concurrency: int, time_budget: float, max_events: int | None
+) -> DrainResult:
     """Entry point of one drainer process: its own event loop and connection pool."""
 
     async def go() -> DrainResult:
         async with Database(url, min_size=1, max_size=concurrency + 2) as db:
-            return await drain_queue(db, batch_size=batch_size, concurrency=concurrency,
-                                     time_budget=time_budget, max_events=max_events)
+            return await drain_queue(
+                db,
+                batch_size=batch_size,
+                concurrency=concurrency,
+                time_budget=time_budget,
+                max_events=max_events,
+            )
 
     return asyncio.run(go())  # a plain dataclass: pickled back to the parent
 
 
-def drain_in_processes(url: str, *, processes: int, batch_size: int = 200,
-                       concurrency: int = 1, time_budget: float = 50.0,
-                       max_events: int | None = None) -> DrainResult:
+def drain_in_processes(
+    url: str,
+    *,
+    processes: int,
+    batch_size: int = 200,
+    concurrency: int = 1,
+    time_budget: float = 50.0,
+    max_events: int | None = None,
+) -> DrainResult:
     """Drain with ``processes`` OS processes, to use every core (one Python process tops out
     at one core of SMTP and MIME work). The queue's SKIP LOCKED claims keep them apart."""
     import multiprocessing
@@ -760,8 +998,10 @@ def drain_in_processes(url: str, *, processes: int, batch_size: int = 200,
     shares = split_max_events(max_events, processes)
     context = multiprocessing.get_context("spawn")  # no inherited sockets, locks or loops
     with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
-        futures = [pool.submit(_drain_process, url, batch_size, concurrency, time_budget, share)
-                   for share in shares]
+        futures = [
+            pool.submit(_drain_process, url, batch_size, concurrency, time_budget, share)
+            for share in shares
+        ]
         return _combined([f.result() for f in futures])
 
 

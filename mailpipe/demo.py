@@ -30,7 +30,7 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     "password_reset": {
         "subject": "Reset your password",
         "text_body": "Hi {{ name }},\n\nReset it here: {{ link }}\nThe link expires in 1 hour.\n",
-        "html_body": "<p>Hi {{ name }},</p><p><a href=\"{{ link }}\">Reset your password</a></p>",
+        "html_body": '<p>Hi {{ name }},</p><p><a href="{{ link }}">Reset your password</a></p>',
     },
     "receipt": {
         "subject": "Reçu n° {{ order }} — {{ total }} €",
@@ -54,8 +54,9 @@ class DemoSetup:
     kinds: dict[str, int] = field(default_factory=dict)
 
 
-async def seed_demo(db: Database, *, smtp_host: str, smtp_port: int, maildir: Path,
-                    events: int = 300, seed: int = 7) -> DemoSetup:
+async def seed_demo(
+    db: Database, *, smtp_host: str, smtp_port: int, maildir: Path, events: int = 300, seed: int = 7
+) -> DemoSetup:
     """Migrate and seed the demo data; safe to run again (upserts, fresh events)."""
     await migrate(db)
     await db.execute(
@@ -64,14 +65,17 @@ async def seed_demo(db: Database, *, smtp_host: str, smtp_port: int, maildir: Pa
         " VALUES (%s, %s, %s, 'none', 'Acme <hello@acme.example>', 1, 4, 100000)"
         " ON CONFLICT (provider_name) DO UPDATE SET host = EXCLUDED.host,"
         " port = EXCLUDED.port, status = 'active', suspended_until = NULL,"
-        " consecutive_failures = 0", (DEMO_PROVIDER, smtp_host, smtp_port))
-    existing = {r["template_key"] for r in await db.fetch_all(
-        "SELECT template_key FROM email_templates WHERE active")}
+        " consecutive_failures = 0",
+        (DEMO_PROVIDER, smtp_host, smtp_port),
+    )
+    existing = {
+        r["template_key"]
+        for r in await db.fetch_all("SELECT template_key FROM email_templates WHERE active")
+    }
     for key, template in TEMPLATES.items():
         if key not in existing:
             await save_template(db, key, **template)
-    await add_suppressions(db, ["unsubscribed@example.com"], reason="unsubscribe",
-                           source="demo")
+    await add_suppressions(db, ["unsubscribed@example.com"], reason="unsubscribe", source="demo")
 
     rng = random.Random(seed)
     now = dt.datetime.now(dt.UTC)
@@ -80,9 +84,13 @@ async def seed_demo(db: Database, *, smtp_host: str, smtp_port: int, maildir: Pa
     for i in range(events):
         name = rng.choice(NAMES)
         template = rng.choice(list(TEMPLATES))
-        payload: dict[str, Any] = {"name": name, "plan": rng.choice(["free", "pro"]),
-                                   "link": f"https://acme.example/reset/{i}",
-                                   "order": 1000 + i, "total": f"{rng.uniform(5, 500):.2f}"}
+        payload: dict[str, Any] = {
+            "name": name,
+            "plan": rng.choice(["free", "pro"]),
+            "link": f"https://acme.example/reset/{i}",
+            "order": 1000 + i,
+            "total": f"{rng.uniform(5, 500):.2f}",
+        }
         address = f"customer{i}@example.com"
         scheduled = now
         if i % 50 == 7:
@@ -97,12 +105,15 @@ async def seed_demo(db: Database, *, smtp_host: str, smtp_port: int, maildir: Pa
         elif i % 100 == 42:
             payload.pop("name")  # strict templates refuse a missing variable
             setup.template_errors += 1
-        rows.append((template, address, template, rng.choice([1, 5, 5, 5, 9]), scheduled,
-                     Jsonb(payload)))
+        rows.append(
+            (template, address, template, rng.choice([1, 5, 5, 5, 9]), scheduled, Jsonb(payload))
+        )
     async with db.transaction() as tx:
         await tx.execute_many(
             "INSERT INTO communication_events (event_type, recipient_email, template_key,"
-            " priority, scheduled_at, payload) VALUES (%s, %s, %s, %s, %s, %s)", rows)
+            " priority, scheduled_at, payload) VALUES (%s, %s, %s, %s, %s, %s)",
+            rows,
+        )
     return setup
 
 

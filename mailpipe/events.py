@@ -24,13 +24,21 @@ def emit(event: str, resource: dict[str, str], payload: dict[str, Any] | None = 
 def emit_provider_changes(changes: Sequence[StatusChange]) -> int:
     """``mailpipe.provider.suspended`` / ``mailpipe.provider.recovered`` per change."""
     for change in changes:
-        emit(f"mailpipe.provider.{change.kind}",
-             resource={"prefect.resource.id": f"mailpipe.smtp-provider.{change.provider_name}",
-                       "prefect.resource.name": change.provider_name,
-                       "mailpipe.provider.status": change.after},
-             payload={"before": change.before, "after": change.after,
-                      "suspended_until": change.suspended_until.isoformat()
-                      if change.suspended_until else None})
+        emit(
+            f"mailpipe.provider.{change.kind}",
+            resource={
+                "prefect.resource.id": f"mailpipe.smtp-provider.{change.provider_name}",
+                "prefect.resource.name": change.provider_name,
+                "mailpipe.provider.status": change.after,
+            },
+            payload={
+                "before": change.before,
+                "after": change.after,
+                "suspended_until": change.suspended_until.isoformat()
+                if change.suspended_until
+                else None,
+            },
+        )
     return len(changes)
 
 

@@ -31,7 +31,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _MESSAGE_ID = re.compile(r"^<[^<>\s@]+@[^<>\s@]+>$")
 
 
-
 class InvalidMessage(PermanentError):
     """The message cannot be built (bad address, header injection, bad Message-ID)."""
 
@@ -40,9 +39,9 @@ class InvalidMessage(PermanentError):
 class Recipient:
     """A validated address: what goes in the envelope and in the To header."""
 
-    address: str     # normalised; the punycode domain form when the mailbox is ASCII
-    domain: str      # lower-case ASCII domain, for per-domain rate limits and suppressions
-    smtputf8: bool   # the mailbox name is non-ASCII: the server must support SMTPUTF8
+    address: str  # normalised; the punycode domain form when the mailbox is ASCII
+    domain: str  # lower-case ASCII domain, for per-domain rate limits and suppressions
+    smtputf8: bool  # the mailbox name is non-ASCII: the server must support SMTPUTF8
 
 
 @lru_cache(maxsize=4096)  # bounded: memory must stay flat however long the queue
@@ -89,12 +88,16 @@ def _text_part(body: str, subtype: str) -> str:
     """Headers and body of one text part: 7bit for short-lined ASCII, else quoted-printable."""
     body = body.replace("\r\n", "\n").replace("\r", "\n")  # SMTP sends CRLF for every "\n"
     if body.isascii() and all(len(line) <= 998 for line in body.split("\n")):
-        return (f'Content-Type: text/{subtype}; charset="us-ascii"\nMIME-Version: 1.0\n'
-                f"Content-Transfer-Encoding: 7bit\n\n{body}")
+        return (
+            f'Content-Type: text/{subtype}; charset="us-ascii"\nMIME-Version: 1.0\n'
+            f"Content-Transfer-Encoding: 7bit\n\n{body}"
+        )
     # binascii's C quoted-printable encoder: 76-column soft breaks, "=" always escaped.
     encoded = binascii.b2a_qp(body.encode("utf-8"), istext=True).decode("ascii")
-    return (f'Content-Type: text/{subtype}; charset="utf-8"\nMIME-Version: 1.0\n'
-            f"Content-Transfer-Encoding: quoted-printable\n\n{encoded}")
+    return (
+        f'Content-Type: text/{subtype}; charset="utf-8"\nMIME-Version: 1.0\n'
+        f"Content-Transfer-Encoding: quoted-printable\n\n{encoded}"
+    )
 
 
 _date_cache: tuple[int, str] = (0, "")
@@ -109,9 +112,16 @@ def _date_header() -> str:
     return _date_cache[1]
 
 
-def build_message(*, sender: str, recipient: Recipient, subject: str, text: str,
-                  html: str | None, message_id: str,
-                  headers: dict[str, str] | None = None) -> bytes:
+def build_message(
+    *,
+    sender: str,
+    recipient: Recipient,
+    subject: str,
+    text: str,
+    html: str | None,
+    message_id: str,
+    headers: dict[str, str] | None = None,
+) -> bytes:
     """Serialise one message: text, or text + HTML as ``multipart/alternative``."""
     check_header("Subject", subject)
     check_header("From", sender)
@@ -126,8 +136,10 @@ def build_message(*, sender: str, recipient: Recipient, subject: str, text: str,
     # headers that need no folding. Values are validated above (no CR/LF/controls), non-ASCII
     # display names and subjects are RFC 2047 encoded, bodies 7bit or quoted-printable.
     name, address = parseaddr(sender)
-    head = [_fold("From", formataddr((name, address), charset="utf-8") if name else address),
-            _fold("To", recipient.address)]
+    head = [
+        _fold("From", formataddr((name, address), charset="utf-8") if name else address),
+        _fold("To", recipient.address),
+    ]
     if subject.isascii() and not _needs_encoded_words(subject):
         head.append(_fold("Subject", subject))
     else:
@@ -140,21 +152,29 @@ def build_message(*, sender: str, recipient: Recipient, subject: str, text: str,
         out = content_headers + "\n" + "".join(head) + "\n" + body
     else:
         boundary = mime_boundary(message_id, text, html)
-        out = (f'Content-Type: multipart/alternative;\n boundary="{boundary}"\n'
-               "MIME-Version: 1.0\n" + "".join(head) + "\n"
-               f"--{boundary}\n{_text_part(text, 'plain')}\n"
-               f"--{boundary}\n{_text_part(html, 'html')}\n--{boundary}--\n")
+        out = (
+            f'Content-Type: multipart/alternative;\n boundary="{boundary}"\n'
+            "MIME-Version: 1.0\n" + "".join(head) + "\n"
+            f"--{boundary}\n{_text_part(text, 'plain')}\n"
+            f"--{boundary}\n{_text_part(html, 'html')}\n--{boundary}--\n"
+        )
     return out.encode("ascii")
 
 
-def _build_smtputf8(sender: str, recipient: Recipient, subject: str, text: str,
-                    html: str | None, message_id: str, headers: dict[str, str] | None) -> bytes:
+def _build_smtputf8(
+    sender: str,
+    recipient: Recipient,
+    subject: str,
+    text: str,
+    html: str | None,
+    message_id: str,
+    headers: dict[str, str] | None,
+) -> bytes:
     msg = EmailMessage(policy=SMTPUTF8)
     msg["From"] = sender
     msg["To"] = recipient.address
     if "=?" in subject:  # the modern API writes it as it is, and readers would decode it
-        msg.set_raw("Subject", Header(subject, "utf-8", header_name="Subject")
-                    .encode(linesep="\n"))
+        msg.set_raw("Subject", Header(subject, "utf-8", header_name="Subject").encode(linesep="\n"))
     else:
         msg["Subject"] = subject
     msg["Date"] = formatdate(usegmt=True)
@@ -172,8 +192,10 @@ def sender_address(sender: str) -> str:
     """The envelope sender (MAIL FROM) of a From header value."""
     address = parseaddr(sender)[1]
     if not address or "@" not in address:
-        raise InvalidMessage(f"invalid from address {sender!r}: configure the provider's or "
-                             "the template's from_address")
+        raise InvalidMessage(
+            f"invalid from address {sender!r}: configure the provider's or "
+            "the template's from_address"
+        )
     return address
 
 

@@ -116,8 +116,11 @@ async def migrate(
                     await conn.execute(
                         "INSERT INTO schema_migrations (name, checksum, duration_ms)"
                         " VALUES (%s, %s, %s)",
-                        (migration.name, migration.checksum,
-                         int((time.perf_counter() - started) * 1000)),
+                        (
+                            migration.name,
+                            migration.checksum,
+                            int((time.perf_counter() - started) * 1000),
+                        ),
                     )
                     await conn.execute("COMMIT")
                 except BaseException as exc:

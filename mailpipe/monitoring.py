@@ -40,8 +40,8 @@ logger = logging.getLogger(__name__)
 
 # Health score weights (see health_score and README "Monitoring").
 PROBE_WEIGHT, LATENCY_WEIGHT, DELIVERY_WEIGHT = 0.5, 0.2, 0.3
-PROBE_DECAY = 0.7          # each older probe counts 0.7 times the one after it
-FAILED_PROBE_CAP = 50.0    # a provider whose latest probe failed scores at most this
+PROBE_DECAY = 0.7  # each older probe counts 0.7 times the one after it
+FAILED_PROBE_CAP = 50.0  # a provider whose latest probe failed scores at most this
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,10 @@ class ProbeResult:
     host: str
     port: int
     attempted_at: dt.datetime
-    result: str                 # one of mailpipe.smtp.AUDIT_RESULTS
+    result: str  # one of mailpipe.smtp.AUDIT_RESULTS
     latency_ms: float
-    ip_address: str | None      # the address actually connected to (None: never connected)
-    error: str | None = None    # what went wrong, never a secret
+    ip_address: str | None  # the address actually connected to (None: never connected)
+    error: str | None = None  # what went wrong, never a secret
 
     @property
     def ok(self) -> bool:
@@ -99,23 +99,31 @@ class HealthReport:
         rows = []
         for probe in self.probes:
             provider = by_name.get(probe.provider_name)
-            rows.append({
-                "provider": probe.provider_name,
-                "endpoint": f"{probe.host}:{probe.port}",
-                "result": probe.result,
-                "ip_address": probe.ip_address,
-                "latency_ms": round(probe.latency_ms, 1),
-                "health_score": provider.health_score if provider and self.recorded else None,
-                "status": provider.status if provider else None,
-                "suspended_until": provider.suspended_until if provider else None,
-                "error": probe.error,
-            })
+            rows.append(
+                {
+                    "provider": probe.provider_name,
+                    "endpoint": f"{probe.host}:{probe.port}",
+                    "result": probe.result,
+                    "ip_address": probe.ip_address,
+                    "latency_ms": round(probe.latency_ms, 1),
+                    "health_score": provider.health_score if provider and self.recorded else None,
+                    "status": provider.status if provider else None,
+                    "suspended_until": provider.suspended_until if provider else None,
+                    "error": probe.error,
+                }
+            )
         return rows
 
 
-def health_score(recent_ok: Sequence[bool], latency_ms: float | None, delivered: int,
-                 delivery_failures: int, *, good_ms: float = 500.0,
-                 bad_ms: float = 5000.0) -> float:
+def health_score(
+    recent_ok: Sequence[bool],
+    latency_ms: float | None,
+    delivered: int,
+    delivery_failures: int,
+    *,
+    good_ms: float = 500.0,
+    bad_ms: float = 5000.0,
+) -> float:
     """A provider's health, 0-100, from its recent probes, their latency and its deliveries.
 
     - ``recent_ok``: the latest probes, newest first. Probe term P = their success ratio
@@ -142,8 +150,9 @@ def health_score(recent_ok: Sequence[bool], latency_ms: float | None, delivered:
         latency = min(1.0, max(0.0, (bad_ms - latency_ms) / (bad_ms - good_ms)))
     attempts = delivered + delivery_failures
     if attempts > 0:
-        score = PROBE_WEIGHT * probe + LATENCY_WEIGHT * latency \
-            + DELIVERY_WEIGHT * delivered / attempts
+        score = (
+            PROBE_WEIGHT * probe + LATENCY_WEIGHT * latency + DELIVERY_WEIGHT * delivered / attempts
+        )
     else:
         score = (PROBE_WEIGHT * probe + LATENCY_WEIGHT * latency) / (PROBE_WEIGHT + LATENCY_WEIGHT)
     score *= 100.0
@@ -152,8 +161,9 @@ def health_score(recent_ok: Sequence[bool], latency_ms: float | None, delivered:
     return round(score, 1)
 
 
-async def probe_provider(provider: Provider, *, timeout: float | None = None,
-                         settings: Settings | None = None) -> ProbeResult:
+async def probe_provider(
+    provider: Provider, *, timeout: float | None = None, settings: Settings | None = None
+) -> ProbeResult:
     """Open a real SMTP session (connect, EHLO, TLS as configured, AUTH, NOOP, QUIT).
 
     The whole probe runs under one timeout (``timeout``, else the provider's
@@ -198,8 +208,11 @@ async def probe_provider(provider: Provider, *, timeout: float | None = None,
     except TimeoutError as exc:
         # asyncio.timeout (whole probe) or aiosmtplib's own per-command timeout.
         result = "timeout"
-        error = f"{stage}: no answer within {limit:g}s" if type(exc) is TimeoutError \
+        error = (
+            f"{stage}: no answer within {limit:g}s"
+            if type(exc) is TimeoutError
             else f"{stage}: {classify(exc, stage='connect', secrets=(password,)).message}"
+        )
     except Exception as exc:
         failure = classify(exc, stage="connect", secrets=(password,))
         result, error = failure.kind, f"{stage}: {failure.message}"
@@ -216,34 +229,58 @@ async def probe_provider(provider: Provider, *, timeout: float | None = None,
     if result not in AUDIT_RESULTS:  # defensive: the audit CHECK would refuse the whole batch
         result = "smtp_error"
     latency_ms = (time.perf_counter() - started) * 1000.0
-    return ProbeResult(provider.name, provider.host, provider.port, attempted_at, result,
-                       latency_ms, peer, _redact(error, password))
+    return ProbeResult(
+        provider.name,
+        provider.host,
+        provider.port,
+        attempted_at,
+        result,
+        latency_ms,
+        peer,
+        _redact(error, password),
+    )
 
 
-async def probe_all(providers: Sequence[Provider], *, timeout: float | None = None,
-                    settings: Settings | None = None) -> list[ProbeResult]:
+async def probe_all(
+    providers: Sequence[Provider], *, timeout: float | None = None, settings: Settings | None = None
+) -> list[ProbeResult]:
     """Probe every provider concurrently: the run takes as long as the slowest probe."""
     settings = settings or get_settings()
-    return list(await asyncio.gather(
-        *(_probe_safely(p, timeout=timeout, settings=settings) for p in providers)))
+    return list(
+        await asyncio.gather(
+            *(_probe_safely(p, timeout=timeout, settings=settings) for p in providers)
+        )
+    )
 
 
-async def _probe_safely(provider: Provider, *, timeout: float | None,
-                        settings: Settings) -> ProbeResult:
+async def _probe_safely(
+    provider: Provider, *, timeout: float | None, settings: Settings
+) -> ProbeResult:
     # probe_provider already turns failures into results; this guards against a bug in it so
     # that one provider can never stop the others.
     try:
         return await probe_provider(provider, timeout=timeout, settings=settings)
     except Exception as exc:
         logger.exception("probe of provider %s crashed", provider.name)
-        return ProbeResult(provider.name, provider.host, provider.port,
-                           dt.datetime.now(dt.UTC), "smtp_error", 0.0, None,
-                           f"probe crashed: {type(exc).__name__}")
+        return ProbeResult(
+            provider.name,
+            provider.host,
+            provider.port,
+            dt.datetime.now(dt.UTC),
+            "smtp_error",
+            0.0,
+            None,
+            f"probe crashed: {type(exc).__name__}",
+        )
 
 
-async def check_providers(db: Database, *, timeout: float | None = None,
-                          settings: Settings | None = None,
-                          dry_run: bool = False) -> HealthReport:
+async def check_providers(
+    db: Database,
+    *,
+    timeout: float | None = None,
+    settings: Settings | None = None,
+    dry_run: bool = False,
+) -> HealthReport:
     """Probe every provider that is not disabled and record what was found.
 
     Writes one audit row per probe (one statement), the health scores and ``last_checked``
@@ -256,28 +293,40 @@ async def check_providers(db: Database, *, timeout: float | None = None,
     checked_at = dt.datetime.now(dt.UTC)
     for probe in probes:
         if probe.ok:
-            logger.info("provider %s ok in %.0f ms (%s)", probe.provider_name, probe.latency_ms,
-                        probe.ip_address)
+            logger.info(
+                "provider %s ok in %.0f ms (%s)",
+                probe.provider_name,
+                probe.latency_ms,
+                probe.ip_address,
+            )
         else:
-            logger.warning("provider %s probe %s: %s", probe.provider_name, probe.result,
-                           probe.error)
+            logger.warning(
+                "provider %s probe %s: %s", probe.provider_name, probe.result, probe.error
+            )
     if dry_run or not probes:
         return HealthReport(checked_at, probes, providers, [], recorded=not dry_run)
 
-    await db.execute(query("insert_connection_audit"), {
-        "names": [p.provider_name for p in probes],
-        "hosts": [p.host for p in probes],
-        "attempted_at": [p.attempted_at for p in probes],
-        "ips": [p.ip_address for p in probes],
-        "results": [p.result for p in probes],
-        "latencies": [p.latency_ms for p in probes],
-        "errors": [p.error for p in probes],
-    })
+    await db.execute(
+        query("insert_connection_audit"),
+        {
+            "names": [p.provider_name for p in probes],
+            "hosts": [p.host for p in probes],
+            "attempted_at": [p.attempted_at for p in probes],
+            "ips": [p.ip_address for p in probes],
+            "results": [p.result for p in probes],
+            "latencies": [p.latency_ms for p in probes],
+            "errors": [p.error for p in probes],
+        },
+    )
     scores = await _scores(db, [p.provider_name for p in probes], settings)
-    await db.execute(query("update_provider_health"), {
-        "names": list(scores), "scores": list(scores.values()),
-        "checked_at": [p.attempted_at for p in probes if p.provider_name in scores],
-    })
+    await db.execute(
+        query("update_provider_health"),
+        {
+            "names": list(scores),
+            "scores": list(scores.values()),
+            "checked_at": [p.attempted_at for p in probes if p.provider_name in scores],
+        },
+    )
     for probe in probes:
         if probe.ok:
             await record_provider_success(db, probe.provider_name)
@@ -286,12 +335,21 @@ async def check_providers(db: Database, *, timeout: float | None = None,
 
     before = {p.name: p.status for p in providers}
     after = [p for p in await load_providers(db) if p.name in before]
-    changes = [StatusChange(p.name, before[p.name], p.status, p.suspended_until)
-               for p in after if p.status != before[p.name]]
+    changes = [
+        StatusChange(p.name, before[p.name], p.status, p.suspended_until)
+        for p in after
+        if p.status != before[p.name]
+    ]
     for change in changes:
-        logger.warning("provider %s %s (was %s%s)", change.provider_name, change.kind,
-                       change.before, f", until {change.suspended_until:%Y-%m-%d %H:%M:%S}Z"
-                       if change.suspended_until and change.after == "suspended" else "")
+        logger.warning(
+            "provider %s %s (was %s%s)",
+            change.provider_name,
+            change.kind,
+            change.before,
+            f", until {change.suspended_until:%Y-%m-%d %H:%M:%S}Z"
+            if change.suspended_until and change.after == "suspended"
+            else "",
+        )
     return HealthReport(checked_at, probes, after, changes)
 
 
@@ -300,12 +358,17 @@ async def _scores(db: Database, names: list[str], settings: Settings) -> dict[st
     from mailpipe.metrics import parse_window
 
     history: dict[str, list[tuple[bool, float | None]]] = {name: [] for name in names}
-    for row in await db.fetch_all(query("recent_probe_results"),
-                                  {"names": names, "limit": settings.health_probe_history}):
+    for row in await db.fetch_all(
+        query("recent_probe_results"), {"names": names, "limit": settings.health_probe_history}
+    ):
         history[row["provider_name"]].append((row["result"] == "ok", row["latency_ms"]))
-    outcomes = {r["provider_name"]: r for r in await db.fetch_all(
-        query("provider_delivery_outcomes"),
-        {"names": names, "window": parse_window(settings.health_delivery_window)})}
+    outcomes = {
+        r["provider_name"]: r
+        for r in await db.fetch_all(
+            query("provider_delivery_outcomes"),
+            {"names": names, "window": parse_window(settings.health_delivery_window)},
+        )
+    }
     scores: dict[str, float] = {}
     for name in names:
         probes = history[name]
@@ -316,8 +379,11 @@ async def _scores(db: Database, names: list[str], settings: Settings) -> dict[st
         scores[name] = health_score(
             [ok for ok, _ in probes],
             statistics.median(latencies) if latencies else None,
-            int(delivery.get("sent") or 0), int(delivery.get("failures") or 0),
-            good_ms=settings.health_latency_good_ms, bad_ms=settings.health_latency_bad_ms)
+            int(delivery.get("sent") or 0),
+            int(delivery.get("failures") or 0),
+            good_ms=settings.health_latency_good_ms,
+            bad_ms=settings.health_latency_bad_ms,
+        )
     return scores
 
 

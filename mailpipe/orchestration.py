@@ -114,8 +114,9 @@ def project_file(project: Path | None = None) -> Path:
     """The ``prefect.yaml`` of the project (error with a fix when there is none)."""
     path = (project or project_dir()) / PROJECT_FILE
     if not path.is_file():
-        raise ConfigError(f"no {PROJECT_FILE} in {path.parent}; set MAILPIPE_PROJECT_DIR to the "
-                          "mailpipe checkout")
+        raise ConfigError(
+            f"no {PROJECT_FILE} in {path.parent}; set MAILPIPE_PROJECT_DIR to the mailpipe checkout"
+        )
     return path
 
 
@@ -127,14 +128,18 @@ def load_deployment_specs(path: Path | None = None) -> list[DeploymentSpec]:
     document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     specs = []
     for item in document.get("deployments") or []:
-        specs.append(DeploymentSpec(
-            name=item["name"], entrypoint=item["entrypoint"],
-            description=item.get("description") or "", tags=list(item.get("tags") or []),
-            parameters=dict(item.get("parameters") or {}),
-            schedules=list(item.get("schedules") or []),
-            concurrency_limit=item.get("concurrency_limit"),
-            work_pool=dict(item.get("work_pool") or {}),
-        ))
+        specs.append(
+            DeploymentSpec(
+                name=item["name"],
+                entrypoint=item["entrypoint"],
+                description=item.get("description") or "",
+                tags=list(item.get("tags") or []),
+                parameters=dict(item.get("parameters") or {}),
+                schedules=list(item.get("schedules") or []),
+                concurrency_limit=item.get("concurrency_limit"),
+                work_pool=dict(item.get("work_pool") or {}),
+            )
+        )
     return specs
 
 
@@ -163,7 +168,8 @@ def require_api() -> str:
     if not url:
         raise ConfigError(
             "no Prefect API configured: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api "
-            "after `prefect server start`), or run `mailpipe up`, which starts one")
+            "after `prefect server start`), or run `mailpipe up`, which starts one"
+        )
     return url
 
 
@@ -178,11 +184,13 @@ def prefect_api_errors(url: str) -> Iterator[None]:
     except httpx.HTTPStatusError as exc:
         raise OrchestrationError(
             f"the Prefect API at {url} refused a request ({exc.response.status_code} for "
-            f"{exc.request.method} {exc.request.url.path})") from None
+            f"{exc.request.method} {exc.request.url.path})"
+        ) from None
     except httpx.HTTPError as exc:
         raise OrchestrationError(
             f"cannot reach the Prefect API at {url} ({type(exc).__name__}); is the server "
-            "running? (`prefect server start`, or `mailpipe up`)") from None
+            "running? (`prefect server start`, or `mailpipe up`)"
+        ) from None
 
 
 # --- secrets ----------------------------------------------------------------------------------
@@ -258,13 +266,19 @@ async def setup_prefect(
     timezone = resolve_timezone(settings.timezone)
     specs = load_deployment_specs(project_file(project))
     with prefect_api_errors(require_api()):
-        return await _setup_prefect(settings, timezone, specs, secret_source, pool_type,
-                                    base_job_template)
+        return await _setup_prefect(
+            settings, timezone, specs, secret_source, pool_type, base_job_template
+        )
 
 
-async def _setup_prefect(settings: Settings, timezone: str, specs: list[DeploymentSpec],
-                         secret_source: SecretSource, pool_type: str,
-                         base_job_template: Mapping[str, Any] | None) -> list[SetupStep]:
+async def _setup_prefect(
+    settings: Settings,
+    timezone: str,
+    specs: list[DeploymentSpec],
+    secret_source: SecretSource,
+    pool_type: str,
+    base_job_template: Mapping[str, Any] | None,
+) -> list[SetupStep]:
     steps: list[SetupStep] = []
 
     block_name = ""
@@ -275,12 +289,25 @@ async def _setup_prefect(settings: Settings, timezone: str, specs: list[Deployme
     elif settings.database_url_block:
         block_name = settings.database_url_block
         exists = await _secret_exists(block_name)
-        steps.append(SetupStep("secret block", block_name, "kept" if exists else "missing",
-                               "MAILPIPE_DATABASE_URL_BLOCK" if exists else
-                               "set DATABASE_URL and run again to create it"))
+        steps.append(
+            SetupStep(
+                "secret block",
+                block_name,
+                "kept" if exists else "missing",
+                "MAILPIPE_DATABASE_URL_BLOCK"
+                if exists
+                else "set DATABASE_URL and run again to create it",
+            )
+        )
     else:
-        steps.append(SetupStep("secret block", DATABASE_URL_BLOCK, "skipped",
-                               "no DATABASE_URL: runs use the embedded Postgres of their machine"))
+        steps.append(
+            SetupStep(
+                "secret block",
+                DATABASE_URL_BLOCK,
+                "skipped",
+                "no DATABASE_URL: runs use the embedded Postgres of their machine",
+            )
+        )
 
     for block in await _provider_secret_blocks(settings):
         value = secret_source(block)
@@ -290,14 +317,19 @@ async def _setup_prefect(settings: Settings, timezone: str, specs: list[Deployme
         elif await _secret_exists(block):
             steps.append(SetupStep("secret block", block, "kept", "SMTP password"))
         else:
-            steps.append(SetupStep("secret block", block, "missing",
-                                   f"SMTP password: set {secret_env_name(block)} and run again"))
+            steps.append(
+                SetupStep(
+                    "secret block",
+                    block,
+                    "missing",
+                    f"SMTP password: set {secret_env_name(block)} and run again",
+                )
+            )
 
     for pool in work_pool_names(specs):
         steps.append(await _ensure_work_pool(pool, pool_type, base_job_template))
 
-    for name, value in ((TIMEZONE_VARIABLE, timezone),
-                        (DATABASE_URL_BLOCK_VARIABLE, block_name)):
+    for name, value in ((TIMEZONE_VARIABLE, timezone), (DATABASE_URL_BLOCK_VARIABLE, block_name)):
         steps.append(SetupStep("variable", name, await _upsert_variable(name, value), value))
     return steps
 
@@ -334,12 +366,18 @@ async def _provider_secret_blocks(settings: Settings) -> list[str]:
 
     async with Database(settings=settings, min_size=1, max_size=1) as db:
         providers = await load_providers(db)
-    return sorted({p.credentials["secret_block"] for p in providers
-                   if p.credentials and "secret_block" in p.credentials})
+    return sorted(
+        {
+            p.credentials["secret_block"]
+            for p in providers
+            if p.credentials and "secret_block" in p.credentials
+        }
+    )
 
 
-async def _ensure_work_pool(name: str, pool_type: str,
-                            base_job_template: Mapping[str, Any] | None) -> SetupStep:
+async def _ensure_work_pool(
+    name: str, pool_type: str, base_job_template: Mapping[str, Any] | None
+) -> SetupStep:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
@@ -358,11 +396,17 @@ async def _ensure_work_pool(name: str, pool_type: str,
             if worker is None:
                 raise OrchestrationError(
                     f"no {pool_type!r} worker installed here to take its default job template "
-                    f"from; pass --base-job-template (see deployments/{pool_type}/)")
+                    f"from; pass --base-job-template (see deployments/{pool_type}/)"
+                )
             template = worker.get_default_base_job_template()
-        await client.create_work_pool(WorkPoolCreate(
-            name=name, type=pool_type, base_job_template=template,
-            description="mailpipe: the four flows of prefect.yaml"))
+        await client.create_work_pool(
+            WorkPoolCreate(
+                name=name,
+                type=pool_type,
+                base_job_template=template,
+                description="mailpipe: the four flows of prefect.yaml",
+            )
+        )
     return SetupStep("work pool", name, "created", f"type {pool_type}")
 
 
@@ -400,8 +444,10 @@ def skip_if_late(max_late: dt.timedelta, *, now: dt.datetime | None = None) -> s
     late = run_lateness(now)
     if late <= max_late:
         return None
-    return (f"skipped: started {late.total_seconds():.0f} s after its scheduled time "
-            f"(more than {max_late.total_seconds():.0f} s late); the next run catches up")
+    return (
+        f"skipped: started {late.total_seconds():.0f} s after its scheduled time "
+        f"(more than {max_late.total_seconds():.0f} s late); the next run catches up"
+    )
 
 
 # --- serve ------------------------------------------------------------------------------------
@@ -425,21 +471,38 @@ def served_deployments(specs: list[DeploymentSpec], *, timezone: str) -> list[Ru
         for item in spec.schedules:
             if "cron" not in item:
                 raise ConfigError(f"{spec.name}: mailpipe serve supports cron schedules only")
-            schedules.append(Cron(item["cron"], timezone=item.get("timezone") or timezone,
-                                  day_or=item.get("day_or", True),
-                                  active=item.get("active", True)))
+            schedules.append(
+                Cron(
+                    item["cron"],
+                    timezone=item.get("timezone") or timezone,
+                    day_or=item.get("day_or", True),
+                    active=item.get("active", True),
+                )
+            )
         limit = spec.concurrency_limit
         if isinstance(limit, dict):
             limit = ConcurrencyLimitConfig(**limit)
-        deployments.append(flow.to_deployment(
-            name=spec.name, schedules=schedules, parameters=spec.parameters,
-            description=spec.description or None, tags=spec.tags, concurrency_limit=limit))
+        deployments.append(
+            flow.to_deployment(
+                name=spec.name,
+                schedules=schedules,
+                parameters=spec.parameters,
+                description=spec.description or None,
+                tags=spec.tags,
+                concurrency_limit=limit,
+            )
+        )
     return deployments
 
 
-def serve_project(*, names: list[str] | None = None, limit: int | None = None,
-                  project: Path | None = None, settings: Settings | None = None,
-                  quality_worker: bool = True) -> None:
+def serve_project(
+    *,
+    names: list[str] | None = None,
+    limit: int | None = None,
+    project: Path | None = None,
+    settings: Settings | None = None,
+    quality_worker: bool = True,
+) -> None:
     """Serve the deployments of ``prefect.yaml`` from this process until it is stopped, with
     a ``mailpipe check worker`` beside it (``quality_worker``) for the post-run checks.
 
@@ -455,13 +518,17 @@ def serve_project(*, names: list[str] | None = None, limit: int | None = None,
     if names:
         unknown = sorted(set(names) - {s.name for s in specs})
         if unknown:
-            raise ConfigError(f"no deployment named {', '.join(unknown)} in {PROJECT_FILE}; "
-                              f"choose from {', '.join(s.name for s in specs)}")
+            raise ConfigError(
+                f"no deployment named {', '.join(unknown)} in {PROJECT_FILE}; "
+                f"choose from {', '.join(s.name for s in specs)}"
+            )
         specs = [s for s in specs if s.name in names]
     os.chdir(project)
     with prefect_api_errors(require_api()):
-        resolved = [DeploymentSpec(**r) for r in asyncio.run(resolve_templates(
-            [dataclasses.asdict(s) for s in specs]))]
+        resolved = [
+            DeploymentSpec(**r)
+            for r in asyncio.run(resolve_templates([dataclasses.asdict(s) for s in specs]))
+        ]
         asyncio.run(_give_served_deployments_a_path([s.full_name for s in resolved]))
     for spec in resolved:
         env = (spec.work_pool.get("job_variables") or {}).get("env") or {}
@@ -471,8 +538,11 @@ def serve_project(*, names: list[str] | None = None, limit: int | None = None,
     get_settings.cache_clear()
     checker = start_quality_worker(project=project) if quality_worker else None
     try:
-        serve(*served_deployments(resolved, timezone=settings.timezone),
-              pause_on_shutdown=False, limit=limit)
+        serve(
+            *served_deployments(resolved, timezone=settings.timezone),
+            pause_on_shutdown=False,
+            limit=limit,
+        )
     finally:
         if checker is not None:
             stop_process(checker, grace=15.0)
@@ -527,8 +597,12 @@ def port_is_free(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) != 0
 
 
-def wait_until_healthy(api_url: str, *, timeout: float = STARTUP_TIMEOUT_SECONDS,
-                       alive: Callable[[], bool] = lambda: True) -> float:
+def wait_until_healthy(
+    api_url: str,
+    *,
+    timeout: float = STARTUP_TIMEOUT_SECONDS,
+    alive: Callable[[], bool] = lambda: True,
+) -> float:
     """Poll ``/health`` until the API answers; returns the seconds it took."""
     import httpx
 
@@ -540,12 +614,14 @@ def wait_until_healthy(api_url: str, *, timeout: float = STARTUP_TIMEOUT_SECONDS
             if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
                 return time.monotonic() - started
         time.sleep(0.25)
-    raise OrchestrationError(f"the Prefect server at {api_url} did not answer within "
-                             f"{timeout:.0f} s")
+    raise OrchestrationError(
+        f"the Prefect server at {api_url} did not answer within {timeout:.0f} s"
+    )
 
 
-def stop_process(process: subprocess.Popen[Any], *, timeout: float = 20.0,
-                 grace: float = 0.0) -> int | None:
+def stop_process(
+    process: subprocess.Popen[Any], *, timeout: float = 20.0, grace: float = 0.0
+) -> int | None:
     """SIGTERM (graceful for Prefect servers, workers and serve), then SIGKILL after timeout.
 
     ``grace``: seconds to let it finish on its own first (it got the terminal's Ctrl-C too;
@@ -572,9 +648,15 @@ class LocalPrefectServer:
     ``PREFECT_SERVER_DATABASE_CONNECTION_URL`` at a real Postgres with ``pg_trgm`` instead.
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 4200, ui: bool = True,
-                 env: Mapping[str, str] | None = None, log: IO[bytes] | int | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 4200,
+        ui: bool = True,
+        env: Mapping[str, str] | None = None,
+        log: IO[bytes] | int | None = None,
+    ) -> None:
         self.host, self.port, self.ui = host, port, ui
         self.env = dict(env if env is not None else os.environ)
         self.log = log
@@ -594,18 +676,28 @@ class LocalPrefectServer:
         if not port_is_free(self.host, self.port):
             raise OrchestrationError(
                 f"port {self.port} is taken (another Prefect server?): pass --port, or set "
-                f"PREFECT_API_URL=http://{self.host}:{self.port}/api to use that server")
-        command = [prefect_executable(), "server", "start", "--host", self.host,
-                   "--port", str(self.port)]
+                f"PREFECT_API_URL=http://{self.host}:{self.port}/api to use that server"
+            )
+        command = [
+            prefect_executable(),
+            "server",
+            "start",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+        ]
         if not self.ui:
             command.append("--no-ui")
         env = {**self.env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         env.pop("PREFECT_API_URL", None)
-        self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT
+        )
         try:
             self.startup_seconds = wait_until_healthy(
-                self.api_url, timeout=timeout, alive=lambda: self.process.poll() is None)
+                self.api_url, timeout=timeout, alive=lambda: self.process.poll() is None
+            )
         except BaseException:
             self.stop()
             raise
@@ -626,39 +718,65 @@ class LocalPrefectServer:
 def deploy_all(*, api_url: str, project: Path, env: Mapping[str, str] | None = None) -> str:
     """``prefect --no-prompt deploy --all`` in the project; returns its output."""
     environment = {**(env if env is not None else os.environ), "PREFECT_API_URL": api_url}
-    result = subprocess.run([prefect_executable(), "--no-prompt", "deploy", "--all"],
-                            cwd=project, env=environment, stdin=subprocess.DEVNULL,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [prefect_executable(), "--no-prompt", "deploy", "--all"],
+        cwd=project,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
         raise OrchestrationError(f"prefect deploy --all failed:\n{tail}")
     return result.stdout
 
 
-def start_worker(*, api_url: str, pool: str, name: str, project: Path,
-                 env: Mapping[str, str] | None = None, limit: int | None = None,
-                 run_once: bool = False, output: IO[bytes] | int | None = None
-                 ) -> subprocess.Popen[bytes]:
+def start_worker(
+    *,
+    api_url: str,
+    pool: str,
+    name: str,
+    project: Path,
+    env: Mapping[str, str] | None = None,
+    limit: int | None = None,
+    run_once: bool = False,
+    output: IO[bytes] | int | None = None,
+) -> subprocess.Popen[bytes]:
     """``prefect worker start --pool POOL`` as a child process, run from the project."""
     command = [prefect_executable(), "worker", "start", "--pool", pool, "--name", name]
     if limit is not None:
         command += ["--limit", str(limit)]
     if run_once:
         command.append("--run-once")
-    environment = {**(env if env is not None else os.environ), "PREFECT_API_URL": api_url,
-                   "MAILPIPE_PROJECT_DIR": str(project)}
-    return subprocess.Popen(command, cwd=project, env=environment, stdin=subprocess.DEVNULL,
-                            stdout=output, stderr=subprocess.STDOUT if output else None)
+    environment = {
+        **(env if env is not None else os.environ),
+        "PREFECT_API_URL": api_url,
+        "MAILPIPE_PROJECT_DIR": str(project),
+    }
+    return subprocess.Popen(
+        command,
+        cwd=project,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT if output else None,
+    )
 
 
-def start_quality_worker(*, project: Path,
-                         env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_quality_worker(
+    *, project: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """``mailpipe check worker`` as a child process: answers the flows' post-run data-quality
     checks with Great Expectations imported once (see :mod:`mailpipe.quality_worker`)."""
-    environment = {**(env if env is not None else os.environ),
-                   "MAILPIPE_PROJECT_DIR": str(project)}
-    return subprocess.Popen([sys.executable, "-m", "mailpipe", "check", "worker"], cwd=project,
-                            env=environment, stdin=subprocess.DEVNULL)
+    environment = {**(env if env is not None else os.environ), "MAILPIPE_PROJECT_DIR": str(project)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailpipe", "check", "worker"],
+        cwd=project,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @dataclass
@@ -677,11 +795,16 @@ class UpReport:
     quality_worker: bool = True
 
 
-def up(*, host: str = "127.0.0.1", port: int = 4200, workers: int = 1,
-       quality_worker: bool = True,
-       on_ready: Callable[[UpReport], None] | None = None,
-       secret_source: SecretSource = env_secret_source,
-       settings: Settings | None = None) -> UpReport:
+def up(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 4200,
+    workers: int = 1,
+    quality_worker: bool = True,
+    on_ready: Callable[[UpReport], None] | None = None,
+    secret_source: SecretSource = env_secret_source,
+    settings: Settings | None = None,
+) -> UpReport:
     """The whole system on one machine, until Ctrl-C (or SIGTERM); then everything stops.
 
     Starts a local Prefect server (unless ``PREFECT_API_URL`` or the active profile names one),
@@ -726,28 +849,38 @@ def up(*, host: str = "127.0.0.1", port: int = 4200, workers: int = 1,
         env = {**os.environ, "PREFECT_API_URL": api_url}
         with temporary_settings({PREFECT_API_URL: api_url}):
             applied = asyncio.run(_migrate(settings))
-            steps = asyncio.run(setup_prefect(settings=settings, secret_source=secret_source,
-                                              project=project))
+            steps = asyncio.run(
+                setup_prefect(settings=settings, secret_source=secret_source, project=project)
+            )
         deploy_all(api_url=api_url, project=project, env=env)
         host_name = socket.gethostname()
         for i in range(workers):
             name = f"mailpipe-{host_name}-{i + 1}"
-            children[f"worker {name}"] = start_worker(api_url=api_url, pool=pools[0],
-                                                      project=project, name=name, env=env)
+            children[f"worker {name}"] = start_worker(
+                api_url=api_url, pool=pools[0], project=project, name=name, env=env
+            )
         if quality_worker:
             children["mailpipe check worker"] = start_quality_worker(project=project, env=env)
-        report = UpReport(api_url=api_url, ui_url=ui_url, started_server=server is not None,
-                          server_seconds=server.startup_seconds if server else None,
-                          setup=steps, migrations=applied,
-                          deployments=[s.full_name for s in specs], workers=workers,
-                          server_log=server_log_path, quality_worker=quality_worker)
+        report = UpReport(
+            api_url=api_url,
+            ui_url=ui_url,
+            started_server=server is not None,
+            server_seconds=server.startup_seconds if server else None,
+            setup=steps,
+            migrations=applied,
+            deployments=[s.full_name for s in specs],
+            workers=workers,
+            server_log=server_log_path,
+            quality_worker=quality_worker,
+        )
         if on_ready:
             on_ready(report)
         while True:
             for what, child in children.items():
                 if child.poll() is not None:
                     raise OrchestrationError(
-                        f"{what} exited with status {child.returncode}; see its output above")
+                        f"{what} exited with status {child.returncode}; see its output above"
+                    )
             if server and server.process and server.process.poll() is not None:
                 raise OrchestrationError(f"the Prefect server exited; see {server_log_path}")
             time.sleep(0.5)
@@ -773,5 +906,3 @@ async def _migrate(settings: Settings) -> list[str]:
 
     async with Database(settings=settings, min_size=1, max_size=1) as db:
         return await migrate(db)
-
-

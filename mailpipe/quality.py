@@ -72,6 +72,7 @@ class QualityConfigError(ConfigError):
 
 # ---------------------------------------------------------------------------- suite specs
 
+
 @dataclass(frozen=True)
 class SuiteSpec:
     """How one suite runs, from its JSON ``meta.mailpipe`` (read without importing GX)."""
@@ -90,8 +91,9 @@ class SuiteSpec:
         if since is None or self.window is None:
             return self.query
         if not isinstance(since, dt.datetime) or since.tzinfo is None:
-            raise QualityConfigError("since must be a timezone-aware datetime "
-                                     "(e.g. datetime.now(UTC))")
+            raise QualityConfigError(
+                "since must be a timezone-aware datetime (e.g. datetime.now(UTC))"
+            )
         # isoformat() of a datetime is the only value put into SQL: no user text reaches it.
         bound = f"'{window_start(since)}'::timestamptz"
         return f"SELECT * FROM ({self.query}) AS w WHERE ({self.window.replace(':since', bound)})"
@@ -125,9 +127,13 @@ def _load_specs(project_dir: Path) -> dict[str, SuiteSpec]:
             suite = json.loads(path.read_text(encoding="utf-8"))
             meta = suite["meta"]["mailpipe"]
             spec = SuiteSpec(
-                name=suite["name"], table=meta["table"], query=meta["query"].strip(),
-                window=meta.get("window"), policy=meta["policy"],
-                flows=tuple(meta.get("flows", ())), expectations=len(suite["expectations"]),
+                name=suite["name"],
+                table=meta["table"],
+                query=meta["query"].strip(),
+                window=meta.get("window"),
+                policy=meta["policy"],
+                flows=tuple(meta.get("flows", ())),
+                expectations=len(suite["expectations"]),
                 policy_reason=meta.get("policy_reason", ""),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -136,8 +142,9 @@ def _load_specs(project_dir: Path) -> dict[str, SuiteSpec]:
                 "each needs meta.mailpipe with table, query, window, policy and flows"
             ) from None
         if spec.policy not in POLICIES:
-            raise QualityConfigError(f"suite {spec.name}: policy must be fail or warn, "
-                                     f"not {spec.policy!r}")
+            raise QualityConfigError(
+                f"suite {spec.name}: policy must be fail or warn, not {spec.policy!r}"
+            )
         if spec.window is not None and ":since" not in spec.window:
             raise QualityConfigError(f"suite {spec.name}: window must use :since")
         specs[spec.name] = spec
@@ -161,18 +168,20 @@ def effective_policy(spec: SuiteSpec, settings: Settings | None = None) -> str:
     settings = settings or get_settings()
     policy = settings.quality_policies.get(spec.name, spec.policy)
     if policy not in POLICIES:
-        raise QualityConfigError(f"MAILPIPE_QUALITY_POLICIES: {spec.name} must be fail or warn, "
-                                 f"not {policy!r}")
+        raise QualityConfigError(
+            f"MAILPIPE_QUALITY_POLICIES: {spec.name} must be fail or warn, not {policy!r}"
+        )
     return policy
 
 
 # ---------------------------------------------------------------------------- results
 
+
 @dataclass
 class ExpectationResult:
     """One expectation's outcome on one batch."""
 
-    invariant: str              # the stable name, e.g. communication_events.retry_count_within_max
+    invariant: str  # the stable name, e.g. communication_events.retry_count_within_max
     description: str
     expectation_type: str
     column: str | None
@@ -180,23 +189,29 @@ class ExpectationResult:
     unexpected_count: int | None = None
     element_count: int | None = None
     sample: list[Any] = field(default_factory=list)
-    error: str | None = None    # the check could not run (SQL error, database down)
+    error: str | None = None  # the check could not run (SQL error, database down)
 
     def summary(self) -> str:
         """One line: what broke and how much."""
         if self.error:
             return f"{self.invariant}: could not be checked ({self.error})"
         of = f" of {self.element_count}" if self.element_count is not None else ""
-        return (f"{self.invariant}: {self.unexpected_count} unexpected row(s){of} "
-                f"({self.description})")
+        return (
+            f"{self.invariant}: {self.unexpected_count} unexpected row(s){of} ({self.description})"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
         return {
-            "invariant": self.invariant, "description": self.description,
-            "expectation_type": self.expectation_type, "column": self.column,
-            "success": self.success, "unexpected_count": self.unexpected_count,
-            "element_count": self.element_count, "sample": self.sample, "error": self.error,
+            "invariant": self.invariant,
+            "description": self.description,
+            "expectation_type": self.expectation_type,
+            "column": self.column,
+            "success": self.success,
+            "unexpected_count": self.unexpected_count,
+            "element_count": self.element_count,
+            "sample": self.sample,
+            "error": self.error,
         }
 
 
@@ -207,7 +222,7 @@ class SuiteResult:
     name: str
     table: str
     policy: str
-    window: str | None          # the window's start (ISO 8601), None: whole table
+    window: str | None  # the window's start (ISO 8601), None: whole table
     success: bool
     evaluated: int
     results: list[ExpectationResult]
@@ -222,9 +237,14 @@ class SuiteResult:
         """JSON-ready: the failed expectations only (passing ones carry no information to a
         reader), or with ``full`` every one (what :meth:`from_dict` reads back)."""
         out = {
-            "suite": self.name, "table": self.table, "policy": self.policy,
-            "window_since": self.window, "success": self.success, "evaluated": self.evaluated,
-            "failed": [r.as_dict() for r in self.failed], "docs_url": self.docs_url,
+            "suite": self.name,
+            "table": self.table,
+            "policy": self.policy,
+            "window_since": self.window,
+            "success": self.success,
+            "evaluated": self.evaluated,
+            "failed": [r.as_dict() for r in self.failed],
+            "docs_url": self.docs_url,
         }
         if full:
             out["results"] = [r.as_dict() for r in self.results]
@@ -233,11 +253,16 @@ class SuiteResult:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SuiteResult:
         """The inverse of ``as_dict(full=True)``."""
-        return cls(name=data["suite"], table=data["table"], policy=data["policy"],
-                   window=data["window_since"], success=data["success"],
-                   evaluated=data["evaluated"],
-                   results=[ExpectationResult(**r) for r in data["results"]],
-                   docs_url=data.get("docs_url"))
+        return cls(
+            name=data["suite"],
+            table=data["table"],
+            policy=data["policy"],
+            window=data["window_since"],
+            success=data["success"],
+            evaluated=data["evaluated"],
+            results=[ExpectationResult(**r) for r in data["results"]],
+            docs_url=data.get("docs_url"),
+        )
 
 
 @dataclass
@@ -269,48 +294,66 @@ class QualityReport:
 
     def broken_invariants(self, policy: str | None = None) -> list[str]:
         """Names of the failed expectations (of suites with ``policy`` when given)."""
-        return [r.invariant for s in self.suites if policy in (None, s.policy)
-                for r in s.failed]
+        return [r.invariant for s in self.suites if policy in (None, s.policy) for r in s.failed]
 
     def as_dict(self, *, full: bool = False) -> dict[str, Any]:
         """JSON-ready, for ``mailpipe check --json`` and logs; ``full`` keeps every
         expectation's result (stored in ``quality_checks.report``, read by :meth:`from_dict`)."""
         return {
-            "run_name": self.run_name, "success": self.success,
+            "run_name": self.run_name,
+            "success": self.success,
             "since": self.since.isoformat() if self.since else None,
             "started_at": self.started_at.isoformat(),
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "failures": [s.name for s in self.failures],
             "warnings": [s.name for s in self.warnings],
-            "suites": [s.as_dict(full=full) for s in self.suites], "docs_url": self.docs_url,
+            "suites": [s.as_dict(full=full) for s in self.suites],
+            "docs_url": self.docs_url,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QualityReport:
         """The inverse of ``as_dict(full=True)``."""
         since = data.get("since")
-        return cls(run_name=data["run_name"],
-                   since=dt.datetime.fromisoformat(since) if since else None,
-                   started_at=dt.datetime.fromisoformat(data["started_at"]),
-                   elapsed_seconds=data["elapsed_seconds"],
-                   suites=[SuiteResult.from_dict(s) for s in data["suites"]],
-                   docs_url=data.get("docs_url"))
+        return cls(
+            run_name=data["run_name"],
+            since=dt.datetime.fromisoformat(since) if since else None,
+            started_at=dt.datetime.fromisoformat(data["started_at"]),
+            elapsed_seconds=data["elapsed_seconds"],
+            suites=[SuiteResult.from_dict(s) for s in data["suites"]],
+            docs_url=data.get("docs_url"),
+        )
 
     def markdown(self) -> str:
         """A summary for a Prefect artifact: failed expectations and sample unexpected rows."""
-        verdict = ("all invariants hold" if self.success else
-                   f"{len(self.failures)} suite(s) failed, {len(self.warnings)} warning(s)")
-        scope = (f"rows changed since {self.since.isoformat(timespec='seconds')} in large "
-                 "tables, whole small tables" if self.since else "whole tables")
-        lines = [f"## Data quality ({self.run_name}): {verdict}", "",
-                 f"Checked {scope} in {self.elapsed_seconds:.1f} s"
-                 + (f" by {self.checked_by}." if self.checked_by else "."), "",
-                 "| suite | policy | result | expectations |", "|---|---|---|---|"]
+        verdict = (
+            "all invariants hold"
+            if self.success
+            else f"{len(self.failures)} suite(s) failed, {len(self.warnings)} warning(s)"
+        )
+        scope = (
+            f"rows changed since {self.since.isoformat(timespec='seconds')} in large "
+            "tables, whole small tables"
+            if self.since
+            else "whole tables"
+        )
+        lines = [
+            f"## Data quality ({self.run_name}): {verdict}",
+            "",
+            f"Checked {scope} in {self.elapsed_seconds:.1f} s"
+            + (f" by {self.checked_by}." if self.checked_by else "."),
+            "",
+            "| suite | policy | result | expectations |",
+            "|---|---|---|---|",
+        ]
         for s in self.suites:
-            result = "passed" if s.success else ("**FAILED**" if s.policy == "fail"
-                                                 else "**warning**")
-            lines.append(f"| {s.name} | {s.policy} | {result} | "
-                         f"{s.evaluated - len(s.failed)}/{s.evaluated} |")
+            result = (
+                "passed" if s.success else ("**FAILED**" if s.policy == "fail" else "**warning**")
+            )
+            lines.append(
+                f"| {s.name} | {s.policy} | {result} | "
+                f"{s.evaluated - len(s.failed)}/{s.evaluated} |"
+            )
         for s in self.suites:
             for r in s.failed:
                 lines += ["", f"### {r.invariant} ({s.policy})", "", _md(r.description), ""]
@@ -334,20 +377,29 @@ def _md_table(sample: Sequence[Any]) -> list[str]:
         return ["(no sample)"]
     if all(isinstance(row, Mapping) for row in sample):
         columns = list(dict.fromkeys(k for row in sample for k in row))
-        return [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}",
-                *(f"| {' | '.join(_md(str(row.get(c, ''))) for c in columns)} |"
-                  for row in sample)]
+        return [
+            f"| {' | '.join(columns)} |",
+            f"|{'---|' * len(columns)}",
+            *(f"| {' | '.join(_md(str(row.get(c, ''))) for c in columns)} |" for row in sample),
+        ]
     return [f"- `{_md(str(value))}`" for value in sample]
 
 
 # ---------------------------------------------------------------------------- running
 
-def run_checks(tables: Sequence[str] | None = None, since: dt.datetime | None = None,
-               database_url: str | None = None, *, run_name: str = "mailpipe_check",
-               checkpoint: str | None = None, project_dir: Path | None = None,
-               settings: Settings | None = None,
-               on_report: Callable[[QualityReport], None] | None = None,
-               reuse_context: bool = False) -> QualityReport:
+
+def run_checks(
+    tables: Sequence[str] | None = None,
+    since: dt.datetime | None = None,
+    database_url: str | None = None,
+    *,
+    run_name: str = "mailpipe_check",
+    checkpoint: str | None = None,
+    project_dir: Path | None = None,
+    settings: Settings | None = None,
+    on_report: Callable[[QualityReport], None] | None = None,
+    reuse_context: bool = False,
+) -> QualityReport:
     """Run the suites of ``tables`` (default: all) and return what they found.
 
     ``since``: validate only rows changed since then in tables with a window (the large ones),
@@ -372,10 +424,18 @@ def run_checks(tables: Sequence[str] | None = None, since: dt.datetime | None = 
     with _RUN_LOCK, _results_lock(out_dir):
         _prune_results(out_dir, settings.quality_keep_runs)
         context = (_cached_context if reuse_context else _context)(
-            project_dir, out_dir, database_url)
+            project_dir, out_dir, database_url
+        )
         results = _run_checkpoints(
-            context, project_dir, database_url, [specs[n] for n in names], since,
-            _checkpoint_names(specs, names, checkpoint), run_name, settings)
+            context,
+            project_dir,
+            database_url,
+            [specs[n] for n in names],
+            since,
+            _checkpoint_names(specs, names, checkpoint),
+            run_name,
+            settings,
+        )
         # Page paths are known before the pages exist: the report can go out first.
         keys = [key for result in results for key in result.run_results]
         docs = context.get_docs_sites_urls(only_if_exists=False)
@@ -385,7 +445,9 @@ def run_checks(tables: Sequence[str] | None = None, since: dt.datetime | None = 
             if urls and urls[0].get("site_url"):
                 pages[vr.suite_name] = urls[0]["site_url"]
         report = QualityReport(
-            run_name=run_name, since=since, started_at=started_at,
+            run_name=run_name,
+            since=since,
+            started_at=started_at,
             elapsed_seconds=time.perf_counter() - t0,
             suites=_suite_results(results, specs, since, settings, database_url, pages),
             docs_url=docs[0]["site_url"] if docs else None,
@@ -432,9 +494,14 @@ def _context(project_dir: Path, out_dir: Path, database_url: str) -> Any:
 
     _share_data_docs_templates()
     _probe_query_columns_without_rows()
-    context = gx.get_context(mode="file", context_root_dir=str(project_dir),
-                             runtime_environment={ENV_DATABASE_URL: sqlalchemy_url(database_url),
-                                                  ENV_RESULTS_DIR: str(out_dir)})
+    context = gx.get_context(
+        mode="file",
+        context_root_dir=str(project_dir),
+        runtime_environment={
+            ENV_DATABASE_URL: sqlalchemy_url(database_url),
+            ENV_RESULTS_DIR: str(out_dir),
+        },
+    )
     # In memory only (also set in great_expectations.yml): tqdm bars on stderr otherwise.
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     return context
@@ -447,16 +514,21 @@ def _cached_context(project_dir: Path, out_dir: Path, database_url: str) -> Any:
     """The previous call's context while nothing it was built from changed (the project's
     files, the results folder, the database): saves rebuilding it and reconnecting."""
     files = sorted(p for p in project_dir.rglob("*") if p.suffix in (".json", ".yml"))
-    key = (str(project_dir), str(out_dir), database_url,
-           tuple((str(p), p.stat().st_mtime_ns) for p in files))
+    key = (
+        str(project_dir),
+        str(out_dir),
+        database_url,
+        tuple((str(p), p.stat().st_mtime_ns) for p in files),
+    )
     if _warm.get("key") != key:
         _warm.clear()
         _warm.update(key=key, context=_context(project_dir, out_dir, database_url))
     return _warm["context"]
 
 
-def _checkpoint_names(specs: Mapping[str, SuiteSpec], names: Sequence[str],
-                      checkpoint: str | None) -> list[str]:
+def _checkpoint_names(
+    specs: Mapping[str, SuiteSpec], names: Sequence[str], checkpoint: str | None
+) -> list[str]:
     """Committed checkpoints only (an unsaved one would be saved by GX on its first run):
     the flow's, ``all_tables``, or one per suite for a subset."""
     if checkpoint is not None:
@@ -515,8 +587,9 @@ def _probe_query_columns_without_rows() -> None:
     if getattr(original, "_mailpipe_limit_0", False):
         return
 
-    def column_reflection_fallback(selectable: Any, dialect: Any, sqlalchemy_engine: Any,
-                                   schema_name: str | None = None) -> Any:
+    def column_reflection_fallback(
+        selectable: Any, dialect: Any, sqlalchemy_engine: Any, schema_name: str | None = None
+    ) -> Any:
         if isinstance(selectable, sa.TextClause):
             selectable = sa.text(f"SELECT * FROM ({selectable.text}) AS columns_probe LIMIT 0")
         return original(selectable, dialect, sqlalchemy_engine, schema_name)
@@ -525,9 +598,16 @@ def _probe_query_columns_without_rows() -> None:
     util.column_reflection_fallback = column_reflection_fallback
 
 
-def _run_checkpoints(context: Any, project_dir: Path, database_url: str,
-                     specs: Sequence[SuiteSpec], since: dt.datetime | None,
-                     checkpoints: Sequence[str], run_name: str, settings: Settings) -> list[Any]:
+def _run_checkpoints(
+    context: Any,
+    project_dir: Path,
+    database_url: str,
+    specs: Sequence[SuiteSpec],
+    since: dt.datetime | None,
+    checkpoints: Sequence[str],
+    run_name: str,
+    settings: Settings,
+) -> list[Any]:
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.exceptions import DataContextError
 
@@ -547,14 +627,20 @@ def _run_checkpoints(context: Any, project_dir: Path, database_url: str,
     if found != wanted:
         raise QualityConfigError(
             f"checkpoint(s) {', '.join(checkpoints)} validate {sorted(found)}, not "
-            f"{sorted(wanted)}: run `mailpipe check --sync-config`")
-    parameters = {"max_retries": settings.max_retries,
-                  "max_retries_failed": settings.max_retries + 1}
+            f"{sorted(wanted)}: run `mailpipe check --sync-config`"
+        )
+    parameters = {
+        "max_retries": settings.max_retries,
+        "max_retries_failed": settings.max_retries + 1,
+    }
     results = []
     for checkpoint in loaded:
         try:
-            results.append(checkpoint.run(expectation_parameters=parameters,
-                                          run_id=RunIdentifier(run_name=run_name)))
+            results.append(
+                checkpoint.run(
+                    expectation_parameters=parameters, run_id=RunIdentifier(run_name=run_name)
+                )
+            )
         except Exception as exc:  # GX wraps driver errors in its own types; keep one message
             raise MailpipeError(
                 f"the data-quality checkpoint {checkpoint.name} could not run: "
@@ -564,21 +650,32 @@ def _run_checkpoints(context: Any, project_dir: Path, database_url: str,
     return results
 
 
-def _suite_results(results: Sequence[Any], specs: Mapping[str, SuiteSpec],
-                   since: dt.datetime | None, settings: Settings, database_url: str,
-                   pages: Mapping[str, str]) -> list[SuiteResult]:
+def _suite_results(
+    results: Sequence[Any],
+    specs: Mapping[str, SuiteSpec],
+    since: dt.datetime | None,
+    settings: Settings,
+    database_url: str,
+    pages: Mapping[str, str],
+) -> list[SuiteResult]:
     suites: list[SuiteResult] = []
     for vr in (vr for result in results for vr in result.run_results.values()):
         spec = specs[vr.suite_name]
         outcomes = [_expectation_result(spec.name, r, database_url) for r in vr.results]
         # GX returns results grouped by metric, not in suite order: keep a stable order.
         outcomes.sort(key=lambda r: r.invariant)
-        suites.append(SuiteResult(
-            name=spec.name, table=spec.table, policy=effective_policy(spec, settings),
-            window=window_start(since) if since is not None and spec.window else None,
-            success=all(r.success for r in outcomes), evaluated=len(outcomes),
-            results=outcomes, docs_url=pages.get(spec.name),
-        ))
+        suites.append(
+            SuiteResult(
+                name=spec.name,
+                table=spec.table,
+                policy=effective_policy(spec, settings),
+                window=window_start(since) if since is not None and spec.window else None,
+                success=all(r.success for r in outcomes),
+                evaluated=len(outcomes),
+                results=outcomes,
+                docs_url=pages.get(spec.name),
+            )
+        )
     return suites
 
 
@@ -599,13 +696,18 @@ def _expectation_result(suite: str, r: Any, database_url: str) -> ExpectationRes
         indexed = result.get("partial_unexpected_index_list") or []
         sample = [_jsonable(dict(row)) for row in indexed[:SAMPLE_ROWS]]
         if not sample:
-            sample = [_jsonable(v) for v in (result.get("partial_unexpected_list") or [])
-                      [:SAMPLE_ROWS]]
+            sample = [
+                _jsonable(v) for v in (result.get("partial_unexpected_list") or [])[:SAMPLE_ROWS]
+            ]
     return ExpectationResult(
         invariant=meta.get("invariant") or f"{suite}.{config.type}",
         description=config.description or config.type,
-        expectation_type=config.type, column=column, success=bool(r.success),
-        unexpected_count=count, element_count=element_count, sample=sample,
+        expectation_type=config.type,
+        column=column,
+        success=bool(r.success),
+        unexpected_count=count,
+        element_count=element_count,
+        sample=sample,
         error=redact("; ".join(errors), database_url) if errors else None,
     )
 
@@ -615,10 +717,13 @@ def _exception_messages(info: Mapping[str, Any] | None) -> list[str]:
     info = info or {}
     if "raised_exception" in info:
         return [str(info.get("exception_message"))] if info["raised_exception"] else []
-    return list(dict.fromkeys(
-        str(v.get("exception_message")).strip().splitlines()[0]
-        for v in info.values()
-        if isinstance(v, Mapping) and str(v.get("raised_exception")) == "True"))
+    return list(
+        dict.fromkeys(
+            str(v.get("exception_message")).strip().splitlines()[0]
+            for v in info.values()
+            if isinstance(v, Mapping) and str(v.get("raised_exception")) == "True"
+        )
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -652,38 +757,50 @@ def _prune_results(out_dir: Path, keep: int) -> None:
         if not base.is_dir():
             continue
         for suite_dir in (p for p in base.iterdir() if p.is_dir()):
-            runs = sorted((p for p in suite_dir.glob("*/*") if p.is_dir()),
-                          key=lambda p: p.name)  # run timestamps, e.g. 20261125T110522.9Z
-            for old in runs[:max(len(runs) - (keep - 1), 0)]:
+            runs = sorted(
+                (p for p in suite_dir.glob("*/*") if p.is_dir()), key=lambda p: p.name
+            )  # run timestamps, e.g. 20261125T110522.9Z
+            for old in runs[: max(len(runs) - (keep - 1), 0)]:
                 shutil.rmtree(old, ignore_errors=True)
             for run_dir in suite_dir.iterdir():
                 if run_dir.is_dir() and not any(run_dir.iterdir()):
                     run_dir.rmdir()
 
 
-def log_report(report: QualityReport,
-               logger: logging.Logger | logging.LoggerAdapter[Any] = log) -> None:
+def log_report(
+    report: QualityReport, logger: logging.Logger | logging.LoggerAdapter[Any] = log
+) -> None:
     """One line per broken invariant (error for ``fail`` suites, warning for ``warn``), then
     a summary: who checked, how long, where the Data Docs are."""
     for suite in report.suites:
         for r in suite.failed:
             level = logging.ERROR if suite.policy == "fail" else logging.WARNING
             logger.log(level, "data quality %s (%s): %s", suite.name, suite.policy, r.summary())
-    logger.info("data quality %s: %d suite(s), %s in %.1f s%s; Data Docs: %s",
-                report.run_name, len(report.suites),
-                "all invariants hold" if report.success else
-                f"{len(report.failures)} failed, {len(report.warnings)} warning(s)",
-                report.elapsed_seconds, f" ({report.checked_by})" if report.checked_by else "",
-                report.docs_url)
+    logger.info(
+        "data quality %s: %d suite(s), %s in %.1f s%s; Data Docs: %s",
+        report.run_name,
+        len(report.suites),
+        "all invariants hold"
+        if report.success
+        else f"{len(report.failures)} failed, {len(report.warnings)} warning(s)",
+        report.elapsed_seconds,
+        f" ({report.checked_by})" if report.checked_by else "",
+        report.docs_url,
+    )
 
 
 # ---------------------------------------------------------------------------- flows
 
-def check_after_run(flow_name: str, since: dt.datetime | None,
-                    tables: Sequence[str] | None = None, *,
-                    database_url: str | None = None,
-                    on_report: Callable[[QualityReport], None] | None = None,
-                    reuse_context: bool = False) -> tuple[QualityReport, str]:
+
+def check_after_run(
+    flow_name: str,
+    since: dt.datetime | None,
+    tables: Sequence[str] | None = None,
+    *,
+    database_url: str | None = None,
+    on_report: Callable[[QualityReport], None] | None = None,
+    reuse_context: bool = False,
+) -> tuple[QualityReport, str]:
     """The check a flow runs at its end: its suites (``tables`` or the committed checkpoint
     named after the flow), windowed to rows changed since the flow run started.
 
@@ -694,18 +811,29 @@ def check_after_run(flow_name: str, since: dt.datetime | None,
     chosen = tables if tables is not None else suites_for_flow(flow_name)
     if tables is None and not chosen:
         raise QualityConfigError(f"no suite lists flow {flow_name!r} in meta.mailpipe.flows")
-    report = run_checks(chosen, since, database_url, run_name=flow_name,
-                        checkpoint=flow_name if tables is None else None,
-                        on_report=on_report, reuse_context=reuse_context)
+    report = run_checks(
+        chosen,
+        since,
+        database_url,
+        run_name=flow_name,
+        checkpoint=flow_name if tables is None else None,
+        on_report=on_report,
+        reuse_context=reuse_context,
+    )
     return report, report.markdown()
 
 
-async def acheck_after_run(flow_name: str, since: dt.datetime | None,
-                           tables: Sequence[str] | None = None, *,
-                           database_url: str | None = None) -> tuple[QualityReport, str]:
+async def acheck_after_run(
+    flow_name: str,
+    since: dt.datetime | None,
+    tables: Sequence[str] | None = None,
+    *,
+    database_url: str | None = None,
+) -> tuple[QualityReport, str]:
     """:func:`check_after_run` in a worker thread, so an async flow's event loop stays free."""
-    return await asyncio.to_thread(check_after_run, flow_name, since, tables,
-                                   database_url=database_url)
+    return await asyncio.to_thread(
+        check_after_run, flow_name, since, tables, database_url=database_url
+    )
 
 
 async def publish_quality_artifact(report: QualityReport, *, key: str | None = None) -> None:
@@ -743,17 +871,27 @@ def _alert_evaluations(report: QualityReport) -> list[Any]:
             evaluations.append(Evaluation("data_quality", suite.name, "ok"))
             continue
         failed = suite.failed
-        evaluations.append(Evaluation(
-            "data_quality", suite.name, "firing", severity="warning",
-            value=float(sum(r.unexpected_count or 0 for r in failed)), threshold=0.0,
-            message=f"data quality {suite.name}: " + "; ".join(r.summary() for r in failed),
-            details={"run": report.run_name, "invariants": [r.invariant for r in failed],
-                     "docs_url": suite.docs_url},
-        ))
+        evaluations.append(
+            Evaluation(
+                "data_quality",
+                suite.name,
+                "firing",
+                severity="warning",
+                value=float(sum(r.unexpected_count or 0 for r in failed)),
+                threshold=0.0,
+                message=f"data quality {suite.name}: " + "; ".join(r.summary() for r in failed),
+                details={
+                    "run": report.run_name,
+                    "invariants": [r.invariant for r in failed],
+                    "docs_url": suite.docs_url,
+                },
+            )
+        )
     # Suites this run did not check keep their alert as it is (another flow checks them).
     checked = {suite.name for suite in report.suites}
-    evaluations += [Evaluation("data_quality", name, "no_data")
-                    for name in suite_specs() if name not in checked]
+    evaluations += [
+        Evaluation("data_quality", name, "no_data") for name in suite_specs() if name not in checked
+    ]
     return evaluations
 
 
@@ -762,11 +900,16 @@ def enforce_policy(report: QualityReport) -> None:
     if not report.failures:
         return
     broken = "; ".join(r.summary() for s in report.failures for r in s.failed)
-    where = f" Details: the data-quality artifact and Data Docs ({report.docs_url})." \
-        if report.docs_url else ""
+    where = (
+        f" Details: the data-quality artifact and Data Docs ({report.docs_url})."
+        if report.docs_url
+        else ""
+    )
     raise DataQualityError(
         f"data quality failed after {report.run_name}: {broken}. Fix the offending rows or "
-        f"the code that wrote them.{where}", report)
+        f"the code that wrote them.{where}",
+        report,
+    )
 
 
 def prepare(database_url: str | None = None, settings: Settings | None = None) -> float:
@@ -786,6 +929,7 @@ def prepare(database_url: str | None = None, settings: Settings | None = None) -
 
 
 # ---------------------------------------------------------------------------- maintenance
+
 
 def sync_config(database_url: str | None = None, project_dir: Path | None = None) -> list[str]:
     """Create what the suite files need in the GX project: the datasource, one query asset
@@ -812,7 +956,8 @@ def sync_config(database_url: str | None = None, project_dir: Path | None = None
         datasource = context.data_sources.get(DATASOURCE)
     except KeyError:
         datasource = context.data_sources.add_sql(
-            name=DATASOURCE, connection_string="${" + ENV_DATABASE_URL + "}")
+            name=DATASOURCE, connection_string="${" + ENV_DATABASE_URL + "}"
+        )
         changed.append(f"datasource {DATASOURCE}")
     validation_definitions = {}
     for spec in specs.values():
@@ -837,8 +982,9 @@ def sync_config(database_url: str | None = None, project_dir: Path | None = None
         try:
             vd = context.validation_definitions.get(spec.name)
         except DataContextError:
-            vd = context.validation_definitions.add(gx.ValidationDefinition(
-                name=spec.name, data=batch_definition, suite=suite))
+            vd = context.validation_definitions.add(
+                gx.ValidationDefinition(name=spec.name, data=batch_definition, suite=suite)
+            )
             changed.append(f"validation definition {spec.name}")
         validation_definitions[spec.name] = vd
     flows = sorted({f for s in specs.values() for f in s.flows})
@@ -848,17 +994,24 @@ def sync_config(database_url: str | None = None, project_dir: Path | None = None
     for name, suites in wanted.items():
         try:
             existing = context.checkpoints.get(name)
-            if ([vd.name for vd in existing.validation_definitions] == suites
-                    and not existing.actions):
+            if [
+                vd.name for vd in existing.validation_definitions
+            ] == suites and not existing.actions:
                 continue
         except DataContextError:
             pass
-        context.checkpoints.add_or_update(gx.Checkpoint(
-            name=name, validation_definitions=[validation_definitions[s] for s in suites],
-            actions=[],  # run_checks builds Data Docs once for all its checkpoints
-            result_format={"result_format": "COMPLETE",
-                           "unexpected_index_column_names": [ROW_KEY],
-                           "partial_unexpected_count": 20}))
+        context.checkpoints.add_or_update(
+            gx.Checkpoint(
+                name=name,
+                validation_definitions=[validation_definitions[s] for s in suites],
+                actions=[],  # run_checks builds Data Docs once for all its checkpoints
+                result_format={
+                    "result_format": "COMPLETE",
+                    "unexpected_index_column_names": [ROW_KEY],
+                    "partial_unexpected_count": 20,
+                },
+            )
+        )
         changed.append(f"checkpoint {name}")
     return changed
 

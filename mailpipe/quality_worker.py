@@ -50,31 +50,42 @@ async def workers_alive(db: Database) -> int:
 
 # ---------------------------------------------------------------------------- flow side
 
-async def post_run_check(db: Database, flow_name: str, since: dt.datetime | None, *,
-                         flow_run_id: str | uuid.UUID | None = None,
-                         settings: Settings | None = None) -> quality.QualityReport:
+
+async def post_run_check(
+    db: Database,
+    flow_name: str,
+    since: dt.datetime | None,
+    *,
+    flow_run_id: str | uuid.UUID | None = None,
+    settings: Settings | None = None,
+) -> quality.QualityReport:
     """The flow's post-run check: by a worker when one is running, else in this process.
 
     Returns the report (broken invariants do not raise; see :func:`quality.enforce_policy`).
     Raises :class:`MailpipeError` when the check could not run.
     """
     settings = settings or get_settings()
-    params = {"flow_name": flow_name, "since": since,
-              "flow_run_id": str(flow_run_id) if flow_run_id else None}
+    params = {
+        "flow_name": flow_name,
+        "since": since,
+        "flow_run_id": str(flow_run_id) if flow_run_id else None,
+    }
     if await workers_alive(db):
         report = await _ask_worker(db, params, settings)
     else:
         checked_by = _whoami("inline")
-        check_id = await db.fetch_value(query("start_inline_quality_check"),
-                                        {**params, "checked_by": checked_by})
+        check_id = await db.fetch_value(
+            query("start_inline_quality_check"), {**params, "checked_by": checked_by}
+        )
         report = await _check_here(db, check_id, flow_name, since, checked_by)
     # Retention rides along: ~1 row a run is due, an index range finds it.
     await db.execute(query("prune_quality_checks"), {"keep_days": settings.quality_keep_days})
     return report
 
 
-async def _ask_worker(db: Database, params: dict[str, Any],
-                      settings: Settings) -> quality.QualityReport:
+async def _ask_worker(
+    db: Database, params: dict[str, Any], settings: Settings
+) -> quality.QualityReport:
     checked_by = _whoami("inline")
     async with db.listen(DONE_CHANNEL) as session:
         # Listening before asking: the answer cannot come before we wait for it.
@@ -96,8 +107,10 @@ async def _ask_worker(db: Database, params: dict[str, Any],
                 log.info("data-quality check %s answered by %s", check_id, state["checked_by"])
                 return report
             if state["status"] == "error":
-                raise MailpipeError(f"the data-quality check (quality_checks.id {check_id}, "
-                                    f"{state['checked_by']}) could not run: {state['error']}")
+                raise MailpipeError(
+                    f"the data-quality check (quality_checks.id {check_id}, "
+                    f"{state['checked_by']}) could not run: {state['error']}"
+                )
             waited = time.monotonic() - asked
             reason = None
             if state["status"] == "queued" and waited >= settings.quality_claim_seconds:
@@ -108,52 +121,81 @@ async def _ask_worker(db: Database, params: dict[str, Any],
                 raise MailpipeError(
                     f"the data-quality check (quality_checks.id {check_id}) by "
                     f"{state['checked_by']} is still running after {waited:.0f} s "
-                    "(MAILPIPE_QUALITY_CHECK_TIMEOUT_SECONDS); see that worker's log")
-            if reason and await session.fetch_value(query("take_over_quality_check"),
-                                                    {"id": check_id,
-                                                     "checked_by": checked_by}):
-                log.warning("data-quality check %s: %s; checking in this process",
-                            check_id, reason)
-                return await _check_here(db, check_id, params["flow_name"],
-                                         params["since"], checked_by)
+                    "(MAILPIPE_QUALITY_CHECK_TIMEOUT_SECONDS); see that worker's log"
+                )
+            if reason and await session.fetch_value(
+                query("take_over_quality_check"), {"id": check_id, "checked_by": checked_by}
+            ):
+                log.warning("data-quality check %s: %s; checking in this process", check_id, reason)
+                return await _check_here(
+                    db, check_id, params["flow_name"], params["since"], checked_by
+                )
 
 
-async def _check_here(db: Database, check_id: int, flow_name: str, since: dt.datetime | None,
-                      checked_by: str) -> quality.QualityReport:
+async def _check_here(
+    db: Database, check_id: int, flow_name: str, since: dt.datetime | None, checked_by: str
+) -> quality.QualityReport:
     try:
         report, _ = await quality.acheck_after_run(flow_name, since, database_url=db.url)
     except Exception as exc:
         with contextlib.suppress(MailpipeError):
-            await _finish(db, check_id, checked_by,
-                          error=quality.redact(f"{type(exc).__name__}: {exc}", db.url))
+            await _finish(
+                db,
+                check_id,
+                checked_by,
+                error=quality.redact(f"{type(exc).__name__}: {exc}", db.url),
+            )
         raise
     await _finish(db, check_id, checked_by, report=report)
     report.checked_by = checked_by
     return report
 
 
-async def _finish(db: Database, check_id: int, checked_by: str, *,
-                  report: quality.QualityReport | None = None, error: str | None = None) -> None:
+async def _finish(
+    db: Database,
+    check_id: int,
+    checked_by: str,
+    *,
+    report: quality.QualityReport | None = None,
+    error: str | None = None,
+) -> None:
     if report is not None:
         status = "passed" if report.success else "failed"
-        values = {"elapsed_seconds": report.elapsed_seconds,
-                  "failed_suites": [s.name for s in report.failures],
-                  "warning_suites": [s.name for s in report.warnings],
-                  "report": Jsonb(report.as_dict(full=True)), "error": None}
+        values = {
+            "elapsed_seconds": report.elapsed_seconds,
+            "failed_suites": [s.name for s in report.failures],
+            "warning_suites": [s.name for s in report.warnings],
+            "report": Jsonb(report.as_dict(full=True)),
+            "error": None,
+        }
     else:
         status = "error"
-        values = {"elapsed_seconds": None, "failed_suites": [], "warning_suites": [],
-                  "report": None, "error": error}
+        values = {
+            "elapsed_seconds": None,
+            "failed_suites": [],
+            "warning_suites": [],
+            "report": None,
+            "error": error,
+        }
     # No row back when another checker took the request over: its answer stands.
-    await db.execute(query("finish_quality_check"),
-                     {"id": check_id, "status": status, "checked_by": checked_by, **values})
+    await db.execute(
+        query("finish_quality_check"),
+        {"id": check_id, "status": status, "checked_by": checked_by, **values},
+    )
 
 
 # ---------------------------------------------------------------------------- worker side
 
-async def run_worker(*, stop: asyncio.Event | None = None, ready: asyncio.Event | None = None,
-                     max_checks: int | None = None, poll_seconds: float = 5.0,
-                     database_url: str | None = None, settings: Settings | None = None) -> int:
+
+async def run_worker(
+    *,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+    max_checks: int | None = None,
+    poll_seconds: float = 5.0,
+    database_url: str | None = None,
+    settings: Settings | None = None,
+) -> int:
     """Answer post-run check requests until ``stop`` is set (or ``max_checks`` were
     answered); returns how many. ``ready`` is set once flow runs can see the worker.
     Survives database restarts (reconnects with backoff).
@@ -185,12 +227,21 @@ async def run_worker(*, stop: asyncio.Event | None = None, ready: asyncio.Event 
     return state["answered"]
 
 
-async def _serve(database_url: str, stop: asyncio.Event, ready: asyncio.Event | None,
-                 max_checks: int | None, state: dict[str, int], poll_seconds: float) -> None:
+async def _serve(
+    database_url: str,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None,
+    max_checks: int | None,
+    state: dict[str, int],
+    poll_seconds: float,
+) -> None:
     checked_by = _whoami("worker")
-    async with Database(database_url, min_size=1, max_size=2,
-                        application_name=WORKER_APPLICATION_NAME) as db, \
-            db.listen(REQUEST_CHANNEL, application_name=WORKER_APPLICATION_NAME) as session:
+    async with (
+        Database(
+            database_url, min_size=1, max_size=2, application_name=WORKER_APPLICATION_NAME
+        ) as db,
+        db.listen(REQUEST_CHANNEL, application_name=WORKER_APPLICATION_NAME) as session,
+    ):
         # Held by this session while it lives: how flow runs know a worker is there.
         row = await session.fetch_one(query("hold_quality_worker_lock"))
         assert row is not None
@@ -199,8 +250,9 @@ async def _serve(database_url: str, stop: asyncio.Event, ready: asyncio.Event | 
         if ready is not None:
             ready.set()
         while not stop.is_set() and (max_checks is None or state["answered"] < max_checks):
-            claimed = await db.fetch_one(query("claim_quality_check"),
-                                         {"checked_by": checked_by, "worker_pid": row["pid"]})
+            claimed = await db.fetch_one(
+                query("claim_quality_check"), {"checked_by": checked_by, "worker_pid": row["pid"]}
+            )
             if claimed is None:
                 waited = 0.0
                 while waited < poll_seconds and not stop.is_set():
@@ -213,8 +265,9 @@ async def _serve(database_url: str, stop: asyncio.Event, ready: asyncio.Event | 
             state["answered"] += 1
 
 
-async def _answer(db: Database, claimed: dict[str, Any], checked_by: str,
-                  database_url: str) -> None:
+async def _answer(
+    db: Database, claimed: dict[str, Any], checked_by: str, database_url: str
+) -> None:
     """Run one claimed check; the answer goes out before the Data Docs are built."""
     loop = asyncio.get_running_loop()
     check_id = claimed["id"]
@@ -223,23 +276,34 @@ async def _answer(db: Database, claimed: dict[str, Any], checked_by: str,
     def answer(report: quality.QualityReport) -> None:  # in the GX thread
         nonlocal sent
         asyncio.run_coroutine_threadsafe(
-            _finish(db, check_id, checked_by, report=report), loop).result()
+            _finish(db, check_id, checked_by, report=report), loop
+        ).result()
         sent = True
 
     t0 = time.perf_counter()
     try:
         report, _ = await asyncio.to_thread(
-            quality.check_after_run, claimed["flow_name"], claimed["since"],
-            database_url=database_url, on_report=answer, reuse_context=True)
+            quality.check_after_run,
+            claimed["flow_name"],
+            claimed["since"],
+            database_url=database_url,
+            on_report=answer,
+            reuse_context=True,
+        )
     except DatabaseUnavailable:
         raise
     except Exception as exc:  # the flow run reports it; the worker goes on
         message = quality.redact(f"{type(exc).__name__}: {exc}", database_url)
-        log.error("data-quality check %s (%s) could not run: %s", check_id,
-                  claimed["flow_name"], message)
+        log.error(
+            "data-quality check %s (%s) could not run: %s", check_id, claimed["flow_name"], message
+        )
         if not sent:
             await _finish(db, check_id, checked_by, error=message)
         return
-    log.info("data-quality check %s (%s): %s in %.2f s (Data Docs included)", check_id,
-             claimed["flow_name"], "passed" if report.success else "FAILED",
-             time.perf_counter() - t0)
+    log.info(
+        "data-quality check %s (%s): %s in %.2f s (Data Docs included)",
+        check_id,
+        claimed["flow_name"],
+        "passed" if report.success else "FAILED",
+        time.perf_counter() - t0,
+    )

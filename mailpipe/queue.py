@@ -56,8 +56,11 @@ async def enqueue(
         raise InvalidEvent(f"{exc} ({to!r})") from None
     if not isinstance(template, str) or not template.strip():
         raise InvalidEvent("template: a template key is required")
-    for name, value in (("template", template), ("event_type", event_type),
-                        ("idempotency_key", idempotency_key)):
+    for name, value in (
+        ("template", template),
+        ("event_type", event_type),
+        ("idempotency_key", idempotency_key),
+    ):
         # Postgres text cannot hold NUL; refuse it here, naming the field.
         if value is not None and (not isinstance(value, str) or "\x00" in value):
             raise InvalidEvent(f"{name} must be text without NUL characters, not {value!r}")
@@ -71,15 +74,21 @@ async def enqueue(
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"data is not JSON-serialisable: {exc}") from None
     if len(encoded.encode()) > MAX_PAYLOAD_BYTES:
-        raise InvalidEvent(f"data is {len(encoded.encode())} bytes; the limit is "
-                           f"{MAX_PAYLOAD_BYTES} (send links, not attachments)")
+        raise InvalidEvent(
+            f"data is {len(encoded.encode())} bytes; the limit is "
+            f"{MAX_PAYLOAD_BYTES} (send links, not attachments)"
+        )
     if "\x00" in encoded.replace("\\u0000", "\x00"):
         raise InvalidEvent("data contains a NUL character, which Postgres cannot store")
     if at is not None and at.tzinfo is None:
         raise InvalidEvent("at must be timezone-aware (e.g. 2026-01-01T09:00:00+00:00)")
     params = {
-        "event_type": event_type or template, "recipient_email": to, "template_key": template,
-        "priority": priority, "scheduled_at": at, "payload": Jsonb(data),
+        "event_type": event_type or template,
+        "recipient_email": to,
+        "template_key": template,
+        "priority": priority,
+        "scheduled_at": at,
+        "payload": Jsonb(data),
         "idempotency_key": idempotency_key,
     }
     row = await db.fetch_one(query("enqueue_event"), params)
@@ -95,11 +104,14 @@ async def rescue_expired_leases(db: Database) -> list[int]:
     return [r["id"] for r in await db.fetch_all(query("rescue_expired_leases"))]
 
 
-async def claim_due_events(db: Database, *, batch_size: int, lease_seconds: int,
-                           worker: str) -> list[Row]:
+async def claim_due_events(
+    db: Database, *, batch_size: int, lease_seconds: int, worker: str
+) -> list[Row]:
     """Claim up to ``batch_size`` due events for ``worker``, best priority first."""
-    rows = await db.fetch_all(query("claim_due_events"), {
-        "batch_size": batch_size, "lease_seconds": lease_seconds, "worker": worker})
+    rows = await db.fetch_all(
+        query("claim_due_events"),
+        {"batch_size": batch_size, "lease_seconds": lease_seconds, "worker": worker},
+    )
     rows.sort(key=lambda r: (r["priority"], r["scheduled_at"], r["id"]))
     return rows
 
@@ -118,12 +130,12 @@ ADMIN_BATCH_SIZE = 1000
 class QueueStatus:
     """The outbox now: counts by status and priority, and how late the queue is."""
 
-    counts: list[Row]                      # status, priority, events
-    due: int                               # queued and scheduled_at <= now
+    counts: list[Row]  # status, priority, events
+    due: int  # queued and scheduled_at <= now
     oldest_due_at: dt.datetime | None
-    oldest_due_age_seconds: float          # 0 with nothing due
+    oldest_due_age_seconds: float  # 0 with nothing due
     next_scheduled_at: dt.datetime | None  # the first queued event not due yet
-    expired_leases: int                    # processing past its lease (a stopped worker)
+    expired_leases: int  # processing past its lease (a stopped worker)
     checked_at: dt.datetime
 
     @property
@@ -139,9 +151,9 @@ class QueueStatus:
 class AdminResult:
     """What a retry or cancel changed, and what it left alone and why."""
 
-    changed: list[int]                     # ids now queued (retry) or cancelled
-    refused: dict[int, str]                # asked-for id -> why it was not changed
-    revalidated: list[int]                 # retried, but failed again by the validation trigger
+    changed: list[int]  # ids now queued (retry) or cancelled
+    refused: dict[int, str]  # asked-for id -> why it was not changed
+    revalidated: list[int]  # retried, but failed again by the validation trigger
 
 
 async def queue_status(db: Database) -> QueueStatus:
@@ -151,21 +163,35 @@ async def queue_status(db: Database) -> QueueStatus:
     assert times is not None
     oldest = times["oldest_due_at"]
     age = (times["now"] - oldest).total_seconds() if oldest else 0.0
-    return QueueStatus(counts, times["due"], oldest, max(age, 0.0),
-                       times["next_scheduled_at"], times["expired_leases"], times["now"])
+    return QueueStatus(
+        counts,
+        times["due"],
+        oldest,
+        max(age, 0.0),
+        times["next_scheduled_at"],
+        times["expired_leases"],
+        times["now"],
+    )
 
 
 def _check_statuses(statuses: Sequence[str] | None, allowed: Sequence[str], verb: str) -> None:
     for status in statuses or ():
         if status not in allowed:
-            raise InvalidEvent(f"cannot {verb} events in status {status!r}: only "
-                               f"{', '.join(allowed)}")
+            raise InvalidEvent(
+                f"cannot {verb} events in status {status!r}: only {', '.join(allowed)}"
+            )
 
 
-async def list_events(db: Database, *, statuses: Sequence[str] | None = None,
-                      since: dt.timedelta | None = None, ids: Sequence[int] | None = None,
-                      template: str | None = None, recipient: str | None = None,
-                      limit: int = 100) -> list[Row]:
+async def list_events(
+    db: Database,
+    *,
+    statuses: Sequence[str] | None = None,
+    since: dt.timedelta | None = None,
+    ids: Sequence[int] | None = None,
+    template: str | None = None,
+    recipient: str | None = None,
+    limit: int = 100,
+) -> list[Row]:
     """Events matching every given filter, most recently changed first (at most ``limit``).
 
     ``since`` keeps events changed (``updated_at``) within that long before now.
@@ -173,17 +199,29 @@ async def list_events(db: Database, *, statuses: Sequence[str] | None = None,
     _check_statuses(statuses, STATUSES, "list")
     if limit < 1:
         raise InvalidEvent("limit must be at least 1")
-    return await db.fetch_all(query("admin_list_events"), {
-        "statuses": list(statuses) if statuses else None,
-        "since_seconds": since.total_seconds() if since is not None else None,
-        "ids": list(ids) if ids else None, "template": template,
-        "recipient": recipient.lower() if recipient else None, "limit": limit})
+    return await db.fetch_all(
+        query("admin_list_events"),
+        {
+            "statuses": list(statuses) if statuses else None,
+            "since_seconds": since.total_seconds() if since is not None else None,
+            "ids": list(ids) if ids else None,
+            "template": template,
+            "recipient": recipient.lower() if recipient else None,
+            "limit": limit,
+        },
+    )
 
 
-async def retry_events(db: Database, *, statuses: Sequence[str] = ("failed",),
-                       ids: Sequence[int] | None = None, since: dt.timedelta | None = None,
-                       template: str | None = None, reset_retry_count: bool = True,
-                       batch_size: int = ADMIN_BATCH_SIZE) -> AdminResult:
+async def retry_events(
+    db: Database,
+    *,
+    statuses: Sequence[str] = ("failed",),
+    ids: Sequence[int] | None = None,
+    since: dt.timedelta | None = None,
+    template: str | None = None,
+    reset_retry_count: bool = True,
+    batch_size: int = ADMIN_BATCH_SIZE,
+) -> AdminResult:
     """Put finished-but-undelivered events back in the queue, due now.
 
     Selects events in ``statuses`` (failed by default; cancelled and suppressed too if asked,
@@ -197,17 +235,29 @@ async def retry_events(db: Database, *, statuses: Sequence[str] = ("failed",),
     if not statuses:
         raise InvalidEvent("say which events to retry (e.g. --failed)")
     _check_statuses(statuses, RETRYABLE_STATUSES, "retry")
-    changed, revalidated = await _batched_update(db, "admin_retry_events", {
-        "statuses": statuses, "ids": list(ids) if ids else None, "template": template,
-        "since_seconds": since.total_seconds() if since is not None else None,
-        "reset": reset_retry_count}, batch_size)
+    changed, revalidated = await _batched_update(
+        db,
+        "admin_retry_events",
+        {
+            "statuses": statuses,
+            "ids": list(ids) if ids else None,
+            "template": template,
+            "since_seconds": since.total_seconds() if since is not None else None,
+            "reset": reset_retry_count,
+        },
+        batch_size,
+    )
     refused = await _refused(db, ids, changed + revalidated, "retry", statuses)
     return AdminResult(changed, refused, revalidated)
 
 
-async def cancel_events(db: Database, *, ids: Sequence[int] | None = None,
-                        template: str | None = None,
-                        batch_size: int = ADMIN_BATCH_SIZE) -> AdminResult:
+async def cancel_events(
+    db: Database,
+    *,
+    ids: Sequence[int] | None = None,
+    template: str | None = None,
+    batch_size: int = ADMIN_BATCH_SIZE,
+) -> AdminResult:
     """Cancel queued events (by ``ids`` and/or ``template``) so they are never sent.
 
     Only ``queued`` events can be cancelled: one a worker has claimed (``processing``) is
@@ -215,14 +265,19 @@ async def cancel_events(db: Database, *, ids: Sequence[int] | None = None,
     """
     if not ids and not template:
         raise InvalidEvent("say which events to cancel: --id ID (repeatable) or --template KEY")
-    changed, _ = await _batched_update(db, "admin_cancel_events", {
-        "ids": list(ids) if ids else None, "template": template}, batch_size)
+    changed, _ = await _batched_update(
+        db,
+        "admin_cancel_events",
+        {"ids": list(ids) if ids else None, "template": template},
+        batch_size,
+    )
     refused = await _refused(db, ids, changed, "cancel", CANCELLABLE_STATUSES)
     return AdminResult(changed, refused, [])
 
 
-async def _batched_update(db: Database, name: str, params: dict[str, Any],
-                          batch_size: int) -> tuple[list[int], list[int]]:
+async def _batched_update(
+    db: Database, name: str, params: dict[str, Any], batch_size: int
+) -> tuple[list[int], list[int]]:
     """Run a keyset-batched admin update until no row is left; (changed, failed again)."""
     changed: list[int] = []
     failed_again: list[int] = []
@@ -237,14 +292,16 @@ async def _batched_update(db: Database, name: str, params: dict[str, Any],
         after = max(r["id"] for r in rows)
 
 
-async def _refused(db: Database, ids: Sequence[int] | None, done: list[int], verb: str,
-                   wanted: Sequence[str]) -> dict[int, str]:
+async def _refused(
+    db: Database, ids: Sequence[int] | None, done: list[int], verb: str, wanted: Sequence[str]
+) -> dict[int, str]:
     """Why each explicitly asked-for id was left alone."""
     missing = sorted(set(ids or ()) - set(done))
     if not missing:
         return {}
-    found = {r["id"]: r["status"] for r in
-             await db.fetch_all(query("admin_event_statuses"), (missing,))}
+    found = {
+        r["id"]: r["status"] for r in await db.fetch_all(query("admin_event_statuses"), (missing,))
+    }
     refused = {}
     for event_id in missing:
         status = found.get(event_id)
@@ -264,17 +321,20 @@ class PurgeResult:
     """What a purge deleted."""
 
     deleted: int
-    matched: int                 # counted before deleting (rows may change meanwhile)
-    cutoff: dt.datetime          # events last changed before this were eligible
+    matched: int  # counted before deleting (rows may change meanwhile)
+    cutoff: dt.datetime  # events last changed before this were eligible
     batches: int
 
 
-async def count_purgeable(db: Database, *, statuses: Sequence[str],
-                          older_than: dt.timedelta) -> tuple[int, dt.datetime]:
+async def count_purgeable(
+    db: Database, *, statuses: Sequence[str], older_than: dt.timedelta
+) -> tuple[int, dt.datetime]:
     """How many events a purge would delete now, and the cutoff time it would use."""
     _check_purge(statuses, older_than)
-    row = await db.fetch_one(query("admin_count_purgeable"), {
-        "statuses": list(statuses), "seconds": older_than.total_seconds()})
+    row = await db.fetch_one(
+        query("admin_count_purgeable"),
+        {"statuses": list(statuses), "seconds": older_than.total_seconds()},
+    )
     assert row is not None
     return row["events"], row["cutoff"]
 
@@ -284,15 +344,22 @@ def _check_purge(statuses: Sequence[str], older_than: dt.timedelta) -> None:
         raise InvalidEvent("say which events to purge (e.g. --status sent)")
     for status in statuses:
         if status not in FINAL_STATUSES:
-            raise InvalidEvent(f"cannot purge events in status {status!r}: only finished "
-                               f"ones ({', '.join(FINAL_STATUSES)})")
+            raise InvalidEvent(
+                f"cannot purge events in status {status!r}: only finished "
+                f"ones ({', '.join(FINAL_STATUSES)})"
+            )
     if older_than.total_seconds() <= 0:
         raise InvalidEvent("--older-than must be more than 0 (e.g. 90d)")
 
 
-async def purge_events(db: Database, *, statuses: Sequence[str], older_than: dt.timedelta,
-                       batch_size: int = ADMIN_BATCH_SIZE,
-                       progress: Callable[[int, int], None] | None = None) -> PurgeResult:
+async def purge_events(
+    db: Database,
+    *,
+    statuses: Sequence[str],
+    older_than: dt.timedelta,
+    batch_size: int = ADMIN_BATCH_SIZE,
+    progress: Callable[[int, int], None] | None = None,
+) -> PurgeResult:
     """Delete finished events (``statuses`` among sent, failed, cancelled, suppressed) last
     changed more than ``older_than`` ago, ``batch_size`` rows per transaction.
 
@@ -307,8 +374,10 @@ async def purge_events(db: Database, *, statuses: Sequence[str], older_than: dt.
     if progress is not None:
         progress(0, matched)
     while True:
-        n = await db.fetch_value(query("admin_purge_events"), {
-            "statuses": list(statuses), "cutoff": cutoff, "batch": batch_size})
+        n = await db.fetch_value(
+            query("admin_purge_events"),
+            {"statuses": list(statuses), "cutoff": cutoff, "batch": batch_size},
+        )
         if not n:
             break
         deleted += n

@@ -8,12 +8,14 @@ from mailpipe.db import Database
 from mailpipe.queries import query
 
 WINDOWS = ("minute", "hour", "day")  # the lock order used by reserve_send_quota
-_LENGTH = {"minute": dt.timedelta(minutes=1), "hour": dt.timedelta(hours=1),
-           "day": dt.timedelta(days=1)}
+_LENGTH = {
+    "minute": dt.timedelta(minutes=1),
+    "hour": dt.timedelta(hours=1),
+    "day": dt.timedelta(days=1),
+}
 
 
-async def reserve(db: Database, scope: str, key: str, limits: dict[str, int],
-                  wanted: int) -> int:
+async def reserve(db: Database, scope: str, key: str, limits: dict[str, int], wanted: int) -> int:
     """Take up to ``wanted`` sends from every configured window; returns how many it got.
 
     One atomic statement: concurrent workers never exceed a limit together. What is not
@@ -24,10 +26,18 @@ async def reserve(db: Database, scope: str, key: str, limits: dict[str, int],
     if not limits:
         return wanted
     windows = [w for w in WINDOWS if w in limits]
-    return int(await db.fetch_value(query("reserve_send_quota"), {
-        "scope": scope, "key": key, "windows": windows,
-        "limits": [limits[w] for w in windows], "wanted": wanted,
-    }))
+    return int(
+        await db.fetch_value(
+            query("reserve_send_quota"),
+            {
+                "scope": scope,
+                "key": key,
+                "windows": windows,
+                "limits": [limits[w] for w in windows],
+                "wanted": wanted,
+            },
+        )
+    )
 
 
 def next_window_start(limits: dict[str, int], now: dt.datetime) -> dt.datetime:

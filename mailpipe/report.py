@@ -25,8 +25,20 @@ if TYPE_CHECKING:
 __all__ = ["Report", "Series", "bounce_thresholds", "line_chart", "render_report", "write_report"]
 
 # Distinct on white and for the common colour-vision deficiencies (Okabe-Ito, then Tableau).
-_PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442",
-            "#4E79A7", "#F28E2B", "#59A14F", "#B07AA1", "#9C755F"]
+_PALETTE = [
+    "#0072B2",
+    "#E69F00",
+    "#009E73",
+    "#CC79A7",
+    "#56B4E9",
+    "#D55E00",
+    "#F0E442",
+    "#4E79A7",
+    "#F28E2B",
+    "#59A14F",
+    "#B07AA1",
+    "#9C755F",
+]
 _ALL_COLOR = "#222222"
 _WARNING_COLOR = "#E69F00"
 _CRITICAL_COLOR = "#C0392B"
@@ -57,8 +69,10 @@ class Report:
 def bounce_thresholds() -> tuple[float | None, float | None]:
     """(warning, critical) hard-bounce rates: the monitoring alert settings, else 5 % / 10 %."""
     settings = get_settings()
-    return (getattr(settings, "alert_bounce_rate_warning", 0.05),
-            getattr(settings, "alert_bounce_rate_critical", 0.10))
+    return (
+        getattr(settings, "alert_bounce_rate_warning", 0.05),
+        getattr(settings, "alert_bounce_rate_critical", 0.10),
+    )
 
 
 # ---------------------------------------------------------------- SVG
@@ -116,36 +130,52 @@ def line_chart(
     def y(v: float) -> float:
         return top + plot_h * (1 - (v - low) / (high - low))
 
-    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" '
-           f'height="{height}" role="img" aria-label="{html.escape(title)}">',
-           f"<title>{html.escape(title)}</title>"]
+    out = [
+        f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" aria-label="{html.escape(title)}">',
+        f"<title>{html.escape(title)}</title>",
+    ]
     # Threshold bands and lines under the data.
     for k, (value, label, color) in enumerate(sorted(thresholds)):
         upper = sorted(thresholds)[k + 1][0] if k + 1 < len(thresholds) else high
-        out.append(f'<rect x="{left}" y="{y(upper):.1f}" width="{plot_w}" '
-                   f'height="{y(value) - y(upper):.1f}" fill="{color}" fill-opacity="0.10"/>')
-        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(value):.1f}" '
-                   f'y2="{y(value):.1f}" stroke="{color}" stroke-width="1.5" '
-                   f'stroke-dasharray="6 4"/>')
-        out.append(f'<text x="{left + plot_w - 4}" y="{y(value) - 4:.1f}" text-anchor="end" '
-                   f'class="threshold" fill="{color}">{html.escape(label)}</text>')
+        out.append(
+            f'<rect x="{left}" y="{y(upper):.1f}" width="{plot_w}" '
+            f'height="{y(value) - y(upper):.1f}" fill="{color}" fill-opacity="0.10"/>'
+        )
+        out.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{y(value):.1f}" '
+            f'y2="{y(value):.1f}" stroke="{color}" stroke-width="1.5" '
+            f'stroke-dasharray="6 4"/>'
+        )
+        out.append(
+            f'<text x="{left + plot_w - 4}" y="{y(value) - 4:.1f}" text-anchor="end" '
+            f'class="threshold" fill="{color}">{html.escape(label)}</text>'
+        )
     # Grid and y axis.
     tick = low
     while tick <= high + step / 1000:
-        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(tick):.1f}" '
-                   f'y2="{y(tick):.1f}" class="grid"/>')
-        out.append(f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end" '
-                   f'class="tick">{html.escape(_fmt_tick(tick, unit))}</text>')
+        out.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{y(tick):.1f}" '
+            f'y2="{y(tick):.1f}" class="grid"/>'
+        )
+        out.append(
+            f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end" '
+            f'class="tick">{html.escape(_fmt_tick(tick, unit))}</text>'
+        )
         tick += step
     # x labels: at most ~8, always the last day.
     every = max(1, math.ceil(n / 8))
     for i, day in enumerate(days):
         # The last day always; the regular label before it only when they cannot overlap.
         if (i % every == 0 and (i == n - 1 or n - 1 - i >= every / 2)) or i == n - 1:
-            out.append(f'<text x="{x(i):.1f}" y="{height - 12}" text-anchor="middle" '
-                       f'class="tick">{day:%b %d}</text>')
-    out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" '
-               f'y2="{top + plot_h}" class="axis"/>')
+            out.append(
+                f'<text x="{x(i):.1f}" y="{height - 12}" text-anchor="middle" '
+                f'class="tick">{day:%b %d}</text>'
+            )
+    out.append(
+        f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" '
+        f'y2="{top + plot_h}" class="axis"/>'
+    )
     # Data: a polyline per run of consecutive days with a value, a dot (tooltip) per value.
     for s in series:
         dash = ' stroke-dasharray="4 3"' if s.dashed else ""
@@ -162,19 +192,27 @@ def line_chart(
             runs.append(run)
         for points in runs:
             if len(points) > 1:
-                out.append(f'<polyline points="{" ".join(points)}" fill="none" '
-                           f'stroke="{s.color}" stroke-width="{s.width}"{dash}/>')
+                out.append(
+                    f'<polyline points="{" ".join(points)}" fill="none" '
+                    f'stroke="{s.color}" stroke-width="{s.width}"{dash}/>'
+                )
         for i, value in enumerate(s.values):
             if value is not None:
-                out.append(f'<circle cx="{x(i):.1f}" cy="{y(value):.1f}" r="2.6" '
-                           f'fill="{s.color}"><title>{html.escape(s.label)} {days[i]}: '
-                           f'{html.escape(_fmt_tick(round(value, 3), unit))}</title></circle>')
+                out.append(
+                    f'<circle cx="{x(i):.1f}" cy="{y(value):.1f}" r="2.6" '
+                    f'fill="{s.color}"><title>{html.escape(s.label)} {days[i]}: '
+                    f"{html.escape(_fmt_tick(round(value, 3), unit))}</title></circle>"
+                )
     out.append("</svg>")
     legend = "".join(
         f'<span class="key"><span class="swatch" style="background:{s.color}"></span>'
-        f"{html.escape(s.label)}</span>" for s in series)
-    return f'<figure><figcaption>{html.escape(title)}</figcaption>{"".join(out)}' \
-           f'<div class="legend">{legend}</div></figure>'
+        f"{html.escape(s.label)}</span>"
+        for s in series
+    )
+    return (
+        f"<figure><figcaption>{html.escape(title)}</figcaption>{''.join(out)}"
+        f'<div class="legend">{legend}</div></figure>'
+    )
 
 
 # ---------------------------------------------------------------- the report
@@ -278,39 +316,68 @@ def render_report(
         thresholds.append((critical * 100, f"critical {critical * 100:g} %", _CRITICAL_COLOR))
 
     latency = _clean(column("queue_latency_p95_seconds")) + _clean(
-        column("queue_latency_p50_seconds"))
+        column("queue_latency_p50_seconds")
+    )
     latency_max = max((v for v in latency if v is not None), default=0.0)
     minutes = latency_max > 600
     lat_scale, lat_unit = (1 / 60, " min") if minutes else (1.0, " s")
 
-    success_values = [v for s in per_provider("delivery_success_rate", 100) for v in s.values
-                      if v is not None]
-    avail_values = [v for s in per_provider("availability", 100, False) for v in s.values
-                    if v is not None]
+    success_values = [
+        v for s in per_provider("delivery_success_rate", 100) for v in s.values if v is not None
+    ]
+    avail_values = [
+        v for s in per_provider("availability", 100, False) for v in s.values if v is not None
+    ]
 
     charts = [
-        line_chart("Daily volume (all providers)", days, [
-            Series("events created", _clean(column("events_created")), _PALETTE[0]),
-            Series("sent", _clean(column("sent")), _PALETTE[2]),
-            Series("failed", _clean(column("failed")), _PALETTE[5]),
-            Series("retried", _clean(column("retried")), _PALETTE[1], 1.5, True),
-            Series("deferred (rate limits)", _clean(column("deferred")), _PALETTE[3], 1.5, True),
-        ]),
-        line_chart("Delivery success rate: sent / (sent + failed)", days,
-                   per_provider("delivery_success_rate", 100), unit=" %",
-                   y_min=min([*success_values, 90.0]), y_max=100),
-        line_chart("Hard-bounce rate against the alert thresholds", days,
-                   per_provider("hard_bounce_rate", 100), unit=" %", y_min=0,
-                   thresholds=thresholds),
-        line_chart("Queue latency, created → sent (all providers)", days, [
-            Series("median", _clean(column("queue_latency_p50_seconds"), lat_scale),
-                   _PALETTE[0]),
-            Series("p95", _clean(column("queue_latency_p95_seconds"), lat_scale),
-                   _PALETTE[5]),
-        ], unit=lat_unit),
-        line_chart("Provider availability: ok probes / probes", days,
-                   per_provider("availability", 100, include_all=False), unit=" %",
-                   y_min=min([*avail_values, 90.0]), y_max=100),
+        line_chart(
+            "Daily volume (all providers)",
+            days,
+            [
+                Series("events created", _clean(column("events_created")), _PALETTE[0]),
+                Series("sent", _clean(column("sent")), _PALETTE[2]),
+                Series("failed", _clean(column("failed")), _PALETTE[5]),
+                Series("retried", _clean(column("retried")), _PALETTE[1], 1.5, True),
+                Series(
+                    "deferred (rate limits)", _clean(column("deferred")), _PALETTE[3], 1.5, True
+                ),
+            ],
+        ),
+        line_chart(
+            "Delivery success rate: sent / (sent + failed)",
+            days,
+            per_provider("delivery_success_rate", 100),
+            unit=" %",
+            y_min=min([*success_values, 90.0]),
+            y_max=100,
+        ),
+        line_chart(
+            "Hard-bounce rate against the alert thresholds",
+            days,
+            per_provider("hard_bounce_rate", 100),
+            unit=" %",
+            y_min=0,
+            thresholds=thresholds,
+        ),
+        line_chart(
+            "Queue latency, created → sent (all providers)",
+            days,
+            [
+                Series(
+                    "median", _clean(column("queue_latency_p50_seconds"), lat_scale), _PALETTE[0]
+                ),
+                Series("p95", _clean(column("queue_latency_p95_seconds"), lat_scale), _PALETTE[5]),
+            ],
+            unit=lat_unit,
+        ),
+        line_chart(
+            "Provider availability: ok probes / probes",
+            days,
+            per_provider("availability", 100, include_all=False),
+            unit=" %",
+            y_min=min([*avail_values, 90.0]),
+            y_max=100,
+        ),
     ]
 
     cards = [
@@ -324,15 +391,19 @@ def render_report(
     ]
 
     def table(rows: pd.DataFrame, first: str) -> str:
-        head = (f"<tr><th>{first}</th><th>created</th><th>sent</th><th>failed</th>"
-                "<th>retried</th><th>deferred</th><th>suppressed</th><th>bounces</th>"
-                "<th>success</th><th>bounce rate</th><th>latency p50</th><th>p95</th>"
-                "<th>probes</th><th>avail.</th><th>health</th></tr>")
+        head = (
+            f"<tr><th>{first}</th><th>created</th><th>sent</th><th>failed</th>"
+            "<th>retried</th><th>deferred</th><th>suppressed</th><th>bounces</th>"
+            "<th>success</th><th>bounce rate</th><th>latency p50</th><th>p95</th>"
+            "<th>probes</th><th>avail.</th><th>health</th></tr>"
+        )
         body = []
         for row in rows.itertuples(index=False):
-            label = (f"{row.snapshot_date:%Y-%m-%d}" if first == "day"
-                     else ("all providers" if row.provider_name == ALL_PROVIDERS
-                           else row.provider_name))
+            label = (
+                f"{row.snapshot_date:%Y-%m-%d}"
+                if first == "day"
+                else ("all providers" if row.provider_name == ALL_PROVIDERS else row.provider_name)
+            )
             body.append(
                 f"<tr><td>{html.escape(label)}</td><td>{_num(row.events_created)}</td>"
                 f"<td>{_num(row.sent)}</td><td>{_num(row.failed)}</td>"
@@ -343,12 +414,12 @@ def render_report(
                 f"<td>{_num(row.queue_latency_p50_seconds, 1)} s</td>"
                 f"<td>{_num(row.queue_latency_p95_seconds, 1)} s</td>"
                 f"<td>{_num(row.connection_attempts)}</td><td>{_pct(row.availability, 1)}</td>"
-                f"<td>{_num(row.health_score, 0)}</td></tr>")
+                f"<td>{_num(row.health_score, 0)}</td></tr>"
+            )
         return f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
 
     last_day = totals["snapshot_date"].max() if len(totals) else None
-    latest = (frame[frame["snapshot_date"] == last_day] if last_day is not None
-              else frame.iloc[0:0])
+    latest = frame[frame["snapshot_date"] == last_day] if last_day is not None else frame.iloc[0:0]
     title = f"Email health, {start:%Y-%m-%d} to {end:%Y-%m-%d}"
     parts = [
         "<!doctype html>",
@@ -359,26 +430,33 @@ def render_report(
         f'<p class="meta">{len(days)} days in {html.escape(timezone_name)}, '
         f"{len(providers)} provider(s); generated {generated_at:%Y-%m-%d %H:%M %Z} "
         "from email_health_snapshots.</p>",
-        '<div class="cards">' + "".join(
+        '<div class="cards">'
+        + "".join(
             f'<div class="card {cls}">{html.escape(name)}<b>{value}</b></div>'
-            for name, value, cls in cards) + "</div>",
+            for name, value, cls in cards
+        )
+        + "</div>",
     ]
     if missing:
         shown = ", ".join(f"{d:%Y-%m-%d}" for d in missing[:10])
         more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-        parts.append(f'<p class="note">No snapshot for {len(missing)} day(s): {shown}{more} '
-                     "(gaps in the plots). Compute them with <code>mailpipe snapshot --from "
-                     f"{missing[0]:%Y-%m-%d} --to {missing[-1]:%Y-%m-%d}</code>.</p>")
+        parts.append(
+            f'<p class="note">No snapshot for {len(missing)} day(s): {shown}{more} '
+            "(gaps in the plots). Compute them with <code>mailpipe snapshot --from "
+            f"{missing[0]:%Y-%m-%d} --to {missing[-1]:%Y-%m-%d}</code>.</p>"
+        )
     parts += charts
     parts.append("<h2>Daily totals (all providers)</h2>")
     parts.append(table(totals, "day"))
     if last_day is not None:
         parts.append(f"<h2>Providers on {last_day:%Y-%m-%d}</h2>")
         parts.append(table(latest, "provider"))
-    parts.append('<p class="note">Definitions: see the column comments of '
-                 "email_health_snapshots (<code>\\d+ email_health_snapshots</code> in psql). "
-                 "Rates are over the day's finished messages; a provider's rows count only "
-                 "the events attributed to it.</p></body></html>")
+    parts.append(
+        '<p class="note">Definitions: see the column comments of '
+        "email_health_snapshots (<code>\\d+ email_health_snapshots</code> in psql). "
+        "Rates are over the day's finished messages; a provider's rows count only "
+        "the events attributed to it.</p></body></html>"
+    )
     return "\n".join(parts) + "\n"
 
 
@@ -398,11 +476,18 @@ async def write_report(
     if frame.empty:
         raise MailpipeError(
             f"no snapshots between {start} and {end}: compute them first with "
-            f"`mailpipe snapshot --from {start} --to {end}`")
+            f"`mailpipe snapshot --from {start} --to {end}`"
+        )
     warning, critical = bounce_thresholds()
-    page = render_report(frame, start=start, end=end, timezone_name=tz,
-                         generated_at=datetime.now(UTC), warning=warning,
-                         critical=critical)
+    page = render_report(
+        frame,
+        start=start,
+        end=end,
+        timezone_name=tz,
+        generated_at=datetime.now(UTC),
+        warning=warning,
+        critical=critical,
+    )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(page, encoding="utf-8")

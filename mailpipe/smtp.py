@@ -17,16 +17,24 @@ from mailpipe.config import Settings, get_settings
 from mailpipe.providers import CredentialsError, Provider
 
 # Results written to smtp_connection_audit.result (see its CHECK constraint).
-AUDIT_RESULTS = ("ok", "refused", "timeout", "tls_error", "auth_failed", "smtp_error",
-                 "dns_error", "config_error")
+AUDIT_RESULTS = (
+    "ok",
+    "refused",
+    "timeout",
+    "tls_error",
+    "auth_failed",
+    "smtp_error",
+    "dns_error",
+    "config_error",
+)
 
 
 @dataclass(frozen=True)
 class Failure:
     """Why an SMTP operation failed, in terms the retry and failover logic can act on."""
 
-    kind: str             # one of AUDIT_RESULTS except "ok"
-    message: str          # for people: what happened, never a secret
+    kind: str  # one of AUDIT_RESULTS except "ok"
+    message: str  # for people: what happened, never a secret
     code: int | None = None
     transient: bool = True
     provider_level: bool = False
@@ -63,8 +71,9 @@ def make_client(provider: Provider, settings: Settings | None = None) -> aiosmtp
     )
 
 
-async def open_connection(provider: Provider, password: str | None,
-                          settings: Settings | None = None) -> aiosmtplib.SMTP:
+async def open_connection(
+    provider: Provider, password: str | None, settings: Settings | None = None
+) -> aiosmtplib.SMTP:
     """Connect (and STARTTLS/TLS, AUTH as configured); raises :class:`SMTPFailure`."""
     client = make_client(provider, settings)
     try:
@@ -86,8 +95,9 @@ async def close_quietly(client: aiosmtplib.SMTP) -> None:
         client.close()
 
 
-async def send_message(client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes,
-                       *, smtputf8: bool = False) -> tuple[int, str]:
+async def send_message(
+    client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes, *, smtputf8: bool = False
+) -> tuple[int, str]:
     """MAIL, RCPT, DATA for one message; returns the final (code, reply).
 
     The three steps are issued separately so a failure says where it happened: a drop during
@@ -133,49 +143,107 @@ def classify(exc: BaseException, *, stage: str, secrets: tuple[str | None, ...] 
     if isinstance(exc, CredentialsError):
         return Failure("config_error", text, transient=True, provider_level=True, stage=stage)
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-        return Failure("auth_failed", f"authentication failed: {code} {text}", code,
-                       transient=True, provider_level=True, stage=stage)
-    if isinstance(exc, aiosmtplib.SMTPServerDisconnected | aiosmtplib.SMTPReadTimeoutError) \
-            and stage == "data":
+        return Failure(
+            "auth_failed",
+            f"authentication failed: {code} {text}",
+            code,
+            transient=True,
+            provider_level=True,
+            stage=stage,
+        )
+    if (
+        isinstance(exc, aiosmtplib.SMTPServerDisconnected | aiosmtplib.SMTPReadTimeoutError)
+        and stage == "data"
+    ):
         kind = "timeout" if isinstance(exc, aiosmtplib.SMTPReadTimeoutError) else "smtp_error"
-        return Failure(kind, f"connection lost during DATA: {text}", None, transient=True,
-                       provider_level=True, stage=stage, ambiguous=True)
+        return Failure(
+            kind,
+            f"connection lost during DATA: {text}",
+            None,
+            transient=True,
+            provider_level=True,
+            stage=stage,
+            ambiguous=True,
+        )
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
-        return Failure("timeout", f"timed out ({stage}): {text}", None, transient=True,
-                       provider_level=True, stage=stage)
-    if isinstance(exc, ssl.SSLError | ssl.CertificateError) or _caused_by(exc, ssl.SSLError) \
-            or (isinstance(exc, aiosmtplib.SMTPException) and "TLS" in text.upper()
-                and code is None):
-        return Failure("tls_error", f"TLS failed: {text}", None, transient=True,
-                       provider_level=True, stage=stage)
+        return Failure(
+            "timeout",
+            f"timed out ({stage}): {text}",
+            None,
+            transient=True,
+            provider_level=True,
+            stage=stage,
+        )
+    if (
+        isinstance(exc, ssl.SSLError | ssl.CertificateError)
+        or _caused_by(exc, ssl.SSLError)
+        or (isinstance(exc, aiosmtplib.SMTPException) and "TLS" in text.upper() and code is None)
+    ):
+        return Failure(
+            "tls_error",
+            f"TLS failed: {text}",
+            None,
+            transient=True,
+            provider_level=True,
+            stage=stage,
+        )
     if isinstance(exc, socket.gaierror) or _caused_by(exc, socket.gaierror):
-        return Failure("dns_error", f"cannot resolve host: {text}", None, transient=True,
-                       provider_level=True, stage=stage)
+        return Failure(
+            "dns_error",
+            f"cannot resolve host: {text}",
+            None,
+            transient=True,
+            provider_level=True,
+            stage=stage,
+        )
     if isinstance(exc, aiosmtplib.SMTPConnectError | ConnectionRefusedError):
-        refused = "refused" in text.lower() or "connect call failed" in text.lower() \
+        refused = (
+            "refused" in text.lower()
+            or "connect call failed" in text.lower()
             or _caused_by(exc, ConnectionRefusedError)
+        )
         kind = "refused" if refused else "smtp_error"
-        return Failure(kind, f"cannot connect: {text}", None, transient=True,
-                       provider_level=True, stage=stage)
+        return Failure(
+            kind, f"cannot connect: {text}", None, transient=True, provider_level=True, stage=stage
+        )
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError | OSError):
-        return Failure("smtp_error", f"connection lost ({stage}): {text}", None,
-                       transient=True, provider_level=True, stage=stage)
+        return Failure(
+            "smtp_error",
+            f"connection lost ({stage}): {text}",
+            None,
+            transient=True,
+            provider_level=True,
+            stage=stage,
+        )
     if isinstance(exc, aiosmtplib.SMTPResponseException) or code is not None:
         code = code or 0
         if code == 421 or stage == "connect":
             # 421: the service is closing the channel; the provider, not the message, failed.
-            return Failure("smtp_error", f"{code} {text}", code, transient=code < 500,
-                           provider_level=True, stage=stage)
+            return Failure(
+                "smtp_error",
+                f"{code} {text}",
+                code,
+                transient=code < 500,
+                provider_level=True,
+                stage=stage,
+            )
         if 400 <= code < 500:
             return Failure("smtp_error", f"{code} {text}", code, transient=True, stage=stage)
         return Failure("smtp_error", f"{code} {text}", code, transient=False, stage=stage)
     if stage == "connect":
-        return Failure("smtp_error", f"{type(exc).__name__}: {text}", None, transient=True,
-                       provider_level=True, stage=stage)
+        return Failure(
+            "smtp_error",
+            f"{type(exc).__name__}: {text}",
+            None,
+            transient=True,
+            provider_level=True,
+            stage=stage,
+        )
     # Not a network or protocol error: something about this message (an address the server
     # cannot take, say). Retrying will not change it.
-    return Failure("smtp_error", f"{type(exc).__name__}: {text}", None, transient=False,
-                   stage=stage)
+    return Failure(
+        "smtp_error", f"{type(exc).__name__}: {text}", None, transient=False, stage=stage
+    )
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:

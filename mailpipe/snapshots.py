@@ -219,7 +219,9 @@ async def snapshot_range(
 
 
 async def fetch_snapshots(
-    db: Database, start: date | None = None, end: date | None = None,
+    db: Database,
+    start: date | None = None,
+    end: date | None = None,
     provider: str | None = None,
 ) -> list[Row]:
     """Stored rows between ``start`` and ``end`` (inclusive, either may be None)."""
@@ -288,12 +290,14 @@ async def explain_day(
     def walk(node: dict[str, Any], parent_rel: str | None = None) -> None:
         relation = node.get("Relation Name") or parent_rel
         if "Scan" in node["Node Type"]:
-            scans.append({
-                "relation": node.get("Relation Name"),
-                "node": node["Node Type"],
-                "index": node.get("Index Name"),
-                "rows": node.get("Actual Rows", 0) * node.get("Actual Loops", 1),
-            })
+            scans.append(
+                {
+                    "relation": node.get("Relation Name"),
+                    "node": node["Node Type"],
+                    "index": node.get("Index Name"),
+                    "rows": node.get("Actual Rows", 0) * node.get("Actual Loops", 1),
+                }
+            )
         for child in node.get("Plans", []):
             walk(child, relation)
 
@@ -364,11 +368,16 @@ def headline_markdown(day_row: Row, previous: Sequence[Row]) -> str:
         )
     failed_classes = [
         (name.removeprefix("failed_").replace("_", " "), day_row[name])
-        for name in COLUMNS if name.startswith("failed_") and day_row.get(name)
+        for name in COLUMNS
+        if name.startswith("failed_") and day_row.get(name)
     ]
     if failed_classes:
-        lines += ["", "Failed by reason: "
-                  + ", ".join(f"{name} {count:,}" for name, count in failed_classes) + "."]
+        lines += [
+            "",
+            "Failed by reason: "
+            + ", ".join(f"{name} {count:,}" for name, count in failed_classes)
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -397,8 +406,11 @@ async def aload(
 
 
 def load(
-    start: date | None, end: date | None, provider: str | None = None,
-    *, database_url: str | None = None,
+    start: date | None,
+    end: date | None,
+    provider: str | None = None,
+    *,
+    database_url: str | None = None,
 ) -> pd.DataFrame:
     """Stored snapshots from ``start`` to ``end`` (inclusive) as a typed pandas DataFrame.
 

@@ -21,7 +21,8 @@ def normalise_entry(entry: str) -> tuple[str, str]:
     value = entry.strip().lower()
     if not value or any(c.isspace() or ord(c) < 32 for c in value) or value.count("@") > 1:
         raise InvalidSuppression(
-            f"{entry!r} is neither an address (user@example.com) nor a domain (example.com)")
+            f"{entry!r} is neither an address (user@example.com) nor a domain (example.com)"
+        )
     if "@" in value:
         local, _, domain = value.partition("@")
         if not local or "." not in domain:
@@ -49,19 +50,30 @@ async def find_suppressed(db: Database, addresses: Iterable[str]) -> dict[str, s
     return found
 
 
-async def add_suppressions(db: Database, entries: Iterable[str], *, reason: str,
-                           source: str = "manual", expires_at: dt.datetime | None = None) -> int:
+async def add_suppressions(
+    db: Database,
+    entries: Iterable[str],
+    *,
+    reason: str,
+    source: str = "manual",
+    expires_at: dt.datetime | None = None,
+) -> int:
     """Suppress addresses or domains; returns how many new entries were added."""
     if reason not in REASONS:
         raise InvalidSuppression(f"reason must be one of {', '.join(REASONS)}, not {reason!r}")
     normalised = [normalise_entry(e) for e in entries]
     if not normalised:
         return 0
-    return await db.execute(query("add_suppressions"), {
-        "addresses": [a for a, _ in normalised], "kinds": [k for _, k in normalised],
-        "reasons": [reason] * len(normalised), "sources": [source] * len(normalised),
-        "expires_at": [expires_at] * len(normalised),
-    })
+    return await db.execute(
+        query("add_suppressions"),
+        {
+            "addresses": [a for a, _ in normalised],
+            "kinds": [k for _, k in normalised],
+            "reasons": [reason] * len(normalised),
+            "sources": [source] * len(normalised),
+            "expires_at": [expires_at] * len(normalised),
+        },
+    )
 
 
 async def remove_suppression(db: Database, entry: str) -> bool:
@@ -70,10 +82,13 @@ async def remove_suppression(db: Database, entry: str) -> bool:
     return await db.execute("DELETE FROM email_suppressions WHERE address = %s", (value,)) > 0
 
 
-async def list_suppressions(db: Database, *, include_expired: bool = False,
-                            limit: int = 1000) -> list[Row]:
+async def list_suppressions(
+    db: Database, *, include_expired: bool = False, limit: int = 1000
+) -> list[Row]:
     """Suppression entries, newest first."""
     return await db.fetch_all(
         "SELECT address, kind, reason, source, created_at, expires_at FROM email_suppressions"
         " WHERE %s OR expires_at IS NULL OR expires_at > now()"
-        " ORDER BY created_at DESC, address LIMIT %s", (include_expired, limit))
+        " ORDER BY created_at DESC, address LIMIT %s",
+        (include_expired, limit),
+    )

@@ -17,7 +17,7 @@ class TemplateProblem(PermanentError):
     """A template cannot be found or rendered; the event fails with this message."""
 
 
-MAX_POWER_BITS = 4096          # ``a ** b`` results larger than this are refused
+MAX_POWER_BITS = 4096  # ``a ** b`` results larger than this are refused
 MAX_REPEAT_LENGTH = 1_000_000  # ``'x' * n`` / ``[x] * n`` results longer than this too
 
 
@@ -33,15 +33,26 @@ class _Sandbox(SandboxedEnvironment):
     intercepted_binops = frozenset({"**", "*"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and _is_int(left) and _is_int(right) and right > 0 \
-                and abs(left) > 1 and abs(left).bit_length() * right > MAX_POWER_BITS:
+        if (
+            operator == "**"
+            and _is_int(left)
+            and _is_int(right)
+            and right > 0
+            and abs(left) > 1
+            and abs(left).bit_length() * right > MAX_POWER_BITS
+        ):
             raise SecurityError(f"{left} ** {right} is too large to compute")
         if operator == "*":
             for sequence, times in ((left, right), (right, left)):
-                if isinstance(sequence, str | list | tuple) and _is_int(times) \
-                        and len(sequence) * times > MAX_REPEAT_LENGTH:
-                    raise SecurityError(f"repeating a sequence {times} times is too large "
-                                        f"(over {MAX_REPEAT_LENGTH} items)")
+                if (
+                    isinstance(sequence, str | list | tuple)
+                    and _is_int(times)
+                    and len(sequence) * times > MAX_REPEAT_LENGTH
+                ):
+                    raise SecurityError(
+                        f"repeating a sequence {times} times is too large "
+                        f"(over {MAX_REPEAT_LENGTH} items)"
+                    )
         return super().call_binop(context, operator, left, right)
 
 
@@ -67,8 +78,15 @@ class Rendered:
 class CompiledTemplate:
     """One template version, compiled once and rendered many times."""
 
-    def __init__(self, key: str, version: int, subject: str, text_body: str,
-                 html_body: str | None, from_address: str | None) -> None:
+    def __init__(
+        self,
+        key: str,
+        version: int,
+        subject: str,
+        text_body: str,
+        html_body: str | None,
+        from_address: str | None,
+    ) -> None:
         self.key = key
         self.version = version
         self.from_address = from_address
@@ -85,8 +103,14 @@ class CompiledTemplate:
     @classmethod
     def from_row(cls, row: Row) -> CompiledTemplate:
         """Compile a row of ``email_templates``."""
-        return cls(row["template_key"], row["version"], row["subject"], row["text_body"],
-                   row["html_body"], row["from_address"])
+        return cls(
+            row["template_key"],
+            row["version"],
+            row["subject"],
+            row["text_body"],
+            row["html_body"],
+            row["from_address"],
+        )
 
     def render(self, variables: Any) -> Rendered:
         """Render with the event's payload; raises :class:`TemplateProblem` with the reason."""
@@ -102,8 +126,9 @@ class CompiledTemplate:
         except UndefinedError as exc:
             raise TemplateProblem(f"template {self.key!r}: {exc.message}") from None
         except SecurityError as exc:
-            raise TemplateProblem(f"template {self.key!r}: unsafe operation refused ({exc})") \
-                from None
+            raise TemplateProblem(
+                f"template {self.key!r}: unsafe operation refused ({exc})"
+            ) from None
         except TemplateError as exc:
             raise TemplateProblem(f"template {self.key!r}: render error: {exc}") from None
         except Exception as exc:  # user data can make filters raise anything
@@ -131,7 +156,8 @@ class TemplateCache:
             if key not in found:
                 self._templates[key] = TemplateProblem(
                     f"unknown template {key!r}: no active version in email_templates "
-                    f"(add it with `mailpipe template add {key} ...`)")
+                    f"(add it with `mailpipe template add {key} ...`)"
+                )
                 continue
             try:
                 self._templates[key] = CompiledTemplate.from_row(found[key])
@@ -148,8 +174,15 @@ class TemplateCache:
         return entry
 
 
-async def save_template(db: Database, key: str, *, subject: str, text_body: str,
-                        html_body: str | None = None, from_address: str | None = None) -> int:
+async def save_template(
+    db: Database,
+    key: str,
+    *,
+    subject: str,
+    text_body: str,
+    html_body: str | None = None,
+    from_address: str | None = None,
+) -> int:
     """Add a template, or a new version of it (the previous one is kept, inactive).
 
     The template is compiled first, so a syntax error is refused before anything is stored.
@@ -157,17 +190,26 @@ async def save_template(db: Database, key: str, *, subject: str, text_body: str,
     """
     if not key.strip():
         raise TemplateProblem("a template key cannot be empty")
-    for name, value in (("key", key), ("subject", subject), ("text body", text_body),
-                        ("HTML body", html_body), ("from address", from_address)):
+    for name, value in (
+        ("key", key),
+        ("subject", subject),
+        ("text body", text_body),
+        ("HTML body", html_body),
+        ("from address", from_address),
+    ):
         if value and "\x00" in value:  # Postgres text cannot hold it
             raise TemplateProblem(f"template {key!r}: the {name} contains a NUL character")
     CompiledTemplate(key, 0, subject, text_body, html_body, from_address)
-    params = {"template_key": key, "subject": subject, "text_body": text_body,
-              "html_body": html_body, "from_address": from_address}
+    params = {
+        "template_key": key,
+        "subject": subject,
+        "text_body": text_body,
+        "html_body": html_body,
+        "from_address": from_address,
+    }
     async with db.transaction() as tx:
         # Serialise concurrent updates of one key so version numbers stay unique.
-        await tx.execute("SELECT pg_advisory_xact_lock(hashtext('email_templates:' || %s))",
-                         (key,))
+        await tx.execute("SELECT pg_advisory_xact_lock(hashtext('email_templates:' || %s))", (key,))
         await tx.execute(query("retire_template_versions"), params)
         row = await tx.fetch_one(query("insert_template_version"), params)
     assert row is not None
@@ -193,8 +235,11 @@ async def get_template(db: Database, key: str, version: int | None = None) -> Ro
     else:
         row = await db.fetch_one(query("admin_template_version"), (key, version))
     if row is None:
-        which = f"no version {version} of template {key!r}" if version is not None else \
-            f"no active template {key!r}"
+        which = (
+            f"no version {version} of template {key!r}"
+            if version is not None
+            else f"no active template {key!r}"
+        )
         raise UnknownTemplate(f"{which}: see `mailpipe template list`")
     return row
 
@@ -204,32 +249,54 @@ async def template_versions(db: Database, key: str) -> list[Row]:
     return await db.fetch_all(query("admin_template_versions"), (key,))
 
 
-async def add_template(db: Database, key: str, *, subject: str, text_body: str,
-                       html_body: str | None = None, from_address: str | None = None) -> int:
+async def add_template(
+    db: Database,
+    key: str,
+    *,
+    subject: str,
+    text_body: str,
+    html_body: str | None = None,
+    from_address: str | None = None,
+) -> int:
     """Add a new template key; refused when the key is in use (use :func:`update_template`)."""
     if await db.fetch_one(query("admin_active_template"), (key,)) is not None:
-        raise TemplateProblem(f"template {key!r} exists: change it with "
-                              f"`mailpipe template update {key} ...`")
-    return await save_template(db, key, subject=subject, text_body=text_body,
-                               html_body=html_body, from_address=from_address)
+        raise TemplateProblem(
+            f"template {key!r} exists: change it with `mailpipe template update {key} ...`"
+        )
+    return await save_template(
+        db,
+        key,
+        subject=subject,
+        text_body=text_body,
+        html_body=html_body,
+        from_address=from_address,
+    )
 
 
 _KEEP: Any = object()  # "leave this field as it is" for update_template
 
 
-async def update_template(db: Database, key: str, *, subject: str | None = None,
-                          text_body: str | None = None, html_body: str | None = _KEEP,
-                          from_address: str | None = _KEEP) -> int:
+async def update_template(
+    db: Database,
+    key: str,
+    *,
+    subject: str | None = None,
+    text_body: str | None = None,
+    html_body: str | None = _KEEP,
+    from_address: str | None = _KEEP,
+) -> int:
     """Save a new version of ``key`` with the given fields changed (``html_body=None`` or
     ``from_address=None`` removes them); the previous version is kept, inactive. Returns the
     new version number."""
     current = await get_template(db, key)
     return await save_template(
-        db, key,
+        db,
+        key,
         subject=current["subject"] if subject is None else subject,
         text_body=current["text_body"] if text_body is None else text_body,
         html_body=current["html_body"] if html_body is _KEEP else html_body,
-        from_address=current["from_address"] if from_address is _KEEP else from_address)
+        from_address=current["from_address"] if from_address is _KEEP else from_address,
+    )
 
 
 async def remove_template(db: Database, key: str, *, force: bool = False) -> int:
@@ -242,10 +309,10 @@ async def remove_template(db: Database, key: str, *, force: bool = False) -> int
     if waiting and not force:
         raise TemplateProblem(
             f"{waiting} queued event(s) use template {key!r} and would fail: cancel them "
-            f"(`mailpipe queue cancel --template {key}`) or pass --force")
+            f"(`mailpipe queue cancel --template {key}`) or pass --force"
+        )
     async with db.transaction() as tx:
-        await tx.execute("SELECT pg_advisory_xact_lock(hashtext('email_templates:' || %s))",
-                         (key,))
+        await tx.execute("SELECT pg_advisory_xact_lock(hashtext('email_templates:' || %s))", (key,))
         if await tx.execute(query("retire_template_versions"), {"template_key": key}) == 0:
             raise UnknownTemplate(f"no active template {key!r}: see `mailpipe template list`")
     return int(waiting or 0)

@@ -8,17 +8,29 @@ from mailpipe.db import Database, Row
 from mailpipe.queries import parse_queries, sql_dir
 
 REQUIRED_COLUMNS: dict[str, set[str]] = {
-    "smtp_provider_configs": {"provider_name", "status", "suspended_until", "credentials",
-                              "last_checked"},
-    "smtp_connection_audit": {"provider_name", "connection_attempt_at", "ip_address", "result",
-                              "updated_at"},
+    "smtp_provider_configs": {
+        "provider_name",
+        "status",
+        "suspended_until",
+        "credentials",
+        "last_checked",
+    },
+    "smtp_connection_audit": {
+        "provider_name",
+        "connection_attempt_at",
+        "ip_address",
+        "result",
+        "updated_at",
+    },
     "smtp_delivery_confirmations": {"provider_name", "message_id", "status"},
     "rate_limit_counters": {"scope", "key", "window_size", "window_start", "count"},
 }
 REQUIRED_INDEXES: dict[str, set[str]] = {
-    "communication_events": {"idx_communication_events_status_priority_retry_scheduled",
-                             "idx_communication_events_recipient_email",
-                             "idx_communication_events_template_key"},
+    "communication_events": {
+        "idx_communication_events_status_priority_retry_scheduled",
+        "idx_communication_events_recipient_email",
+        "idx_communication_events_template_key",
+    },
     "smtp_connection_audit": {"idx_smtp_connection_audit_provider_attempt"},
     "smtp_delivery_confirmations": {"idx_smtp_delivery_confirmations_recipient_created"},
 }
@@ -36,8 +48,9 @@ class Check:
 
 
 def _verification_queries() -> dict[str, str]:
-    return parse_queries((sql_dir() / "verify.sql").read_text(encoding="utf-8"),
-                         origin="sql/verify.sql")
+    return parse_queries(
+        (sql_dir() / "verify.sql").read_text(encoding="utf-8"), origin="sql/verify.sql"
+    )
 
 
 async def verify_schema(db: Database) -> list[Check]:
@@ -76,7 +89,10 @@ def _judge(name: str, rows: list[Row]) -> tuple[bool, str]:
         ok = any(r["event_manipulation"] == "INSERT" for r in rows)
         return ok, "" if ok else "trigger validate_communication_event is missing"
     if name == "trigger_marks_invalid_email_failed":
-        ok = bool(rows) and rows[0]["status"] == "failed" \
+        ok = (
+            bool(rows)
+            and rows[0]["status"] == "failed"
             and rows[0]["last_error"] == "Invalid recipient_email"
+        )
         return ok, "" if ok else f"got {rows}"
     return bool(rows), "" if rows else "no rows"

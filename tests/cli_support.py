@@ -40,8 +40,9 @@ def fails(*args: str, code: int = 1) -> str:
     result = invoke(*args)
     assert result.exit_code == code, f"mailpipe {' '.join(args)}:\n{result.output}"
     assert "Traceback" not in result.output, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        repr(result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     return lines[0]
@@ -69,5 +70,16 @@ def execute(url: str, sql: str, params: Any = None) -> int:
 
 def add_local_provider(server: Any, sender: str = "Shop <shop@example.com>") -> Result:
     """``mailpipe provider add local`` pointing at an in-process SMTP test server."""
-    return ok("provider", "add", "local", "--host", "127.0.0.1", "--port", str(server.port),
-              "--tls", "none", "--from", sender)
+    return ok(
+        "provider",
+        "add",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(server.port),
+        "--tls",
+        "none",
+        "--from",
+        sender,
+    )

@@ -30,8 +30,12 @@ os.environ.pop("PREFECT_API_URL", None)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--heavy", action="store_true", default=False,
-                     help="run the heavy sizes of the reliability suites")
+    parser.addoption(
+        "--heavy",
+        action="store_true",
+        default=False,
+        help="run the heavy sizes of the reliability suites",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -47,8 +51,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _isolated_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Keep a developer's DATABASE_URL, .env or data folder out of the tests."""
     keep = {"MAILPIPE_TEST_DATABASE_URL"}
-    saved = {k: os.environ.pop(k) for k in list(os.environ)
-             if k == "DATABASE_URL" or (k.startswith("MAILPIPE_") and k not in keep)}
+    saved = {
+        k: os.environ.pop(k)
+        for k in list(os.environ)
+        if k == "DATABASE_URL" or (k.startswith("MAILPIPE_") and k not in keep)
+    }
     os.environ["MAILPIPE_DATA_DIR"] = str(tmp_path_factory.mktemp("data"))
     get_settings.cache_clear()
     yield
@@ -74,8 +81,10 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def template_url(postgres_url: str) -> str:
     """A database migrated once per session; each test gets a clone of it."""
-    admin_execute(postgres_url, [f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)",
-                                 f"CREATE DATABASE {TEMPLATE_DB}"])
+    admin_execute(
+        postgres_url,
+        [f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)", f"CREATE DATABASE {TEMPLATE_DB}"],
+    )
     url = with_database_name(postgres_url, TEMPLATE_DB)
 
     async def build() -> None:
@@ -142,8 +151,9 @@ def smtpd_factory(tls_certificate: Certificate) -> Iterator[Callable[..., SMTPTe
 
 
 @pytest.fixture
-def smtpd(request: pytest.FixtureRequest,
-          smtpd_factory: Callable[..., SMTPTestServer]) -> SMTPTestServer:
+def smtpd(
+    request: pytest.FixtureRequest, smtpd_factory: Callable[..., SMTPTestServer]
+) -> SMTPTestServer:
     """One recording SMTP server; ``@pytest.mark.smtpd(data_reply="451 ...")`` configures it."""
     marker = request.node.get_closest_marker("smtpd")
     kwargs = dict(marker.kwargs) if marker else {}

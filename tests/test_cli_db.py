@@ -49,19 +49,35 @@ def test_db_url_masks_the_password(monkeypatch) -> None:
 
 
 def test_unreachable_database_is_one_clear_line(monkeypatch, tmp_path: Path) -> None:
-    env = {**os.environ, "DATABASE_URL": "postgresql://u:topsecret@127.0.0.1:1/x",
-           "MAILPIPE_CONNECT_TIMEOUT": "2"}
-    proc = subprocess.run([sys.executable, "-m", "mailpipe", "db", "status"], env=env,
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    env = {
+        **os.environ,
+        "DATABASE_URL": "postgresql://u:topsecret@127.0.0.1:1/x",
+        "MAILPIPE_CONNECT_TIMEOUT": "2",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "mailpipe", "db", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "Postgres is unreachable" in proc.stderr and "topsecret" not in proc.stderr
 
 
-def test_migrate_on_a_fresh_database_via_the_console_script(empty_database_url: str,
-                                                            tmp_path: Path) -> None:
+def test_migrate_on_a_fresh_database_via_the_console_script(
+    empty_database_url: str, tmp_path: Path
+) -> None:
     env = {**os.environ, "DATABASE_URL": empty_database_url}
-    proc = subprocess.run([sys.executable, "-m", "mailpipe", "db", "migrate"], env=env,
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mailpipe", "db", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "applied 0001_create_base_tables" in proc.stdout

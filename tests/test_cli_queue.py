@@ -35,10 +35,13 @@ def drain(url: str) -> dict[str, int]:
 
 
 def events(url: str, ids: list[int] | None = None) -> dict[int, dict]:
-    rows = fetch(url, "SELECT id, status, retry_count, message_id, last_error, scheduled_at,"
-                      " updated_at FROM communication_events"
-                      " WHERE %(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s) ORDER BY id",
-                 {"ids": ids})
+    rows = fetch(
+        url,
+        "SELECT id, status, retry_count, message_id, last_error, scheduled_at,"
+        " updated_at FROM communication_events"
+        " WHERE %(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s) ORDER BY id",
+        {"ids": ids},
+    )
     return {r["id"]: r for r in rows}
 
 
@@ -48,8 +51,12 @@ def insert(url: str, count: int, **kwargs) -> list[int]:
 
 def claim(url: str, ids: list[int]) -> None:
     """A worker holds these events (processing under a live lease)."""
-    execute(url, "UPDATE communication_events SET status = 'processing', locked_by = 'w:1',"
-                 " lease_expires_at = now() + interval '5 minutes' WHERE id = ANY(%s)", (ids,))
+    execute(
+        url,
+        "UPDATE communication_events SET status = 'processing', locked_by = 'w:1',"
+        " lease_expires_at = now() + interval '5 minutes' WHERE id = ANY(%s)",
+        (ids,),
+    )
 
 
 @contextlib.contextmanager
@@ -59,8 +66,9 @@ def rows_locked(url: str, ids: list[int]) -> Iterator[None]:
 
     async def hold() -> None:
         async with Database(url, min_size=1, max_size=1) as db, db.transaction() as tx:
-            await tx.execute("SELECT id FROM communication_events WHERE id = ANY(%s)"
-                             " FOR UPDATE", (ids,))
+            await tx.execute(
+                "SELECT id FROM communication_events WHERE id = ANY(%s) FOR UPDATE", (ids,)
+            )
             ready.set()
             await asyncio.to_thread(release.wait)
 
@@ -83,27 +91,52 @@ def rows_locked(url: str, ids: list[int]) -> Iterator[None]:
 
 
 def test_enqueue_validates_and_is_idempotent(env_database: str) -> None:
-    first = ok_json("enqueue", "--to", "ann@example.com", "--template", "welcome", "--data",
-                    '{"name": "Ann"}', "--priority", "1", "--at", "10m",
-                    "--idempotency-key", "order-42")
-    again = ok_json("enqueue", "--to", "ann@example.com", "--template", "welcome",
-                    "--idempotency-key", "order-42")
+    first = ok_json(
+        "enqueue",
+        "--to",
+        "ann@example.com",
+        "--template",
+        "welcome",
+        "--data",
+        '{"name": "Ann"}',
+        "--priority",
+        "1",
+        "--at",
+        "10m",
+        "--idempotency-key",
+        "order-42",
+    )
+    again = ok_json(
+        "enqueue",
+        "--to",
+        "ann@example.com",
+        "--template",
+        "welcome",
+        "--idempotency-key",
+        "order-42",
+    )
     assert first["created"] and not again["created"]
     assert (again["id"], again["message_id"]) == (first["id"], first["message_id"])
-    [row] = fetch(env_database, "SELECT priority, payload, scheduled_at - now() AS delay"
-                                " FROM communication_events")
+    [row] = fetch(
+        env_database,
+        "SELECT priority, payload, scheduled_at - now() AS delay FROM communication_events",
+    )
     assert row["priority"] == 1 and row["payload"] == {"name": "Ann"}
     assert dt.timedelta(minutes=9) < row["delay"] <= dt.timedelta(minutes=10)
 
     assert "Invalid recipient_email" in fails("enqueue", "--to", "ann@", "--template", "w")
-    assert "--data is not valid JSON" in fails("enqueue", "--to", "a@example.com",
-                                               "--template", "w", "--data", "{'a': 1}")
+    assert "--data is not valid JSON" in fails(
+        "enqueue", "--to", "a@example.com", "--template", "w", "--data", "{'a': 1}"
+    )
     assert "priority must be an integer from 0" in fails(
-        "enqueue", "--to", "a@example.com", "--template", "w", "--priority", "12")
-    assert "has no timezone" in fails("enqueue", "--to", "a@example.com", "--template", "w",
-                                      "--at", "2030-01-01T09:00:00")
-    assert "neither an ISO 8601 time" in fails("enqueue", "--to", "a@example.com",
-                                               "--template", "w", "--at", "tomorrow")
+        "enqueue", "--to", "a@example.com", "--template", "w", "--priority", "12"
+    )
+    assert "has no timezone" in fails(
+        "enqueue", "--to", "a@example.com", "--template", "w", "--at", "2030-01-01T09:00:00"
+    )
+    assert "neither an ISO 8601 time" in fails(
+        "enqueue", "--to", "a@example.com", "--template", "w", "--at", "tomorrow"
+    )
     assert len(fetch(env_database, "SELECT id FROM communication_events")) == 1
 
 
@@ -112,41 +145,63 @@ def test_status_and_list(env_database: str) -> None:
     due = insert(env_database, 3, priority=5)
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
     insert(env_database, 1, priority=5, scheduled_at=later)
-    execute(env_database, "UPDATE communication_events SET scheduled_at = now() - interval"
-                          " '10 minutes' WHERE id = %s", (due[0],))
-    execute(env_database, "UPDATE communication_events SET status = 'failed', last_error ="
-                          " 'x', updated_at = now() - interval '3 hours' WHERE id = %s",
-            (due[2],))
+    execute(
+        env_database,
+        "UPDATE communication_events SET scheduled_at = now() - interval"
+        " '10 minutes' WHERE id = %s",
+        (due[0],),
+    )
+    execute(
+        env_database,
+        "UPDATE communication_events SET status = 'failed', last_error ="
+        " 'x', updated_at = now() - interval '3 hours' WHERE id = %s",
+        (due[2],),
+    )
     claim(env_database, [due_urgent[1]])
-    execute(env_database, "UPDATE communication_events SET lease_expires_at = now() -"
-                          " interval '1 minute' WHERE id = %s", (due_urgent[1],))
+    execute(
+        env_database,
+        "UPDATE communication_events SET lease_expires_at = now() -"
+        " interval '1 minute' WHERE id = %s",
+        (due_urgent[1],),
+    )
 
     status = ok_json("queue", "status")
-    assert status["by_status"] == {"queued": 4, "processing": 1, "sent": 0, "failed": 1,
-                                   "cancelled": 0, "suppressed": 0}
-    assert {(r["status"], r["priority"], r["events"]) for r in
-            status["by_status_and_priority"]} == {("queued", 1, 1), ("queued", 5, 3),
-                                                   ("processing", 1, 1), ("failed", 5, 1)}
+    assert status["by_status"] == {
+        "queued": 4,
+        "processing": 1,
+        "sent": 0,
+        "failed": 1,
+        "cancelled": 0,
+        "suppressed": 0,
+    }
+    assert {
+        (r["status"], r["priority"], r["events"]) for r in status["by_status_and_priority"]
+    } == {("queued", 1, 1), ("queued", 5, 3), ("processing", 1, 1), ("failed", 5, 1)}
     assert status["due"] == 3 and status["expired_leases"] == 1
     assert 600 <= status["oldest_due_age_seconds"] < 700
-    assert abs(dt.datetime.fromisoformat(status["next_scheduled_at"]) - later) < \
-        dt.timedelta(seconds=1)
+    assert abs(dt.datetime.fromisoformat(status["next_scheduled_at"]) - later) < dt.timedelta(
+        seconds=1
+    )
     table = ok("queue", "status").output
     assert "oldest due for 10m" in table and "1 processing past their lease" in table
 
     assert [r["id"] for r in ok_json("queue", "list", "--status", "failed")] == [due[2]]
     assert ok_json("queue", "list", "--status", "failed", "--since", "1h") == []
-    assert [r["id"] for r in ok_json("queue", "list", "--status", "failed", "--since",
-                                     "4h")] == [due[2]]
-    assert sorted(r["id"] for r in ok_json("queue", "list", "--id", str(due[0]), "--id",
-                                           str(due[1]))) == due[:2]
+    assert [r["id"] for r in ok_json("queue", "list", "--status", "failed", "--since", "4h")] == [
+        due[2]
+    ]
+    assert (
+        sorted(r["id"] for r in ok_json("queue", "list", "--id", str(due[0]), "--id", str(due[1])))
+        == due[:2]
+    )
     assert len(ok_json("queue", "list", "--limit", "2")) == 2
     assert "is not one of queued" in fails("queue", "list", "--status", "done")
     assert "not a duration" in fails("queue", "list", "--since", "yesterday")
 
 
 def test_retry_failed_requeues_exactly_the_selection_and_the_next_drain_sends_it(
-        env_database: str, smtpd: SMTPTestServer) -> None:
+    env_database: str, smtpd: SMTPTestServer
+) -> None:
     setup_sending(env_database, smtpd)
     sent = insert(env_database, 2, prefix="sent")
     assert drain(env_database) == {"sent": 2}
@@ -154,10 +209,18 @@ def test_retry_failed_requeues_exactly_the_selection_and_the_next_drain_sends_it
     failed = insert(env_database, 5, prefix="failed")
     assert drain(env_database) == {"failed": 5}
     old = failed[:2]
-    execute(env_database, "UPDATE communication_events SET updated_at = now() - interval"
-                          " '2 hours', retry_count = 3 WHERE id = ANY(%s)", (old,))
-    queued_later = insert(env_database, 1, prefix="later",
-                          scheduled_at=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+    execute(
+        env_database,
+        "UPDATE communication_events SET updated_at = now() - interval"
+        " '2 hours', retry_count = 3 WHERE id = ANY(%s)",
+        (old,),
+    )
+    queued_later = insert(
+        env_database,
+        1,
+        prefix="later",
+        scheduled_at=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
+    )
     before = events(env_database)
 
     assert "say which events to retry" in fails("queue", "retry")
@@ -175,13 +238,15 @@ def test_retry_failed_requeues_exactly_the_selection_and_the_next_drain_sends_it
     smtpd.behaviour.data_reply = None
     assert drain(env_database) == {"sent": 3}
     assert sorted(m.message_id for m in smtpd.accepted) == sorted(
-        before[i]["message_id"] for i in sent + recent)
+        before[i]["message_id"] for i in sent + recent
+    )
     assert {events(env_database)[i]["status"] for i in old} == {"failed"}
     assert events(env_database)[queued_later[0]]["status"] == "queued"
 
     # By id, keeping the retry count; a sent event is refused (it would be a duplicate).
-    result = invoke("queue", "retry", "--id", str(old[0]), "--id", str(sent[0]),
-                    "--keep-retry-count")
+    result = invoke(
+        "queue", "retry", "--id", str(old[0]), "--id", str(sent[0]), "--keep-retry-count"
+    )
     assert result.exit_code == 1
     assert f"event {sent[0]} left alone: it is sent" in result.stderr
     row = events(env_database, [old[0]])[old[0]]
@@ -190,16 +255,36 @@ def test_retry_failed_requeues_exactly_the_selection_and_the_next_drain_sends_it
 
 def test_retry_leaves_processing_and_locked_rows_alone(env_database: str) -> None:
     ids = insert(env_database, 4)
-    execute(env_database, "UPDATE communication_events SET status = 'failed' WHERE id = ANY(%s)",
-            (ids[:3],))
+    execute(
+        env_database,
+        "UPDATE communication_events SET status = 'failed' WHERE id = ANY(%s)",
+        (ids[:3],),
+    )
     claim(env_database, [ids[3]])
     # An invalid row (bypassing enqueue) is failed by the trigger and failed again on retry.
-    [invalid] = [r["id"] for r in fetch(
-        env_database, "INSERT INTO communication_events (event_type, recipient_email,"
-                      " template_key) VALUES ('x', 'not-an-address', 'welcome') RETURNING id")]
+    [invalid] = [
+        r["id"]
+        for r in fetch(
+            env_database,
+            "INSERT INTO communication_events (event_type, recipient_email,"
+            " template_key) VALUES ('x', 'not-an-address', 'welcome') RETURNING id",
+        )
+    ]
     with rows_locked(env_database, [ids[0]]):
-        result = invoke("queue", "retry", "--failed", "--id", str(ids[0]), "--id",
-                        str(ids[1]), "--id", str(ids[3]), "--id", str(invalid), "--json")
+        result = invoke(
+            "queue",
+            "retry",
+            "--failed",
+            "--id",
+            str(ids[0]),
+            "--id",
+            str(ids[1]),
+            "--id",
+            str(ids[3]),
+            "--id",
+            str(invalid),
+            "--json",
+        )
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert report["requeued"] == [ids[1]]
@@ -208,8 +293,13 @@ def test_retry_leaves_processing_and_locked_rows_alone(env_database: str) -> Non
     assert "locked by another command" in report["refused"][str(ids[0])]
     assert "processing" in report["refused"][str(ids[3])]
     statuses = {i: r["status"] for i, r in events(env_database).items()}
-    assert statuses == {ids[0]: "failed", ids[1]: "queued", ids[2]: "failed",
-                        ids[3]: "processing", invalid: "failed"}
+    assert statuses == {
+        ids[0]: "failed",
+        ids[1]: "queued",
+        ids[2]: "failed",
+        ids[3]: "processing",
+        invalid: "failed",
+    }
 
 
 def test_cancel(env_database: str, smtpd: SMTPTestServer) -> None:
@@ -217,8 +307,18 @@ def test_cancel(env_database: str, smtpd: SMTPTestServer) -> None:
     ids = insert(env_database, 4)
     other = insert(env_database, 3, template="digest")
     claim(env_database, [ids[3]])
-    result = invoke("queue", "cancel", "--id", str(ids[0]), "--id", str(ids[1]), "--id",
-                    str(ids[3]), "--id", "999999")
+    result = invoke(
+        "queue",
+        "cancel",
+        "--id",
+        str(ids[0]),
+        "--id",
+        str(ids[1]),
+        "--id",
+        str(ids[3]),
+        "--id",
+        "999999",
+    )
     assert result.exit_code == 1
     assert "cancelled 2 event(s)" in result.stdout
     assert f"event {ids[3]} left alone: a worker is sending it right now" in result.stderr
@@ -234,7 +334,8 @@ def test_cancel(env_database: str, smtpd: SMTPTestServer) -> None:
 
 
 def test_purge_deletes_old_finished_events_in_batches_and_keeps_history(
-        env_database: str, smtpd: SMTPTestServer) -> None:
+    env_database: str, smtpd: SMTPTestServer
+) -> None:
     setup_sending(env_database, smtpd)
     sent = insert(env_database, 5, prefix="sent")
     drain(env_database)
@@ -244,41 +345,82 @@ def test_purge_deletes_old_finished_events_in_batches_and_keeps_history(
     recent_sent = insert(env_database, 1, prefix="recent")
     smtpd.behaviour.data_reply = None
     drain(env_database)
-    old_queued = insert(env_database, 1, prefix="queued",
-                        scheduled_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    old_queued = insert(
+        env_database,
+        1,
+        prefix="queued",
+        scheduled_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=1),
+    )
     processing = insert(env_database, 1, prefix="busy")
     claim(env_database, processing)
-    execute(env_database, "UPDATE communication_events SET updated_at = now() - interval"
-                          " '100 days' WHERE id <> %s", (recent_sent[0],))
+    execute(
+        env_database,
+        "UPDATE communication_events SET updated_at = now() - interval '100 days' WHERE id <> %s",
+        (recent_sent[0],),
+    )
     locked = sent[0]
 
-    assert "is not one of sent" in fails("queue", "purge", "--status", "queued",
-                                         "--older-than", "90d", "--yes")
-    assert "not a duration" in fails("queue", "purge", "--status", "sent", "--older-than",
-                                     "0d", "--yes")
-    dry = ok_json("queue", "purge", "--status", "sent", "--status", "failed", "--older-than",
-                  "90d", "--dry-run")
+    assert "is not one of sent" in fails(
+        "queue", "purge", "--status", "queued", "--older-than", "90d", "--yes"
+    )
+    assert "not a duration" in fails(
+        "queue", "purge", "--status", "sent", "--older-than", "0d", "--yes"
+    )
+    dry = ok_json(
+        "queue",
+        "purge",
+        "--status",
+        "sent",
+        "--status",
+        "failed",
+        "--older-than",
+        "90d",
+        "--dry-run",
+    )
     assert (dry["matched"], dry["deleted"]) == (7, 0)
-    assert invoke("queue", "purge", "--status", "sent", "--older-than", "90d",
-                  input="n\n").exit_code == 1
+    assert (
+        invoke("queue", "purge", "--status", "sent", "--older-than", "90d", input="n\n").exit_code
+        == 1
+    )
     assert len(events(env_database)) == 10
 
     with rows_locked(env_database, [locked]):
-        result = ok("queue", "purge", "--status", "sent", "--status", "failed",
-                    "--older-than", "90d", "--batch-size", "2", "--yes")
+        result = ok(
+            "queue",
+            "purge",
+            "--status",
+            "sent",
+            "--status",
+            "failed",
+            "--older-than",
+            "90d",
+            "--batch-size",
+            "2",
+            "--yes",
+        )
     assert "deleted 6 event(s) in 3 batch(es)" in result.output
-    assert sorted(events(env_database)) == sorted([locked, *recent_sent, *old_queued,
-                                                   *processing])
-    confirmations = fetch(env_database, "SELECT communication_event_id, message_id"
-                                        " FROM smtp_delivery_confirmations")
+    assert sorted(events(env_database)) == sorted([locked, *recent_sent, *old_queued, *processing])
+    confirmations = fetch(
+        env_database, "SELECT communication_event_id, message_id FROM smtp_delivery_confirmations"
+    )
     assert len(confirmations) == 6  # 5 old + 1 recent, all kept
-    assert sorted(c["communication_event_id"] or 0 for c in confirmations) == \
-        [0, 0, 0, 0, locked, recent_sent[0]]
-    attempts = fetch(env_database, "SELECT communication_event_id FROM delivery_attempts"
-                                   " WHERE outcome = 'failed'")
+    assert sorted(c["communication_event_id"] or 0 for c in confirmations) == [
+        0,
+        0,
+        0,
+        0,
+        locked,
+        recent_sent[0],
+    ]
+    attempts = fetch(
+        env_database,
+        "SELECT communication_event_id FROM delivery_attempts WHERE outcome = 'failed'",
+    )
     assert len(attempts) == 2 and {a["communication_event_id"] for a in attempts} == {None}
 
     result = ok_json("queue", "purge", "--status", "sent", "--older-than", "90d", "--yes")
     assert result["deleted"] == 1
-    assert ok("queue", "purge", "--status", "sent", "--older-than", "90d",
-              "--yes").output.strip() == "nothing to purge"
+    assert (
+        ok("queue", "purge", "--status", "sent", "--older-than", "90d", "--yes").output.strip()
+        == "nothing to purge"
+    )

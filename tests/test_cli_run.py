@@ -21,60 +21,102 @@ def _prefect_logging_outside_cli_runner() -> None:
     import prefect.main  # noqa: F401
 
 
-def test_run_process_email_queue_and_monitor_smtp_health(prefect_harness, env_database: str,
-                                                        smtpd: SMTPTestServer) -> None:
+def test_run_process_email_queue_and_monitor_smtp_health(
+    prefect_harness, env_database: str, smtpd: SMTPTestServer
+) -> None:
     add_local_provider(smtpd, "shop@example.com")
     ok("template", "add", "welcome", "--subject", "Hi {{ name }}", "--text", "Hello")
     for n in range(5):
-        ok("enqueue", "--to", f"user{n}@example.com", "--template", "welcome", "--data",
-           '{"name": "Ann"}')
+        ok(
+            "enqueue",
+            "--to",
+            f"user{n}@example.com",
+            "--template",
+            "welcome",
+            "--data",
+            '{"name": "Ann"}',
+        )
 
-    summary = ok_json("run", "process_email_queue", "--param", "batch_size=2",
-                      "--param", "concurrency=1", "-p", "max_events=4")
+    summary = ok_json(
+        "run",
+        "process_email_queue",
+        "--param",
+        "batch_size=2",
+        "--param",
+        "concurrency=1",
+        "-p",
+        "max_events=4",
+    )
     assert (summary["sent"], summary["batches"], summary["stopped_by"]) == (4, 2, "max_events")
     assert len(smtpd.accepted) == 4
     result = ok("run", "process_email_queue")
     assert "process_email_queue: completed" in result.output
-    assert {r["status"] for r in fetch(env_database,
-                                       "SELECT status FROM communication_events")} == {"sent"}
+    assert {
+        r["status"] for r in fetch(env_database, "SELECT status FROM communication_events")
+    } == {"sent"}
 
     health = ok_json("run", "monitor_smtp_health")
     assert (health["probed"], health["ok"], health["failed"]) == (1, 1, 0)
     assert fetch(env_database, "SELECT provider_name, result FROM smtp_connection_audit") == [
-        {"provider_name": "local", "result": "ok"}]
+        {"provider_name": "local", "result": "ok"}
+    ]
 
 
-def test_a_failed_flow_run_exits_non_zero(prefect_harness, env_database: str,
-                                          project_root: Path) -> None:
+def test_a_failed_flow_run_exits_non_zero(
+    prefect_harness, env_database: str, project_root: Path
+) -> None:
     from prefect.settings import PREFECT_API_URL
 
     # The console script in a subprocess, against the test's Prefect API and database.
-    env = {**os.environ, "DATABASE_URL": env_database, "PREFECT_API_URL": PREFECT_API_URL.value(),
-           "PREFECT_LOGGING_LEVEL": "INFO"}
-    command = [sys.executable, "-m", "mailpipe", "run", "monitor_email_production",
-               "--param", 'windows=["5m", "soon"]']
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240,
-                          cwd=project_root)
+    env = {
+        **os.environ,
+        "DATABASE_URL": env_database,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "mailpipe",
+        "run",
+        "monitor_email_production",
+        "--param",
+        'windows=["5m", "soon"]',
+    ]
+    proc = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=240, cwd=project_root
+    )
     assert proc.returncode == 1, proc.stderr
-    assert ("error: flow run monitor_email_production ended Failed: ConfigError: window "
-            "'soon' is not a duration like 30s, 5m, 1h or 7d") in proc.stderr.splitlines()
+    assert (
+        "error: flow run monitor_email_production ended Failed: ConfigError: window "
+        "'soon' is not a duration like 30s, 5m, 1h or 7d"
+    ) in proc.stderr.splitlines()
     assert "Finished in state Failed" in proc.stderr  # Prefect's run log, kept
     assert "Traceback" not in proc.stderr + proc.stdout
 
-    proc = subprocess.run([*command[:3], "--debug", *command[3:]], env=env,
-                          capture_output=True, text=True, timeout=240,
-                          cwd=project_root)
+    proc = subprocess.run(
+        [*command[:3], "--debug", *command[3:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=project_root,
+    )
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
 def test_bad_flow_names_and_parameters_are_refused_before_running(env_database: str) -> None:
     line = fails("run", "send_everything")
-    assert line == ("error: unknown flow 'send_everything': choose one of process_email_queue, "
-                    "monitor_smtp_health, monitor_email_production, snapshot_email_health")
+    assert line == (
+        "error: unknown flow 'send_everything': choose one of process_email_queue, "
+        "monitor_smtp_health, monitor_email_production, snapshot_email_health"
+    )
     assert "has no parameter batch; its parameters are: batch_size, concurrency" in fails(
-        "run", "process_email_queue", "--param", "batch=5")
+        "run", "process_email_queue", "--param", "batch=5"
+    )
     assert "invalid --param for process_email_queue" in fails(
-        "run", "process_email_queue", "--param", "batch_size=0")
+        "run", "process_email_queue", "--param", "batch_size=0"
+    )
     assert "is not key=value" in fails("run", "process_email_queue", "--param", "batch_size")
     result = invoke("run", "--help")
     assert result.exit_code == 0 and "snapshot_email_health" in result.output

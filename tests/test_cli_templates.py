@@ -33,7 +33,7 @@ def without_date(message: bytes) -> bytes:
     lines = message.splitlines(keepends=True)
     dates = [i for i, line in enumerate(lines) if line.startswith(b"Date: ")]
     assert len(dates) == 1
-    return b"".join(lines[:dates[0]] + lines[dates[0] + 1:])
+    return b"".join(lines[: dates[0]] + lines[dates[0] + 1 :])
 
 
 def on_the_wire(message: bytes) -> bytes:
@@ -44,27 +44,44 @@ def on_the_wire(message: bytes) -> bytes:
 def test_add_update_show_list_remove(env_database: str, tmp_path: Path) -> None:
     text = write(tmp_path, "welcome.txt", "Hello {{ name }},\nwelcome to [the shop].\n")
     html = write(tmp_path, "welcome.html", "<p>Hello {{ name }}</p>\n")
-    ok("template", "add", "welcome", "--subject", "Welcome {{ name }}", "--text-file", text,
-       "--html-file", html, "--from", "Shop <shop@example.com>")
+    ok(
+        "template",
+        "add",
+        "welcome",
+        "--subject",
+        "Welcome {{ name }}",
+        "--text-file",
+        text,
+        "--html-file",
+        html,
+        "--from",
+        "Shop <shop@example.com>",
+    )
     assert "exists: change it with `mailpipe template update welcome" in fails(
-        "template", "add", "welcome", "--subject", "x", "--text", "y")
+        "template", "add", "welcome", "--subject", "x", "--text", "y"
+    )
 
     result = ok("template", "update", "welcome", "--subject", "Hi {{ name }}", "--no-html")
     assert "now v2 (v1 kept)" in result.output
     shown = ok_json("template", "show", "welcome")
     assert (shown["version"], shown["subject"], shown["html_body"], shown["from_address"]) == (
-        2, "Hi {{ name }}", None, "Shop <shop@example.com>")
+        2,
+        "Hi {{ name }}",
+        None,
+        "Shop <shop@example.com>",
+    )
     assert shown["text_body"] == "Hello {{ name }},\nwelcome to [the shop].\n"
     assert [(v["version"], v["active"]) for v in shown["versions"]] == [(2, True), (1, False)]
     old = ok_json("template", "show", "welcome", "--version", "1")
-    assert (old["subject"], old["html_body"]) == ("Welcome {{ name }}",
-                                                  "<p>Hello {{ name }}</p>\n")
+    assert (old["subject"], old["html_body"]) == ("Welcome {{ name }}", "<p>Hello {{ name }}</p>\n")
     assert "welcome to [the shop]." in ok("template", "show", "welcome").output
 
     ok("template", "add", "receipt", "--subject", "Receipt", "--text", "Total {{ total }}")
     listed = ok_json("template", "list")
     assert [(t["template_key"], t["active_version"], t["versions"]) for t in listed] == [
-        ("receipt", 1, 1), ("welcome", 2, 2)]
+        ("receipt", 1, 1),
+        ("welcome", 2, 2),
+    ]
 
     ok("enqueue", "--to", "ann@example.com", "--template", "receipt", "--data", '{"total": 3}')
     line = fails("template", "remove", "receipt")
@@ -82,19 +99,31 @@ def test_add_update_show_list_remove(env_database: str, tmp_path: Path) -> None:
 
 def test_bad_input_is_one_line(env_database: str, tmp_path: Path) -> None:
     assert "has a syntax error on line 1" in fails(
-        "template", "add", "t", "--subject", "Hi {{ name", "--text", "x")
-    assert "no such file" in fails("template", "add", "t", "--subject", "s", "--text-file",
-                                   str(tmp_path / "missing.txt"))
-    assert "is a directory" in fails("template", "add", "t", "--subject", "s", "--text-file",
-                                     str(tmp_path))
+        "template", "add", "t", "--subject", "Hi {{ name", "--text", "x"
+    )
+    assert "no such file" in fails(
+        "template", "add", "t", "--subject", "s", "--text-file", str(tmp_path / "missing.txt")
+    )
+    assert "is a directory" in fails(
+        "template", "add", "t", "--subject", "s", "--text-file", str(tmp_path)
+    )
     binary = tmp_path / "body.bin"
     binary.write_bytes(b"\xff\xfe\x00bad")
-    assert "is not UTF-8 text" in fails("template", "add", "t", "--subject", "s",
-                                        "--text-file", str(binary))
+    assert "is not UTF-8 text" in fails(
+        "template", "add", "t", "--subject", "s", "--text-file", str(binary)
+    )
     assert "needs --subject and --text" in fails("template", "add", "t", "--subject", "s")
     assert "give --text or --text-file, not both" in fails(
-        "template", "add", "t", "--subject", "s", "--text", "a", "--text-file",
-        write(tmp_path, "b.txt", "b"))
+        "template",
+        "add",
+        "t",
+        "--subject",
+        "s",
+        "--text",
+        "a",
+        "--text-file",
+        write(tmp_path, "b.txt", "b"),
+    )
     assert "no active template 'nope'" in fails("template", "update", "nope", "--subject", "s")
     assert fetch(env_database, "SELECT * FROM email_templates") == []
     ok("template", "add", "t", "--subject", "s", "--text", "x")
@@ -104,17 +133,25 @@ def test_bad_input_is_one_line(env_database: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("recipient", ["ann@example.com", "jörg@example.com"])
-def test_render_equals_what_the_flow_sends(env_database: str, smtpd: SMTPTestServer,
-                                          tmp_path: Path, recipient: str) -> None:
+def test_render_equals_what_the_flow_sends(
+    env_database: str, smtpd: SMTPTestServer, tmp_path: Path, recipient: str
+) -> None:
     add_local_provider(smtpd)
-    ok("template", "add", "order", "--subject", "Grüße {{ name }}: order {{ order }}",
-       "--text-file", write(tmp_path, "t.txt", "Hello {{ name }},\nTotal: {{ total }} €\n"),
-       "--html-file", write(tmp_path, "t.html",
-                            "<p>Hello {{ name }} &amp; <b>{{ total }}</b> €</p>\n"),
-       "--from", "Bücherei <books@example.com>")
+    ok(
+        "template",
+        "add",
+        "order",
+        "--subject",
+        "Grüße {{ name }}: order {{ order }}",
+        "--text-file",
+        write(tmp_path, "t.txt", "Hello {{ name }},\nTotal: {{ total }} €\n"),
+        "--html-file",
+        write(tmp_path, "t.html", "<p>Hello {{ name }} &amp; <b>{{ total }}</b> €</p>\n"),
+        "--from",
+        "Bücherei <books@example.com>",
+    )
     data = {"name": "Zoë <script>", "order": 42, "total": "12.50"}
-    event = ok_json("enqueue", "--to", recipient, "--template", "order", "--data",
-                    json.dumps(data))
+    event = ok_json("enqueue", "--to", recipient, "--template", "order", "--data", json.dumps(data))
 
     preview = ok("template", "render", "--event", str(event["id"]))
     assert "via provider local" in preview.stderr
@@ -128,26 +165,37 @@ def test_render_equals_what_the_flow_sends(env_database: str, smtpd: SMTPTestSer
     assert f"X-Mailpipe-Event: {event['id']}".encode() in preview.stdout_bytes
     # Without --event: the same message but for what derives from the event's Message-ID.
     per_event = rb"Message-ID: .*|X-Mailpipe-Event: .*|=_mailpipe_[0-9a-f]+"
-    assert re.sub(per_event, b"", without_date(adhoc.stdout_bytes)) == \
-        re.sub(per_event, b"", without_date(preview.stdout_bytes))
+    assert re.sub(per_event, b"", without_date(adhoc.stdout_bytes)) == re.sub(
+        per_event, b"", without_date(preview.stdout_bytes)
+    )
 
 
-def test_render_fails_with_the_error_the_flow_records(env_database: str,
-                                                     smtpd: SMTPTestServer) -> None:
+def test_render_fails_with_the_error_the_flow_records(
+    env_database: str, smtpd: SMTPTestServer
+) -> None:
     add_local_provider(smtpd, "shop@example.com")
     ok("template", "add", "welcome", "--subject", "Hi {{ name }}", "--text", "{{ name }}")
     # A syntax error can only come from a row written by hand (the CLI compiles first).
-    execute(env_database, "INSERT INTO email_templates (template_key, subject, text_body)"
-                          " VALUES ('broken', 'Hi', 'Hello {% if %}')")
+    execute(
+        env_database,
+        "INSERT INTO email_templates (template_key, subject, text_body)"
+        " VALUES ('broken', 'Hi', 'Hello {% if %}')",
+    )
     missing = ok_json("enqueue", "--to", "a@example.com", "--template", "welcome")
     broken = ok_json("enqueue", "--to", "b@example.com", "--template", "broken")
     unknown = ok_json("enqueue", "--to", "c@example.com", "--template", "nope")
 
-    lines = {e["id"]: fails("template", "render", "--event", str(e["id"]))
-             for e in (missing, broken, unknown)}
+    lines = {
+        e["id"]: fails("template", "render", "--event", str(e["id"]))
+        for e in (missing, broken, unknown)
+    }
     with_db(env_database, lambda db: drain_queue(db, batch_size=10))
-    recorded = {r["id"]: r["last_error"] for r in fetch(
-        env_database, "SELECT id, last_error FROM communication_events WHERE status = 'failed'")}
+    recorded = {
+        r["id"]: r["last_error"]
+        for r in fetch(
+            env_database, "SELECT id, last_error FROM communication_events WHERE status = 'failed'"
+        )
+    }
     assert lines == {i: f"error: {error}" for i, error in recorded.items()}
     assert "'name' is undefined" in lines[missing["id"]]
     assert "syntax error on line 1" in lines[broken["id"]]

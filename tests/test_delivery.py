@@ -29,13 +29,16 @@ async def events(db: Database) -> list[dict]:
     return await db.fetch_all(
         "SELECT id, status, retry_count, last_error, error_class, provider_name, sent_at,"
         " scheduled_at, may_be_duplicate, message_id, lease_expires_at, locked_by"
-        " FROM communication_events ORDER BY id")
+        " FROM communication_events ORDER BY id"
+    )
 
 
 async def make_due(db: Database) -> None:
     """Time passes: every queued event becomes due (instead of waiting for the backoff)."""
-    await db.execute("UPDATE communication_events SET scheduled_at = now() - interval '1 second'"
-                     " WHERE status = 'queued'")
+    await db.execute(
+        "UPDATE communication_events SET scheduled_at = now() - interval '1 second'"
+        " WHERE status = 'queued'"
+    )
 
 
 async def test_sends_and_confirms(ready: Database, smtpd: SMTPTestServer) -> None:
@@ -48,17 +51,26 @@ async def test_sends_and_confirms(ready: Database, smtpd: SMTPTestServer) -> Non
     assert all(r["lease_expires_at"] is None and r["locked_by"] is None for r in rows)
     confirmations = await ready.fetch_all(
         "SELECT communication_event_id, message_id, provider_name, status, smtp_code"
-        " FROM smtp_delivery_confirmations ORDER BY communication_event_id")
+        " FROM smtp_delivery_confirmations ORDER BY communication_event_id"
+    )
     assert [(c["communication_event_id"], c["message_id"]) for c in confirmations] == [
-        (r["id"], r["message_id"]) for r in rows]
+        (r["id"], r["message_id"]) for r in rows
+    ]
     assert {(c["provider_name"], c["status"], c["smtp_code"]) for c in confirmations} == {
-        ("primary", "accepted", 250)}
+        ("primary", "accepted", 250)
+    }
     assert sorted(smtpd.accepted_message_ids()) == sorted(r["message_id"] for r in rows)
 
 
 async def test_message_is_rendered_standard_mime(ready: Database, smtpd: SMTPTestServer) -> None:
-    await add_template(ready, "order", subject="Grüße {{ name }}", text_body="Total: {{ total }} €",
-                       html_body="<p>{{ name }}</p>", from_address="Büro <office@example.com>")
+    await add_template(
+        ready,
+        "order",
+        subject="Grüße {{ name }}",
+        text_body="Total: {{ total }} €",
+        html_body="<p>{{ name }}</p>",
+        from_address="Büro <office@example.com>",
+    )
     await enqueue(ready, "joerg@bücher.de", "order", {"name": "<Jörg & Co>", "total": 12})
     await drain_queue(ready)
     received = smtpd.accepted[0]
@@ -85,14 +97,17 @@ async def test_utf8_mailbox_uses_smtputf8(ready: Database, smtpd: SMTPTestServer
 async def test_priority_order_then_schedule(ready: Database, smtpd: SMTPTestServer) -> None:
     now = dt.datetime.now(dt.UTC)
     low = await insert_events(ready, 3, priority=9, prefix="low")
-    high = await insert_events(ready, 3, priority=1, prefix="high",
-                               scheduled_at=now - dt.timedelta(minutes=1))
-    older_high = await insert_events(ready, 2, priority=1, prefix="older",
-                                     scheduled_at=now - dt.timedelta(hours=1))
+    high = await insert_events(
+        ready, 3, priority=1, prefix="high", scheduled_at=now - dt.timedelta(minutes=1)
+    )
+    older_high = await insert_events(
+        ready, 2, priority=1, prefix="older", scheduled_at=now - dt.timedelta(hours=1)
+    )
     drainer = Drainer(ready)
     await drainer.drain(batch_size=1)  # one at a time: the order of claims is the send order
-    sent_ids = [int(m.content.split(b"X-Mailpipe-Event: ")[1].split(b"\r\n")[0])
-                for m in smtpd.accepted]
+    sent_ids = [
+        int(m.content.split(b"X-Mailpipe-Event: ")[1].split(b"\r\n")[0]) for m in smtpd.accepted
+    ]
     assert sent_ids == older_high + high + low
 
 
@@ -162,7 +177,8 @@ async def test_554_on_data_fails_permanently(ready: Database) -> None:
     assert result.counts["failed"] == 2
     rows = await events(ready)
     assert {(r["status"], r["error_class"], r["last_error"], r["retry_count"]) for r in rows} == {
-        ("failed", "rejected", "554 5.7.1 message rejected as spam", 0)}
+        ("failed", "rejected", "554 5.7.1 message rejected as spam", 0)
+    }
     assert await ready.fetch_value("SELECT count(*) FROM email_suppressions") == 0
 
 
@@ -173,9 +189,9 @@ async def test_550_on_rcpt_is_a_hard_bounce_and_suppresses(ready: Database) -> N
     row = (await events(ready))[0]
     assert (row["status"], row["error_class"]) == ("failed", "bounced")
     assert await ready.fetch_all("SELECT address, kind, reason FROM email_suppressions") == [
-        {"address": "gone1@example.com", "kind": "address", "reason": "hard_bounce"}]
-    assert await ready.fetch_value(
-        "SELECT outcome FROM delivery_attempts") == "bounced"
+        {"address": "gone1@example.com", "kind": "address", "reason": "hard_bounce"}
+    ]
+    assert await ready.fetch_value("SELECT outcome FROM delivery_attempts") == "bounced"
 
 
 async def test_421_fails_over_to_the_next_provider(db: Database, smtpd_factory) -> None:
@@ -188,8 +204,10 @@ async def test_421_fails_over_to_the_next_provider(db: Database, smtpd_factory) 
     result = await drain_queue(db)
     assert result.counts["sent"] == 6 and len(backup.accepted) == 6
     assert {r["provider_name"] for r in await events(db)} == {"backup"}
-    assert await db.fetch_value(
-        "SELECT count(*) FROM delivery_attempts WHERE outcome = 'failover'") >= 1
+    assert (
+        await db.fetch_value("SELECT count(*) FROM delivery_attempts WHERE outcome = 'failover'")
+        >= 1
+    )
 
 
 async def test_refused_connection_fails_over_and_counts(db: Database, smtpd_factory) -> None:
@@ -202,7 +220,8 @@ async def test_refused_connection_fails_over_and_counts(db: Database, smtpd_fact
     assert result.counts["sent"] == 5 and len(backup.accepted) == 5
     dead = await db.fetch_one(
         "SELECT consecutive_failures, status FROM smtp_provider_configs"
-        " WHERE provider_name = 'dead'")
+        " WHERE provider_name = 'dead'"
+    )
     assert dead == {"consecutive_failures": 1, "status": "active"}
 
 
@@ -219,30 +238,40 @@ async def test_repeated_failures_suspend_and_suspended_is_skipped(
         await Drainer(db, settings).drain()
     dead = await db.fetch_one(
         "SELECT status, suspended_until > now() + interval '50 seconds' AS later"
-        " FROM smtp_provider_configs WHERE provider_name = 'dead'")
+        " FROM smtp_provider_configs WHERE provider_name = 'dead'"
+    )
     assert dead == {"status": "suspended", "later": True}
     # While suspended it is not even tried: no new failure, no failover attempt rows.
     failovers = await db.fetch_value(
-        "SELECT count(*) FROM delivery_attempts WHERE outcome = 'failover'")
+        "SELECT count(*) FROM delivery_attempts WHERE outcome = 'failover'"
+    )
     await insert_events(db, 3, prefix="more")
     await Drainer(db, settings).drain()
-    assert await db.fetch_value(
-        "SELECT count(*) FROM delivery_attempts WHERE outcome = 'failover'") == failovers
+    assert (
+        await db.fetch_value("SELECT count(*) FROM delivery_attempts WHERE outcome = 'failover'")
+        == failovers
+    )
     assert len(backup.accepted) == 5
 
 
 async def test_suspension_expiry_is_half_open(db: Database, smtpd_factory) -> None:
     recovered = smtpd_factory()
-    await add_provider(db, "recovered", recovered, priority=1, status="suspended",
-                       suspended_until=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1),
-                       consecutive_failures=3)
+    await add_provider(
+        db,
+        "recovered",
+        recovered,
+        priority=1,
+        status="suspended",
+        suspended_until=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1),
+        consecutive_failures=3,
+    )
     await add_template(db)
     await insert_events(db, 2)
     await drain_queue(db)
     assert len(recovered.accepted) == 2
     assert await db.fetch_one(
-        "SELECT status, consecutive_failures, suspended_until FROM smtp_provider_configs") == {
-        "status": "active", "consecutive_failures": 0, "suspended_until": None}
+        "SELECT status, consecutive_failures, suspended_until FROM smtp_provider_configs"
+    ) == {"status": "active", "consecutive_failures": 0, "suspended_until": None}
 
 
 async def test_no_usable_provider_defers_without_failing(ready: Database) -> None:
@@ -252,15 +281,22 @@ async def test_no_usable_provider_defers_without_failing(ready: Database) -> Non
     assert result.counts["deferred"] == 2
     rows = await events(ready)
     assert {(r["status"], r["retry_count"], r["error_class"]) for r in rows} == {
-        ("queued", 0, "no_provider")}
+        ("queued", 0, "no_provider")
+    }
 
 
 async def test_auth_failure_fails_over(db: Database, smtpd_factory, monkeypatch) -> None:
     monkeypatch.setenv("TEST_SMTP_PASSWORD", "wrong-password")
     locked = smtpd_factory(Behaviour(auth=("mailer", "right-password")))
     backup = smtpd_factory()
-    await add_provider(db, "locked", locked, priority=1, username="mailer",
-                       credentials={"password_env": "TEST_SMTP_PASSWORD"})
+    await add_provider(
+        db,
+        "locked",
+        locked,
+        priority=1,
+        username="mailer",
+        credentials={"password_env": "TEST_SMTP_PASSWORD"},
+    )
     await add_provider(db, "backup", backup, priority=2)
     await add_template(db)
     await insert_events(db, 2)
@@ -273,8 +309,9 @@ async def test_auth_failure_fails_over(db: Database, smtpd_factory, monkeypatch)
 async def test_auth_success_with_env_reference(db: Database, smtpd_factory, monkeypatch) -> None:
     monkeypatch.setenv("TEST_SMTP_PASSWORD", "right-password")
     server = smtpd_factory(Behaviour(auth=("mailer", "right-password")))
-    await add_provider(db, "p", server, username="mailer",
-                       credentials={"password_env": "TEST_SMTP_PASSWORD"})
+    await add_provider(
+        db, "p", server, username="mailer", credentials={"password_env": "TEST_SMTP_PASSWORD"}
+    )
     await add_template(db)
     await insert_events(db, 1)
     assert (await drain_queue(db)).counts["sent"] == 1
@@ -282,8 +319,13 @@ async def test_auth_success_with_env_reference(db: Database, smtpd_factory, monk
 
 async def test_missing_credentials_env_is_a_clear_error(db: Database, smtpd_factory) -> None:
     server = smtpd_factory()
-    await add_provider(db, "p", server, username="mailer",
-                       credentials={"password_env": "MAILPIPE_TEST_UNSET_VARIABLE"})
+    await add_provider(
+        db,
+        "p",
+        server,
+        username="mailer",
+        credentials={"password_env": "MAILPIPE_TEST_UNSET_VARIABLE"},
+    )
     await add_template(db)
     await insert_events(db, 1)
     await drain_queue(db)
@@ -340,16 +382,22 @@ async def test_drop_after_data_retries_with_the_same_message_id(
     assert row["status"] == "sent" and row["message_id"] == first["message_id"]
     ids = [m.message_id for m in flaky.messages]
     assert ids == [first["message_id"], first["message_id"]]
-    assert await db.fetch_value(
-        "SELECT may_be_duplicate FROM smtp_delivery_confirmations") is True
+    assert await db.fetch_value("SELECT may_be_duplicate FROM smtp_delivery_confirmations") is True
 
 
-async def test_template_problems_fail_the_event_not_the_batch(ready: Database,
-                                                              smtpd: SMTPTestServer) -> None:
-    await add_template(ready, "strict", subject="Hi {{ missing_var }}", text_body="x",
-                       html_body=None)
-    await add_template(ready, "escape", subject="{{ ''.__class__.__mro__[1].__subclasses__() }}",
-                       text_body="x", html_body=None)
+async def test_template_problems_fail_the_event_not_the_batch(
+    ready: Database, smtpd: SMTPTestServer
+) -> None:
+    await add_template(
+        ready, "strict", subject="Hi {{ missing_var }}", text_body="x", html_body=None
+    )
+    await add_template(
+        ready,
+        "escape",
+        subject="{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        text_body="x",
+        html_body=None,
+    )
     good = await insert_events(ready, 2)
     bad = await insert_events(ready, 1, template="strict", prefix="strict")
     unknown = await insert_events(ready, 1, template="nope", prefix="nope")
@@ -367,17 +415,20 @@ async def test_template_problems_fail_the_event_not_the_batch(ready: Database,
     assert len(smtpd.accepted) == 2
 
 
-async def test_header_injection_through_variables_is_refused(ready: Database,
-                                                             smtpd: SMTPTestServer) -> None:
+async def test_header_injection_through_variables_is_refused(
+    ready: Database, smtpd: SMTPTestServer
+) -> None:
     await add_template(ready, "inject", subject="Order {{ ref }}", text_body="x", html_body=None)
-    ids = await insert_events(ready, 1, template="inject",
-                              payload={"ref": "42\r\nBcc: victim@example.org"})
+    ids = await insert_events(
+        ready, 1, template="inject", payload={"ref": "42\r\nBcc: victim@example.org"}
+    )
     await insert_events(ready, 1, template="inject", payload={"ref": "43"}, prefix="ok")
     await drain_queue(ready)
     row = next(r for r in await events(ready) if r["id"] == ids[0])
     assert row["status"] == "failed"
     assert row["last_error"] == (
-        "header injection refused: Subject contains a line break or control character")
+        "header injection refused: Subject contains a line break or control character"
+    )
     assert len(smtpd.accepted) == 1
     assert b"victim" not in smtpd.accepted[0].content
 
@@ -386,7 +437,8 @@ async def test_invalid_recipient_claimed_is_failed_by_the_engine(ready: Database
     # The trigger catches what its regex knows; email-validator catches the rest.
     await ready.execute(
         "INSERT INTO communication_events (event_type, recipient_email, template_key, payload)"
-        " VALUES ('welcome', 'user@example.invalid-tld-', 'welcome', '{\"name\": \"x\"}')")
+        " VALUES ('welcome', 'user@example.invalid-tld-', 'welcome', '{\"name\": \"x\"}')"
+    )
     await drain_queue(ready)
     row = (await events(ready))[0]
     assert row["status"] == "failed" and row["error_class"] == "invalid"
@@ -397,23 +449,36 @@ async def test_suppressed_recipients_are_not_sent(ready: Database, smtpd: SMTPTe
     await ready.execute(
         "INSERT INTO email_suppressions (address, kind, reason) VALUES"
         " ('user1@example.com', 'address', 'complaint'), ('blocked.example', 'domain', 'manual'),"
-        " ('user2@example.com', 'address', 'unsubscribe')")
-    await ready.execute("UPDATE email_suppressions SET expires_at = now() - interval '1 day'"
-                        " WHERE address = 'user2@example.com'")
+        " ('user2@example.com', 'address', 'unsubscribe')"
+    )
+    await ready.execute(
+        "UPDATE email_suppressions SET expires_at = now() - interval '1 day'"
+        " WHERE address = 'user2@example.com'"
+    )
     await insert_events(ready, 3)
     await insert_events(ready, 1, domain="blocked.example", prefix="x")
     result = await drain_queue(ready)
     assert result.counts["suppressed"] == 2 and result.counts["sent"] == 2
     rows = await ready.fetch_all(
         "SELECT recipient_email, status, last_error FROM communication_events"
-        " WHERE status = 'suppressed' ORDER BY recipient_email")
+        " WHERE status = 'suppressed' ORDER BY recipient_email"
+    )
     assert rows == [
-        {"recipient_email": "user1@example.com", "status": "suppressed",
-         "last_error": "recipient suppressed: complaint (address)"},
-        {"recipient_email": "x1@blocked.example", "status": "suppressed",
-         "last_error": "recipient suppressed: manual (domain blocked.example)"}]
+        {
+            "recipient_email": "user1@example.com",
+            "status": "suppressed",
+            "last_error": "recipient suppressed: complaint (address)",
+        },
+        {
+            "recipient_email": "x1@blocked.example",
+            "status": "suppressed",
+            "last_error": "recipient suppressed: manual (domain blocked.example)",
+        },
+    ]
     assert sorted(r for m in smtpd.accepted for r in m.rcpt_tos) == [
-        "user2@example.com", "user3@example.com"]
+        "user2@example.com",
+        "user3@example.com",
+    ]
 
 
 async def test_provider_rate_limit_defers_the_excess(db: Database, smtpd_factory) -> None:
@@ -426,14 +491,19 @@ async def test_provider_rate_limit_defers_the_excess(db: Database, smtpd_factory
     assert len(server.accepted) == 4
     deferred = await db.fetch_all(
         "SELECT status, retry_count, error_class, scheduled_at > now() AS later"
-        " FROM communication_events WHERE status <> 'sent'")
-    assert deferred == [{"status": "queued", "retry_count": 0, "error_class": None,
-                         "later": True}] * 6
+        " FROM communication_events WHERE status <> 'sent'"
+    )
+    assert (
+        deferred == [{"status": "queued", "retry_count": 0, "error_class": None, "later": True}] * 6
+    )
     counters = await db.fetch_all(
         "SELECT window_size, count, deferred FROM rate_limit_counters"
-        " WHERE scope = 'provider' ORDER BY window_size")
-    assert counters == [{"window_size": "day", "count": 4, "deferred": 0},
-                        {"window_size": "minute", "count": 4, "deferred": 6}]
+        " WHERE scope = 'provider' ORDER BY window_size"
+    )
+    assert counters == [
+        {"window_size": "day", "count": 4, "deferred": 0},
+        {"window_size": "minute", "count": 4, "deferred": 6},
+    ]
 
 
 async def test_quota_overflow_goes_to_the_next_provider(db: Database, smtpd_factory) -> None:
@@ -455,8 +525,9 @@ async def test_domain_rate_limit(db: Database, smtpd_factory) -> None:
     await insert_events(db, 3, domain="example.com")
     result = await Drainer(db, Settings(domain_limits={"gmail.com": 2})).drain()
     assert result.counts["sent"] == 5 and result.counts["deferred"] == 3
-    assert await db.fetch_value(
-        "SELECT deferred FROM rate_limit_counters WHERE scope = 'domain'") == 3
+    assert (
+        await db.fetch_value("SELECT deferred FROM rate_limit_counters WHERE scope = 'domain'") == 3
+    )
 
 
 async def test_expired_lease_is_rescued_and_sent(ready: Database, smtpd: SMTPTestServer) -> None:
@@ -464,7 +535,8 @@ async def test_expired_lease_is_rescued_and_sent(ready: Database, smtpd: SMTPTes
     # A worker claimed the rows and died: its lease is in the past.
     await ready.execute(
         "UPDATE communication_events SET status = 'processing', locked_by = 'dead:1:x',"
-        " lease_expires_at = now() - interval '1 second'")
+        " lease_expires_at = now() - interval '1 second'"
+    )
     result = await drain_queue(ready)
     assert result.rescued == 3 and result.counts["sent"] == 3
     rows = await events(ready)
@@ -475,14 +547,16 @@ async def test_live_lease_is_not_stolen(ready: Database) -> None:
     await insert_events(ready, 2)
     await ready.execute(
         "UPDATE communication_events SET status = 'processing', locked_by = 'alive:1:x',"
-        " lease_expires_at = now() + interval '5 minutes'")
+        " lease_expires_at = now() + interval '5 minutes'"
+    )
     result = await drain_queue(ready)
     assert result.rescued == 0 and result.counts["sent"] == 0
     assert await statuses(ready) == {"processing": 2}
 
 
-async def test_concurrent_drainers_never_send_twice(db: Database, smtpd_factory,
-                                                    database_url: str) -> None:
+async def test_concurrent_drainers_never_send_twice(
+    db: Database, smtpd_factory, database_url: str
+) -> None:
     server = smtpd_factory()
     await add_provider(db, "p", server, max_connections=4)
     await add_template(db)
@@ -510,8 +584,9 @@ async def test_time_budget_stops_between_batches(ready: Database) -> None:
     assert await statuses(ready) == {"sent": 20, "queued": 10}
 
 
-async def test_bad_from_address_fails_that_event_only(ready: Database,
-                                                      smtpd: SMTPTestServer) -> None:
+async def test_bad_from_address_fails_that_event_only(
+    ready: Database, smtpd: SMTPTestServer
+) -> None:
     await add_template(ready, "badfrom", from_address="Shop <no-at-sign>")
     bad = await insert_events(ready, 1, template="badfrom", prefix="bad")
     await insert_events(ready, 2)

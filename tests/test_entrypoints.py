@@ -37,8 +37,12 @@ def load(spec: DeploymentSpec) -> Any:
 
 
 def test_prefect_yaml_declares_the_four_pg_cron_jobs() -> None:
-    assert IDS == ["process_email_queue", "monitor_smtp_health", "monitor_email_production",
-                   "snapshot_email_health"]
+    assert IDS == [
+        "process_email_queue",
+        "monitor_smtp_health",
+        "monitor_email_production",
+        "snapshot_email_health",
+    ]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
@@ -71,8 +75,12 @@ def test_process_email_queue_parameters_are_bounded() -> None:
     [spec] = [s for s in SPECS if s.name == "process_email_queue"]
     flow = load(spec)
     assert flow.validate_parameters({"max_events": 30})["max_events"] == 30
-    for bad in ({"batch_size": 0}, {"concurrency": 0}, {"time_budget_seconds": 0},
-                {"max_events": 0}):
+    for bad in (
+        {"batch_size": 0},
+        {"concurrency": 0},
+        {"time_budget_seconds": 0},
+        {"max_events": 0},
+    ):
         with pytest.raises(ParameterTypeError):
             flow.validate_parameters(bad)
 
@@ -86,7 +94,8 @@ def test_prefect_yaml_policy() -> None:
         assert spec.description and "mailpipe" in spec.tags
         assert spec.work_pool["name"] == "mailpipe"
         assert [s["timezone"] for s in spec.schedules] == [
-            "{{ prefect.variables.mailpipe_timezone }}"]
+            "{{ prefect.variables.mailpipe_timezone }}"
+        ]
         expected = 4 if spec.name == "process_email_queue" else 1
         assert spec.concurrency_limit == {"limit": expected, "collision_strategy": "CANCEL_NEW"}
     [queue] = [s for s in SPECS if s.name == "process_email_queue"]
@@ -123,18 +132,30 @@ def test_domain_modules_import_without_heavy_libraries() -> None:
     # A flow that runs every minute pays its imports 1440 times a day: the domain and the CLI
     # import Prefect, Great Expectations and pandas only inside the functions that need them.
     heavy = ["prefect", "great_expectations", "pandas", "pyarrow", "numpy", "sqlalchemy"]
-    modules = ["mailpipe.cli", "mailpipe.orchestration", "mailpipe.db", "mailpipe.delivery",
-               "mailpipe.monitoring", "mailpipe.metrics", "mailpipe.alerts", "mailpipe.quality",
-               "mailpipe.quality_worker", "mailpipe.snapshots", "mailpipe.report"]
-    code = (f"import sys, {', '.join(modules)}; "
-            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
+    modules = [
+        "mailpipe.cli",
+        "mailpipe.orchestration",
+        "mailpipe.db",
+        "mailpipe.delivery",
+        "mailpipe.monitoring",
+        "mailpipe.metrics",
+        "mailpipe.alerts",
+        "mailpipe.quality",
+        "mailpipe.quality_worker",
+        "mailpipe.snapshots",
+        "mailpipe.report",
+    ]
+    code = (
+        f"import sys, {', '.join(modules)}; "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert json.loads(result.stdout.replace("'", '"')) == []
 
 
-def test_setup_without_a_prefect_api_says_so_in_one_line(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_setup_without_a_prefect_api_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     import prefect.main  # noqa: F401  (configure Prefect logging outside CliRunner)
     from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
     from typer.testing import CliRunner

@@ -28,8 +28,9 @@ async def seeded(db: Database, smtpd: SMTPTestServer, env_database: str) -> Data
     return db
 
 
-async def test_flow_drains_and_publishes_artifacts(prefect_harness, seeded: Database,
-                                                   smtpd: SMTPTestServer) -> None:
+async def test_flow_drains_and_publishes_artifacts(
+    prefect_harness, seeded: Database, smtpd: SMTPTestServer
+) -> None:
 
     from flows.process_email_queue import process_email_queue
 
@@ -43,8 +44,9 @@ async def test_flow_drains_and_publishes_artifacts(prefect_harness, seeded: Data
     assert "**40 sent**" in by_key["process-email-queue-report"].data
 
 
-async def test_flow_drains_with_several_processes(prefect_harness, seeded: Database,
-                                                 smtpd: SMTPTestServer) -> None:
+async def test_flow_drains_with_several_processes(
+    prefect_harness, seeded: Database, smtpd: SMTPTestServer
+) -> None:
     from flows.process_email_queue import process_email_queue
 
     summary = await process_email_queue(batch_size=5, processes=2)
@@ -61,8 +63,9 @@ async def test_flow_rejects_bad_parameters(prefect_harness, env_database: str) -
         await process_email_queue(batch_size=0)
 
 
-def test_demo_runs_the_pipeline_end_to_end(prefect_harness, env_database: str, tmp_path,
-                                           monkeypatch) -> None:
+def test_demo_runs_the_pipeline_end_to_end(
+    prefect_harness, env_database: str, tmp_path, monkeypatch
+) -> None:
     from mailpipe.config import get_settings
 
     monkeypatch.setenv("MAILPIPE_DATA_DIR", str(tmp_path))
@@ -82,7 +85,8 @@ def test_demo_runs_the_pipeline_end_to_end(prefect_harness, env_database: str, t
 
 
 async def test_flow_post_run_check_is_answered_by_a_running_worker(
-        prefect_harness, seeded: Database, database_url: str) -> None:
+    prefect_harness, seeded: Database, database_url: str
+) -> None:
     from flows.process_email_queue import process_email_queue
 
     records: list[logging.LogRecord] = []
@@ -100,8 +104,9 @@ async def test_flow_post_run_check_is_answered_by_a_running_worker(
             run_logs.setLevel(level)
 
     assert state.is_completed() and running.task.result() == 1  # answered once
-    [check] = await seeded.fetch_all("SELECT flow_name, flow_run_id, status, checked_by"
-                                     " FROM quality_checks")
+    [check] = await seeded.fetch_all(
+        "SELECT flow_name, flow_run_id, status, checked_by FROM quality_checks"
+    )
     assert check["flow_name"] == "process_email_queue" and check["status"] == "passed"
     assert check["flow_run_id"] == state.state_details.flow_run_id
     assert check["checked_by"].startswith("worker ")

@@ -37,48 +37,71 @@ WEBHOOK_TOKEN = "T0KEN-in-the-webhook-path"
 
 # ---------------------------------------------------------------------------- seeding
 
-async def add_sent(db: Database, n: int, provider: str | None = "p1", *,
-                   ago: dt.timedelta = MIN, status: str = "accepted") -> None:
+
+async def add_sent(
+    db: Database,
+    n: int,
+    provider: str | None = "p1",
+    *,
+    ago: dt.timedelta = MIN,
+    status: str = "accepted",
+) -> None:
     await db.execute(
         "INSERT INTO smtp_delivery_confirmations (provider_name, message_id, recipient_email,"
         "                                         status, created_at)"
         " SELECT %s, '<' || gen_random_uuid() || '@t>', 'r' || g || '@example.com', %s,"
         "        now() - %s::interval FROM generate_series(1, %s) g",
-        (provider, status, ago, n))
+        (provider, status, ago, n),
+    )
 
 
-async def add_attempts(db: Database, n: int, outcome: str, provider: str | None = "p1", *,
-                       ago: dt.timedelta = MIN) -> None:
+async def add_attempts(
+    db: Database, n: int, outcome: str, provider: str | None = "p1", *, ago: dt.timedelta = MIN
+) -> None:
     await db.execute(
         "INSERT INTO delivery_attempts (provider_name, outcome, attempted_at)"
         " SELECT %s, %s, now() - %s::interval FROM generate_series(1, %s)",
-        (provider, outcome, ago, n))
+        (provider, outcome, ago, n),
+    )
 
 
-async def add_events(db: Database, n: int, *, status: str = "queued",
-                     scheduled: dt.timedelta = dt.timedelta(0), retry_count: int = 0,
-                     lease: dt.timedelta | None = None) -> None:
+async def add_events(
+    db: Database,
+    n: int,
+    *,
+    status: str = "queued",
+    scheduled: dt.timedelta = dt.timedelta(0),
+    retry_count: int = 0,
+    lease: dt.timedelta | None = None,
+) -> None:
     # scheduled / lease: offsets from now (negative: in the past).
     await db.execute(
         "INSERT INTO communication_events (event_type, recipient_email, template_key, status,"
         "                                  scheduled_at, retry_count, lease_expires_at)"
         " SELECT 'welcome', 'u' || g || '@example.com', 'welcome', %s, now() + %s::interval,"
         "        %s, now() + %s::interval FROM generate_series(1, %s) g",
-        (status, scheduled, retry_count, lease, n))
+        (status, scheduled, retry_count, lease, n),
+    )
 
 
-async def add_probe(db: Database, provider: str, result: str, *,
-                    ago: dt.timedelta = MIN) -> None:
+async def add_probe(db: Database, provider: str, result: str, *, ago: dt.timedelta = MIN) -> None:
     await db.execute(
         "INSERT INTO smtp_connection_audit (provider_name, host, connection_attempt_at, result,"
         "                                   success, latency_ms)"
         " VALUES (%s, '127.0.0.1', now() - %s::interval, %s, %s, 12)",
-        (provider, ago, result, result == "ok"))
+        (provider, ago, result, result == "ok"),
+    )
 
 
-async def add_rate_limit(db: Database, key: str, deferred: int, *, scope: str = "provider",
-                         window: str = "minute", updated: dt.timedelta = dt.timedelta(0),
-                         ) -> None:
+async def add_rate_limit(
+    db: Database,
+    key: str,
+    deferred: int,
+    *,
+    scope: str = "provider",
+    window: str = "minute",
+    updated: dt.timedelta = dt.timedelta(0),
+) -> None:
     await db.execute(
         "INSERT INTO rate_limit_counters (scope, key, window_size, window_start, count,"
         "                                 limit_value, deferred, updated_at)"
@@ -86,10 +109,12 @@ async def add_rate_limit(db: Database, key: str, deferred: int, *, scope: str = 
         "         now() - %s::interval)"
         " ON CONFLICT (scope, key, window_size, window_start)"
         " DO UPDATE SET deferred = EXCLUDED.deferred, updated_at = EXCLUDED.updated_at",
-        (scope, key, window, window, updated, deferred, updated))
+        (scope, key, window, window, updated, deferred, updated),
+    )
 
 
 # ---------------------------------------------------------------------------- pure parts
+
 
 def test_windows_parse() -> None:
     assert parse_window("5m") == dt.timedelta(minutes=5)
@@ -119,15 +144,23 @@ def row(alert_id: int, rule: str, severity: str = "warning", scope: str = "all")
 
 def test_plan_alerts_lifecycle() -> None:
     plan = plan_alerts(
-        [row(1, "bounce_rate"), row(2, "failure_rate"), row(3, "queue_lag"),
-         row(4, "bounce_rate", scope="gone"), row(5, "complaint_rate"),
-         row(6, "rate_limit_violations")],
-        [ev("bounce_rate", "firing", "critical"),       # still firing, escalated
-         ev("failure_rate", "ok"),                       # cleared
-         ev("queue_lag", "firing", "warning"),           # still firing, same severity
-         ev("complaint_rate", "no_data"),                # too little traffic: keep
-         ev("all_providers_down", "firing", "critical"),  # new
-         ev("bounce_rate", "ok", scope="p2")])           # ok without alert: nothing
+        [
+            row(1, "bounce_rate"),
+            row(2, "failure_rate"),
+            row(3, "queue_lag"),
+            row(4, "bounce_rate", scope="gone"),
+            row(5, "complaint_rate"),
+            row(6, "rate_limit_violations"),
+        ],
+        [
+            ev("bounce_rate", "firing", "critical"),  # still firing, escalated
+            ev("failure_rate", "ok"),  # cleared
+            ev("queue_lag", "firing", "warning"),  # still firing, same severity
+            ev("complaint_rate", "no_data"),  # too little traffic: keep
+            ev("all_providers_down", "firing", "critical"),  # new
+            ev("bounce_rate", "ok", scope="p2"),
+        ],
+    )  # ok without alert: nothing
     assert [e.rule for e in plan.to_open] == ["all_providers_down"]
     assert [alert_id for alert_id, _ in plan.to_refresh] == [1, 3]
     assert plan.escalated == {1}
@@ -138,10 +171,15 @@ def test_plan_alerts_lifecycle() -> None:
 
 # ---------------------------------------------------------------------------- metrics
 
+
 async def test_metrics_over_seeded_history(db: Database) -> None:
     await add_provider(db, "p1")
-    await add_provider(db, "p2", status="suspended",
-                       suspended_until=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10))
+    await add_provider(
+        db,
+        "p2",
+        status="suspended",
+        suspended_until=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10),
+    )
     await add_probe(db, "p1", "ok", ago=2 * MIN)
     await add_probe(db, "p1", "ok")
     await add_probe(db, "p2", "ok", ago=30 * MIN)
@@ -168,7 +206,8 @@ async def test_metrics_over_seeded_history(db: Database) -> None:
         "INSERT INTO email_suppressions (address, kind, reason, created_at) VALUES"
         " ('a@example.com', 'address', 'hard_bounce', now()),"
         " ('b@example.com', 'address', 'manual', now() - interval '1 minute'),"
-        " ('c.example', 'domain', 'manual', now() - interval '2 hours')")
+        " ('c.example', 'domain', 'manual', now() - interval '2 hours')"
+    )
     await add_rate_limit(db, "p1", 6)
     await add_rate_limit(db, "example.com", 0, scope="domain", window="hour")
     await add_rate_limit(db, "p2", 3, window="hour", updated=120 * MIN)
@@ -181,7 +220,13 @@ async def test_metrics_over_seeded_history(db: Database) -> None:
 
     w5, p1, p2 = m.window("5m"), m.window("5m", "p1"), m.window("5m", "p2")
     assert (w5.sent, w5.complaints, w5.retries, w5.failovers, w5.deferred, w5.suppressed) == (
-        41, 1, 2, 4, 6, 2)
+        41,
+        1,
+        2,
+        4,
+        6,
+        2,
+    )
     assert (p1.sent, p2.sent, p1.deferred, p2.failovers) == (31, 10, 6, 4)
     assert w5.send_rate_per_minute == pytest.approx(41 / 5)
     assert w5.failure_rate == pytest.approx(6 / 47)
@@ -197,8 +242,7 @@ async def test_metrics_over_seeded_history(db: Database) -> None:
     assert h1.bounce_rate == pytest.approx(3 / 114)
     assert m.window("1h", "p2").availability == 0.5
     d1 = m.window("24h")
-    assert (d1.sent, d1.failed, d1.suppressions_added, d1.limit_windows_exceeded) == (
-        211, 1, 3, 2)
+    assert (d1.sent, d1.failed, d1.suppressions_added, d1.limit_windows_exceeded) == (211, 1, 3, 2)
     assert m.window("24h", "p1").send_rate_per_minute == pytest.approx(201 / 1440)
 
     states = {p.name: p for p in m.providers}
@@ -217,6 +261,7 @@ async def test_metrics_of_an_idle_pipeline_are_zero_not_errors(db: Database) -> 
 
 # ---------------------------------------------------------------------------- alert lifecycle
 
+
 @pytest.fixture
 def rules_settings() -> Settings:
     return Settings(alert_min_volume=50)
@@ -228,10 +273,9 @@ async def cycle(db: Database, settings: Settings) -> list[tuple[str, str, str]]:
     return sorted((t.kind, t.alert.rule, t.alert.scope) for t in transitions)
 
 
-
 async def bounce_seed(db: Database) -> None:
     await add_sent(db, 100)
-    await add_attempts(db, 8, "bounced")        # 7.4 %: warning
+    await add_attempts(db, 8, "bounced")  # 7.4 %: warning
 
 
 async def complaint_seed(db: Database) -> None:
@@ -241,7 +285,7 @@ async def complaint_seed(db: Database) -> None:
 
 async def failure_seed(db: Database) -> None:
     await add_sent(db, 60)
-    await add_attempts(db, 20, "retry")          # 25 %: critical
+    await add_attempts(db, 20, "retry")  # 25 %: critical
 
 
 async def more_sends(db: Database) -> None:
@@ -257,13 +301,14 @@ async def lag_fix(db: Database) -> None:
 
 
 async def down_seed(db: Database) -> None:
-    await db.execute("UPDATE smtp_provider_configs SET status = 'suspended',"
-                     " suspended_until = now() + interval '10 minutes'")
+    await db.execute(
+        "UPDATE smtp_provider_configs SET status = 'suspended',"
+        " suspended_until = now() + interval '10 minutes'"
+    )
 
 
 async def down_fix(db: Database) -> None:
-    await db.execute("UPDATE smtp_provider_configs SET status = 'active',"
-                     " suspended_until = NULL")
+    await db.execute("UPDATE smtp_provider_configs SET status = 'active', suspended_until = NULL")
 
 
 async def rate_limit_seed(db: Database) -> None:
@@ -287,7 +332,8 @@ RULE_CASES = {
 
 @pytest.mark.parametrize("rule", list(RULE_CASES))
 async def test_each_rule_fires_and_resolves_exactly_once(
-        db: Database, rules_settings: Settings, rule: str) -> None:
+    db: Database, rules_settings: Settings, rule: str
+) -> None:
     seed, fix, scopes = RULE_CASES[rule]
     await add_provider(db, "p1")
     await add_probe(db, "p1", "ok")
@@ -304,7 +350,8 @@ async def test_each_rule_fires_and_resolves_exactly_once(
     assert await cycle(db, rules_settings) == [("resolved", rule, s) for s in scopes]
     assert await cycle(db, rules_settings) == []
     rows = await db.fetch_all(
-        "SELECT rule, status, resolved_at IS NOT NULL AS resolved FROM alerts")
+        "SELECT rule, status, resolved_at IS NOT NULL AS resolved FROM alerts"
+    )
     assert rows == [{"rule": rule, "status": "resolved", "resolved": True}] * len(scopes)
 
     if fix is not more_sends:  # the condition coming back later is a new incident
@@ -314,27 +361,34 @@ async def test_each_rule_fires_and_resolves_exactly_once(
 
 
 async def test_escalation_is_announced_once_and_severity_follows(
-        db: Database, rules_settings: Settings) -> None:
+    db: Database, rules_settings: Settings
+) -> None:
     await add_provider(db, "p1")
     await add_probe(db, "p1", "ok")
     await bounce_seed(db)  # 8 / 108: warning
-    assert await cycle(db, rules_settings) == [("opened", "bounce_rate", "all"),
-                                                ("opened", "bounce_rate", "p1")]
+    assert await cycle(db, rules_settings) == [
+        ("opened", "bounce_rate", "all"),
+        ("opened", "bounce_rate", "p1"),
+    ]
     await add_attempts(db, 10, "bounced")  # 18 / 118: critical (and a 15 % failure rate)
-    assert await cycle(db, rules_settings) == [("escalated", "bounce_rate", "all"),
-                                                ("escalated", "bounce_rate", "p1"),
-                                                ("opened", "failure_rate", "all"),
-                                                ("opened", "failure_rate", "p1")]
+    assert await cycle(db, rules_settings) == [
+        ("escalated", "bounce_rate", "all"),
+        ("escalated", "bounce_rate", "p1"),
+        ("opened", "failure_rate", "all"),
+        ("opened", "failure_rate", "p1"),
+    ]
     assert await cycle(db, rules_settings) == []
     rows = await db.fetch_all(
-        "SELECT severity, threshold, value FROM alerts WHERE rule = 'bounce_rate'")
+        "SELECT severity, threshold, value FROM alerts WHERE rule = 'bounce_rate'"
+    )
     assert {r["severity"] for r in rows} == {"critical"}
     assert {r["threshold"] for r in rows} == {0.10}
     assert all(r["value"] == pytest.approx(18 / 118) for r in rows)
 
 
 async def test_too_little_traffic_keeps_the_alert_as_it_is(
-        db: Database, rules_settings: Settings) -> None:
+    db: Database, rules_settings: Settings
+) -> None:
     await add_provider(db, "p1")
     await add_probe(db, "p1", "ok")
     await bounce_seed(db)
@@ -357,20 +411,21 @@ async def test_concurrent_runs_open_one_alert(db: Database, rules_settings: Sett
 
 
 async def test_no_provider_configured_is_all_providers_down(
-        db: Database, rules_settings: Settings) -> None:
+    db: Database, rules_settings: Settings
+) -> None:
     assert await cycle(db, rules_settings) == [("opened", "all_providers_down", "all")]
     message = await db.fetch_value("SELECT message FROM alerts")
     assert "no SMTP provider is configured" in message
 
 
-async def test_alerts_table_privileges_and_rls(db: Database,
-                                              rules_settings: Settings) -> None:
+async def test_alerts_table_privileges_and_rls(db: Database, rules_settings: Settings) -> None:
     from mailpipe.errors import DatabaseError
 
     await lag_seed(db)
     await cycle(db, rules_settings)
-    assert await db.fetch_value(
-        "SELECT relrowsecurity FROM pg_class WHERE relname = 'alerts'") is True
+    assert (
+        await db.fetch_value("SELECT relrowsecurity FROM pg_class WHERE relname = 'alerts'") is True
+    )
     async with db.transaction() as tx:
         await tx.execute("SET LOCAL ROLE mailpipe_analyst")
         assert await tx.fetch_value("SELECT count(*) FROM alerts") == 2
@@ -384,6 +439,7 @@ async def test_alerts_table_privileges_and_rls(db: Database,
 
 
 # ---------------------------------------------------------------------------- webhook
+
 
 class _Hook(http.server.BaseHTTPRequestHandler):
     received: ClassVar[list[tuple[str, dict[str, Any]]]] = []
@@ -425,7 +481,8 @@ async def test_webhook_receives_each_transition(db: Database, webhook: str) -> N
 
 
 async def test_failing_webhook_is_logged_without_its_token(
-        db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
     await lag_seed(db)
     url = f"http://127.0.0.1:{free_port()}/hooks/{WEBHOOK_TOKEN}"
     settings = Settings(alert_webhook_url=url)
@@ -439,8 +496,8 @@ async def test_failing_webhook_is_logged_without_its_token(
 
 # ---------------------------------------------------------------------------- CLI
 
-async def test_cli_metrics_is_read_only_and_shows_rules(db: Database,
-                                                        env_database: str) -> None:
+
+async def test_cli_metrics_is_read_only_and_shows_rules(db: Database, env_database: str) -> None:
     from mailpipe.cli import app
 
     await add_provider(db, "p1")
@@ -468,14 +525,20 @@ async def test_cli_metrics_is_read_only_and_shows_rules(db: Database,
 
 # ---------------------------------------------------------------------------- the flow
 
+
 def alert_events(worker: Any) -> list[tuple[str, str]]:
     return sorted((e.event, e.resource.id) for e in take_events(worker, "mailpipe.alert."))
 
 
 async def test_flow_opens_announces_and_resolves_alerts(
-        prefect_harness: None, db: Database, env_database: str, webhook: str,
-        monkeypatch: pytest.MonkeyPatch, prefect_events: Any,
-        caplog: pytest.LogCaptureFixture) -> None:
+    prefect_harness: None,
+    db: Database,
+    env_database: str,
+    webhook: str,
+    monkeypatch: pytest.MonkeyPatch,
+    prefect_events: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     from flows.monitor_email_production import monitor_email_production
 
     caplog.set_level(logging.DEBUG)
@@ -492,7 +555,8 @@ async def test_flow_opens_announces_and_resolves_alerts(
     assert alert_events(prefect_events) == [
         ("mailpipe.alert.opened", "mailpipe.alert.bounce_rate.all"),
         ("mailpipe.alert.opened", "mailpipe.alert.bounce_rate.p1"),
-        ("mailpipe.alert.opened", "mailpipe.alert.queue_lag.all")]
+        ("mailpipe.alert.opened", "mailpipe.alert.queue_lag.all"),
+    ]
     table = await latest_table_artifact("email-production-metrics")
     assert {(r["window"], r["scope"]) for r in table} >= {("5m", "all"), ("24h", "p1")}
     assert next(r for r in table if (r["window"], r["scope"]) == ("5m", "all"))["sent"] == 100
@@ -500,8 +564,11 @@ async def test_flow_opens_announces_and_resolves_alerts(
     # Five minutes later, nothing changed: no event, no webhook call.
     summary = await monitor_email_production()
     assert summary["opened"] == [] and summary["resolved"] == []
-    assert sorted(summary["firing"]) == ["bounce_rate:all:warning", "bounce_rate:p1:warning",
-                                         "queue_lag:all:critical"]
+    assert sorted(summary["firing"]) == [
+        "bounce_rate:all:warning",
+        "bounce_rate:p1:warning",
+        "queue_lag:all:critical",
+    ]
     assert alert_events(prefect_events) == [] and len(_Hook.received) == 3
 
     await lag_fix(db)
@@ -513,5 +580,3 @@ async def test_flow_opens_announces_and_resolves_alerts(
 
     assert WEBHOOK_TOKEN not in caplog.text
     assert WEBHOOK_TOKEN not in json.dumps(table)
-
-

@@ -42,8 +42,11 @@ async def test_migrate_applies_every_file_in_order(empty_database_url: str) -> N
     async with Database(empty_database_url, min_size=1, max_size=2) as db:
         applied = await migrate(db)
         assert applied == [m.name for m in load_migrations()]
-        assert applied[:3] == ["0001_create_base_tables", "0002_harden_smtp",
-                               "0003_add_delivery_engine"]
+        assert applied[:3] == [
+            "0001_create_base_tables",
+            "0002_harden_smtp",
+            "0003_add_delivery_engine",
+        ]
         statuses = await migration_status(db)
         assert {s.state for s in statuses} == {"applied"}
 
@@ -70,38 +73,50 @@ async def test_hardening_preserves_existing_rows(empty_database_url: str) -> Non
         await db.execute(
             "INSERT INTO communication_events (event_type, recipient_email, template_key, status,"
             " payload) VALUES ('welcome', 'a@example.com', 'welcome', 'sent', '{\"n\": 1}'),"
-            " ('reset', 'b@example.com', 'reset', 'queued', '{}')")
+            " ('reset', 'b@example.com', 'reset', 'queued', '{}')"
+        )
         await db.execute(
             "INSERT INTO smtp_provider_configs (host, port, username) VALUES"
-            " ('smtp.one.example', 587, 'u1'), ('smtp.two.example', 465, 'u2')")
+            " ('smtp.one.example', 587, 'u1'), ('smtp.two.example', 465, 'u2')"
+        )
         await db.execute(
             "INSERT INTO smtp_connection_audit (host, success, error_text, created_at) VALUES"
             " ('smtp.one.example', true, null, '2025-08-01T10:00Z'),"
-            " ('smtp.two.example', false, 'refused', '2025-08-01T11:00Z')")
+            " ('smtp.two.example', false, 'refused', '2025-08-01T11:00Z')"
+        )
         await db.execute(
             "INSERT INTO smtp_delivery_confirmations (communication_event_id, recipient_email,"
-            " smtp_response) VALUES (1, 'a@example.com', '250 OK')")
+            " smtp_response) VALUES (1, 'a@example.com', '250 OK')"
+        )
 
         assert len(await migrate(db)) == len(load_migrations()) - 1
 
         events = await db.fetch_all(
             "SELECT event_type, recipient_email, status, payload, message_id"
-            " FROM communication_events ORDER BY id")
+            " FROM communication_events ORDER BY id"
+        )
         assert [(e["event_type"], e["status"], e["payload"]) for e in events] == [
-            ("welcome", "sent", {"n": 1}), ("reset", "queued", {})]
+            ("welcome", "sent", {"n": 1}),
+            ("reset", "queued", {}),
+        ]
         assert all(e["message_id"].startswith("<") for e in events)
         providers = await db.fetch_all(
-            "SELECT provider_name, host, status FROM smtp_provider_configs ORDER BY id")
+            "SELECT provider_name, host, status FROM smtp_provider_configs ORDER BY id"
+        )
         assert providers == [
             {"provider_name": "provider-1", "host": "smtp.one.example", "status": "active"},
-            {"provider_name": "provider-2", "host": "smtp.two.example", "status": "active"}]
+            {"provider_name": "provider-2", "host": "smtp.two.example", "status": "active"},
+        ]
         audit = await db.fetch_all(
             "SELECT result, connection_attempt_at::text AS at FROM smtp_connection_audit"
-            " ORDER BY id")
+            " ORDER BY id"
+        )
         assert [a["result"] for a in audit] == ["ok", "smtp_error"]
         assert audit[0]["at"].startswith("2025-08-01 10:00")
-        assert await db.fetch_value(
-            "SELECT smtp_response FROM smtp_delivery_confirmations") == "250 OK"
+        assert (
+            await db.fetch_value("SELECT smtp_response FROM smtp_delivery_confirmations")
+            == "250 OK"
+        )
 
 
 @pytest.fixture
@@ -129,7 +144,8 @@ async def test_failed_migration_rolls_back_and_names_the_file(
 ) -> None:
     number = len(load_migrations()) + 1
     (migrations_copy / f"{number:04d}_break_things.sql").write_text(
-        "-- Why: a test.\nCREATE TABLE half_done (id int);\nSELECT 1/0;\n")
+        "-- Why: a test.\nCREATE TABLE half_done (id int);\nSELECT 1/0;\n"
+    )
     async with Database(empty_database_url, min_size=1, max_size=2) as db:
         with pytest.raises(MigrationError, match=f"{number:04d}_break_things.sql failed"):
             await migrate(db, migrations_copy)

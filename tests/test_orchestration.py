@@ -39,8 +39,12 @@ from tests.factories import add_provider, add_template, insert_events, run_artif
 
 PROJECT = Path(__file__).resolve().parent.parent
 SPECS = orchestration.load_deployment_specs(PROJECT / "prefect.yaml")
-CRONS = {"process_email_queue": "* * * * *", "monitor_smtp_health": "*/5 * * * *",
-         "monitor_email_production": "*/5 * * * *", "snapshot_email_health": "0 0 * * *"}
+CRONS = {
+    "process_email_queue": "* * * * *",
+    "monitor_smtp_health": "*/5 * * * *",
+    "monitor_email_production": "*/5 * * * *",
+    "snapshot_email_health": "0 0 * * *",
+}
 TIMEZONE = "Europe/Berlin"
 SMTP_PASSWORD = "pw-" + uuid.uuid4().hex  # must never show up in any output
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -59,8 +63,11 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPr
 
     home = tmp_path_factory.mktemp("prefect-server")
     # The scheduler service creates upcoming runs every loop (60 s by default): every 2 s here.
-    env = {**os.environ, "PREFECT_HOME": str(home),
-           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+    }
     with (home / "server.log").open("wb") as log:
         server = LocalPrefectServer(port=free_port(), ui=False, env=env, log=log).start()
         try:
@@ -73,16 +80,27 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPr
 def child_env(server: LocalPrefectServer, **extra: str) -> dict[str, str]:
     """Environment for subprocesses: no DATABASE_URL unless given, this module's server."""
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update(PREFECT_API_URL=server.api_url, MAILPIPE_PROJECT_DIR=str(PROJECT),
-               PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5",
-               PREFECT_RUNNER_POLL_FREQUENCY="1")
+    env.update(
+        PREFECT_API_URL=server.api_url,
+        MAILPIPE_PROJECT_DIR=str(PROJECT),
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        PREFECT_WORKER_PREFETCH_SECONDS="5",
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
+    )
     env.update(extra)
     return env
 
 
 def prefect(*args: str, env: dict[str, str], timeout: float = 120) -> str:
-    result = subprocess.run([orchestration.prefect_executable(), *args], cwd=PROJECT, env=env,
-                            capture_output=True, text=True, timeout=timeout, check=False)
+    result = subprocess.run(
+        [orchestration.prefect_executable(), *args],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
 
@@ -122,9 +140,12 @@ async def scheduled_runs(deployment_ids: list[uuid.UUID]) -> list[Any]:
     from prefect.client.schemas.objects import StateType
 
     async with get_client() as client:
-        return await client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            deployment_id=FlowRunFilterDeploymentId(any_=deployment_ids),
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))))
+        return await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=deployment_ids),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+            )
+        )
 
 
 async def wait_for_scheduled_runs(deployments: dict[str, Any], timeout: float = 60) -> list[Any]:
@@ -193,10 +214,14 @@ async def queue_runs_in_flight() -> int:
 
     active = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
     async with get_client() as client:
-        return len(await client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["process_email_queue"])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=active)))))
+        return len(
+            await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["process_email_queue"])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=active))
+                ),
+            )
+        )
 
 
 async def settled_queue_checks(db: Database, sent: int, timeout: float = 120) -> list[str]:
@@ -211,19 +236,27 @@ async def settled_queue_checks(db: Database, sent: int, timeout: float = 120) ->
     """
     deadline = time.monotonic() + timeout
     while True:
-        rows = await db.fetch_all("SELECT status, checked_by FROM quality_checks "
-                                  "WHERE flow_name = 'process_email_queue' ORDER BY id")
+        rows = await db.fetch_all(
+            "SELECT status, checked_by FROM quality_checks "
+            "WHERE flow_name = 'process_email_queue' ORDER BY id"
+        )
         done = rows and all(r["status"] in {"passed", "failed", "error"} for r in rows)
         if done and await statuses(db) == {"sent": sent} and not await queue_runs_in_flight():
             return [r["checked_by"] for r in rows]
         assert time.monotonic() < deadline, (
-            f"events {await statuses(db)}, checks {rows} after {timeout} s")
+            f"events {await statuses(db)}, checks {rows} after {timeout} s"
+        )
         await asyncio.sleep(0.5)
 
 
-def assert_check_worker_answers(out_path: Path, process: subprocess.Popen[bytes], db: Database,
-                                ready_queue: Callable[..., Any], smtpd: SMTPTestServer,
-                                events: int) -> None:
+def assert_check_worker_answers(
+    out_path: Path,
+    process: subprocess.Popen[bytes],
+    db: Database,
+    ready_queue: Callable[..., Any],
+    smtpd: SMTPTestServer,
+    events: int,
+) -> None:
     """Once the check worker that ``process`` (serve or up) started is ready: queue
     ``events`` events, run process_email_queue on demand, and see every post-run check
     answered by that worker."""
@@ -238,8 +271,9 @@ def assert_check_worker_answers(out_path: Path, process: subprocess.Popen[bytes]
     assert all(c.startswith("worker ") for c in checkers), checkers
 
 
-def wait_for_text(path: Path, pattern: str, process: subprocess.Popen[bytes],
-                  timeout: float = 120) -> str:
+def wait_for_text(
+    path: Path, pattern: str, process: subprocess.Popen[bytes], timeout: float = 120
+) -> str:
     """Wait until the subprocess's output file matches (fails early if it exits)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -258,14 +292,19 @@ def deployed(prefect_server: LocalPrefectServer, template_url: str) -> dict[str,
     with pytest.MonkeyPatch.context() as monkeypatch:
         steps = setup_cli(monkeypatch, DATABASE_URL=template_url, MAILPIPE_TIMEZONE=TIMEZONE)
     started = time.monotonic()
-    orchestration.deploy_all(api_url=prefect_server.api_url, project=PROJECT,
-                             env=child_env(prefect_server))
+    orchestration.deploy_all(
+        api_url=prefect_server.api_url, project=PROJECT, env=child_env(prefect_server)
+    )
     deploy_seconds = time.monotonic() - started
     deployments = run_async(read_deployments())
     runs = run_async(wait_for_scheduled_runs(deployments))
     run_async(quiet_schedules())
-    return {"setup": steps, "deployments": deployments, "scheduled": runs,
-            "deploy_seconds": deploy_seconds}
+    return {
+        "setup": steps,
+        "deployments": deployments,
+        "scheduled": runs,
+        "deploy_seconds": deploy_seconds,
+    }
 
 
 @pytest.fixture
@@ -284,7 +323,8 @@ def ready_queue(db: Database) -> Callable[..., Any]:
 
 
 def test_server_started_and_port_in_use_is_a_clear_error(
-        prefect_server: LocalPrefectServer) -> None:
+    prefect_server: LocalPrefectServer,
+) -> None:
     assert prefect_server.startup_seconds is not None
     print(f"prefect server healthy after {prefect_server.startup_seconds:.1f} s")
     with pytest.raises(OrchestrationError, match=f"port {prefect_server.port} is taken"):
@@ -300,12 +340,28 @@ def test_setup_creates_blocks_pool_and_variables(deployed: dict[str, Any]) -> No
 
 
 def test_setup_is_idempotent_and_creates_smtp_secrets(
-        deployed: dict[str, Any], db: Database, database_url: str,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    run_async(add_provider(db, "vault", host="127.0.0.1", port=2525, username="u",
-                           credentials={"secret_block": "smtp-vault"}))
-    run_async(add_provider(db, "envy", host="127.0.0.1", port=2526, username="u",
-                           credentials={"password_env": "ENVY_PASSWORD"}))
+    deployed: dict[str, Any], db: Database, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_async(
+        add_provider(
+            db,
+            "vault",
+            host="127.0.0.1",
+            port=2525,
+            username="u",
+            credentials={"secret_block": "smtp-vault"},
+        )
+    )
+    run_async(
+        add_provider(
+            db,
+            "envy",
+            host="127.0.0.1",
+            port=2526,
+            username="u",
+            credentials={"password_env": "ENVY_PASSWORD"},
+        )
+    )
     env = {"DATABASE_URL": database_url, "MAILPIPE_TIMEZONE": TIMEZONE}
     first = setup_cli(monkeypatch, **env)
     actions = {s["name"]: s["action"] for s in first}
@@ -315,17 +371,21 @@ def test_setup_is_idempotent_and_creates_smtp_secrets(
     assert {s["name"]: s["action"] for s in second}["smtp-vault"] == "created"
     third = setup_cli(monkeypatch, **env)
     assert {s["name"]: s["action"] for s in third} == {
-        "mailpipe-database-url": "unchanged", "smtp-vault": "kept", "mailpipe": "kept",
-        "mailpipe_timezone": "unchanged", "mailpipe_database_url_block": "unchanged"}
+        "mailpipe-database-url": "unchanged",
+        "smtp-vault": "kept",
+        "mailpipe": "kept",
+        "mailpipe_timezone": "unchanged",
+        "mailpipe_database_url_block": "unchanged",
+    }
     assert "envy" not in json.dumps(third)  # password_env providers need nothing on Prefect
     from prefect.blocks.system import Secret
 
     assert Secret.load("smtp-vault", _sync=True).get() == SMTP_PASSWORD
 
 
-async def test_database_url_from_secret_block(prefect_server: LocalPrefectServer,
-                                              database_url: str,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_database_url_from_secret_block(
+    prefect_server: LocalPrefectServer, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from prefect.blocks.system import Secret
 
     await Secret(value=database_url).asave("test-db-url", overwrite=True)
@@ -355,11 +415,14 @@ def test_deploy_registers_the_four_deployments(deployed: dict[str, Any]) -> None
     for spec in SPECS:
         d = deployments[spec.name]
         assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in d.schedules] == [
-            (CRONS[spec.name], TIMEZONE, True)]
+            (CRONS[spec.name], TIMEZONE, True)
+        ]
         assert d.entrypoint == spec.entrypoint and d.work_pool_name == "mailpipe"
         assert d.pull_steps == [{"mailpipe.orchestration.enter_project_directory": {}}]
-        assert d.job_variables["env"] == {"MAILPIPE_DATABASE_URL_BLOCK": "mailpipe-database-url",
-                                          "MAILPIPE_TIMEZONE": TIMEZONE}
+        assert d.job_variables["env"] == {
+            "MAILPIPE_DATABASE_URL_BLOCK": "mailpipe-database-url",
+            "MAILPIPE_TIMEZONE": TIMEZONE,
+        }
         assert d.description and "mailpipe" in d.tags and d.parameters == spec.parameters
         assert d.enforce_parameter_schema
         assert d.concurrency_options.collision_strategy.value == "CANCEL_NEW"
@@ -367,47 +430,77 @@ def test_deploy_registers_the_four_deployments(deployed: dict[str, Any]) -> None
     assert deployments["process_email_queue"].global_concurrency_limit.limit == 4
     # The scheduler created the upcoming runs at once: every minute for the queue.
     queue_id = deployments["process_email_queue"].id
-    upcoming = sorted(r.expected_start_time for r in deployed["scheduled"]
-                      if r.deployment_id == queue_id)
+    upcoming = sorted(
+        r.expected_start_time for r in deployed["scheduled"] if r.deployment_id == queue_id
+    )
     assert len(upcoming) >= 3
-    assert {(b - a).total_seconds() for a, b in itertools.pairwise(upcoming)} == {
-        60.0}
+    assert {(b - a).total_seconds() for a, b in itertools.pairwise(upcoming)} == {60.0}
 
 
 def test_deployment_run_is_drained_by_a_worker(
-        deployed: dict[str, Any], prefect_server: LocalPrefectServer, db: Database,
-        database_url: str, ready_queue: Callable[..., Any],
-        smtpd_factory: Callable[..., SMTPTestServer], monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Path) -> None:
+    deployed: dict[str, Any],
+    prefect_server: LocalPrefectServer,
+    db: Database,
+    database_url: str,
+    ready_queue: Callable[..., Any],
+    smtpd_factory: Callable[..., SMTPTestServer],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
     # The provider authenticates with a password that only a Secret block holds, and the worker
     # has no DATABASE_URL: the run finds the database through the mailpipe-database-url block.
     smtpd = smtpd_factory(Behaviour(auth=("mailer", SMTP_PASSWORD)))
-    run_async(ready_queue(smtpd, 40, username="mailer",
-                          credentials={"secret_block": "smtp-primary"}))
-    steps = setup_cli(monkeypatch, DATABASE_URL=database_url, MAILPIPE_TIMEZONE=TIMEZONE,
-                      MAILPIPE_SECRET_SMTP_PRIMARY=SMTP_PASSWORD)
+    run_async(
+        ready_queue(smtpd, 40, username="mailer", credentials={"secret_block": "smtp-primary"})
+    )
+    steps = setup_cli(
+        monkeypatch,
+        DATABASE_URL=database_url,
+        MAILPIPE_TIMEZONE=TIMEZONE,
+        MAILPIPE_SECRET_SMTP_PRIMARY=SMTP_PASSWORD,
+    )
     assert {s["name"]: s["action"] for s in steps}["smtp-primary"] in {"created", "updated"}
     env = child_env(prefect_server)
-    output = prefect("deployment", "run", "process_email_queue/process_email_queue",
-                     "--param", "max_events=30", "--param", "concurrency=1", env=env)
+    output = prefect(
+        "deployment",
+        "run",
+        "process_email_queue/process_email_queue",
+        "--param",
+        "max_events=30",
+        "--param",
+        "concurrency=1",
+        env=env,
+    )
     run_id = uuid.UUID(re.search(r"UUID: ([0-9a-f-]{36})", output).group(1))
 
     started = time.monotonic()
     worker = subprocess.run(
-        [orchestration.prefect_executable(), "worker", "start", "--pool", "mailpipe",
-         "--run-once"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
-        check=False)
+        [orchestration.prefect_executable(), "worker", "start", "--pool", "mailpipe", "--run-once"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     print(f"worker --run-once: {time.monotonic() - started:.1f} s")
     assert worker.returncode == 0, worker.stdout + worker.stderr
     assert SMTP_PASSWORD not in worker.stdout + worker.stderr
 
     [run] = run_async(wait_for_runs([run_id]))
     assert run.state.type.value == "COMPLETED", run.state
-    assert run.parameters == {"batch_size": 200, "concurrency": 1, "time_budget_seconds": 50,
-                              "max_events": 30}
+    assert run.parameters == {
+        "batch_size": 200,
+        "concurrency": 1,
+        "time_budget_seconds": 50,
+        "max_events": 30,
+    }
     artifacts = run_async(run_artifacts(run_id))
-    assert set(artifacts) == {"process-email-queue-summary", "process-email-queue-report",
-                              "data-quality-process-email-queue"}
+    assert set(artifacts) == {
+        "process-email-queue-summary",
+        "process-email-queue-report",
+        "data-quality-process-email-queue",
+    }
     assert sent_in(artifacts) == 30
     assert "**30 sent**" in artifacts["process-email-queue-report"].data
     assert run_async(statuses(db)) == {"sent": 30, "queued": 10}
@@ -421,8 +514,9 @@ async def _run_logs(run_id: uuid.UUID) -> str:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     async with get_client() as client:
-        logs = await client.read_logs(log_filter=LogFilter(
-            flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        logs = await client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+        )
     return "\n".join(log.message for log in logs)
 
 
@@ -431,9 +525,15 @@ async def _run_logs(run_id: uuid.UUID) -> str:
 
 @pytest.mark.parametrize("events", [1500, pytest.param(10_000, marks=pytest.mark.heavy)])
 def test_three_workers_three_runs_send_every_event_exactly_once(
-        events: int, deployed: dict[str, Any], prefect_server: LocalPrefectServer,
-        db: Database, database_url: str, ready_queue: Callable[..., Any],
-        smtpd: SMTPTestServer, tmp_path: Path) -> None:
+    events: int,
+    deployed: dict[str, Any],
+    prefect_server: LocalPrefectServer,
+    db: Database,
+    database_url: str,
+    ready_queue: Callable[..., Any],
+    smtpd: SMTPTestServer,
+    tmp_path: Path,
+) -> None:
     run_async(ready_queue(smtpd, events))
     env = child_env(prefect_server, DATABASE_URL=database_url, PREFECT_LOGGING_LEVEL="INFO")
     names = [f"scale-{uuid.uuid4().hex[:6]}-{i}" for i in range(3)]
@@ -442,13 +542,23 @@ def test_three_workers_three_runs_send_every_event_exactly_once(
     try:
         for name, log in zip(names, logs, strict=True):
             with log.open("wb") as out:
-                workers.append(orchestration.start_worker(
-                    api_url=prefect_server.api_url, pool="mailpipe", name=name,
-                    project=PROJECT, env=env, limit=1, output=out))
+                workers.append(
+                    orchestration.start_worker(
+                        api_url=prefect_server.api_url,
+                        pool="mailpipe",
+                        name=name,
+                        project=PROJECT,
+                        env=env,
+                        limit=1,
+                        output=out,
+                    )
+                )
         run_async(_wait_for_workers(names))
         started = time.monotonic()
-        run_ids = [run_async(start_run("process_email_queue/process_email_queue",
-                                       time_budget_seconds=600)) for _ in range(3)]
+        run_ids = [
+            run_async(start_run("process_email_queue/process_email_queue", time_budget_seconds=600))
+            for _ in range(3)
+        ]
         runs = run_async(wait_for_runs(run_ids, timeout=280))
         elapsed = time.monotonic() - started
     finally:
@@ -464,9 +574,14 @@ def test_three_workers_three_runs_send_every_event_exactly_once(
     assert len(message_ids) == len(set(message_ids)) == events  # exactly once, none twice
     # Who ran what: a worker that lost the race for a run logs "Aborted submission" for it.
     texts = [log.read_text(errors="replace") for log in logs]
-    taken_by = {str(r.id): [i for i, text in enumerate(texts) if str(r.id) in text
-                            and f"Aborted submission of flow run '{r.id}'" not in text]
-                for r in runs}
+    taken_by = {
+        str(r.id): [
+            i
+            for i, text in enumerate(texts)
+            if str(r.id) in text and f"Aborted submission of flow run '{r.id}'" not in text
+        ]
+        for r in runs
+    }
     assert all(len(w) == 1 for w in taken_by.values()), taken_by  # each run on one worker
     assert len({w[0] for w in taken_by.values()}) == 3, taken_by  # and each worker ran one
 
@@ -486,13 +601,16 @@ async def _wait_for_workers(names: list[str], timeout: float = 90) -> None:
 
 # --- Docker and Kubernetes work pools: schema-checked, not run --------------------------------
 
-TEMPLATES = {kind: PROJECT / "deployments" / kind / "base-job-template.json"
-             for kind in ("docker", "kubernetes")}
+TEMPLATES = {
+    kind: PROJECT / "deployments" / kind / "base-job-template.json"
+    for kind in ("docker", "kubernetes")
+}
 
 
 @pytest.mark.parametrize("kind", sorted(TEMPLATES))
-def test_work_pool_template_is_accepted_and_renders(kind: str, deployed: dict[str, Any],
-                                                    prefect_server: LocalPrefectServer) -> None:
+def test_work_pool_template_is_accepted_and_renders(
+    kind: str, deployed: dict[str, Any], prefect_server: LocalPrefectServer
+) -> None:
     import jsonschema
     from prefect.utilities.templating import apply_values
 
@@ -510,26 +628,40 @@ def test_work_pool_template_is_accepted_and_renders(kind: str, deployed: dict[st
     run_async(_deploy_on_pool(f"mailpipe-{kind}", kind, template, job_variables))
 
     defaults = {name: prop.get("default") for name, prop in variables["properties"].items()}
-    rendered = apply_values(template["job_configuration"], {
-        **defaults, **job_variables, "name": "mailpipe-run", "labels": {"app": "mailpipe"},
-        "command": "python -m prefect.engine"})
+    rendered = apply_values(
+        template["job_configuration"],
+        {
+            **defaults,
+            **job_variables,
+            "name": "mailpipe-run",
+            "labels": {"app": "mailpipe"},
+            "command": "python -m prefect.engine",
+        },
+    )
     assert rendered["env"] == job_variables["env"]
     if kind == "kubernetes":
         job = rendered["job_manifest"]
         assert (job["apiVersion"], job["kind"], job["spec"]["backoffLimit"]) == (
-            "batch/v1", "Job", 0)
+            "batch/v1",
+            "Job",
+            0,
+        )
         [container] = job["spec"]["template"]["spec"]["containers"]
         assert container["image"] == defaults["image"] and container["env"] == job_variables["env"]
         assert container["envFrom"] == [{"secretRef": {"name": "mailpipe", "optional": True}}]
-        assert job["metadata"] == {"labels": {"app": "mailpipe"}, "namespace": "mailpipe",
-                                   "generateName": "mailpipe-run-"}
+        assert job["metadata"] == {
+            "labels": {"app": "mailpipe"},
+            "namespace": "mailpipe",
+            "generateName": "mailpipe-run-",
+        }
     else:
         assert rendered["image"] == defaults["image"] and rendered["auto_remove"] is True
     assert "{{" not in json.dumps(rendered)
 
 
-async def _deploy_on_pool(pool: str, kind: str, template: dict[str, Any],
-                          job_variables: dict[str, Any]) -> None:
+async def _deploy_on_pool(
+    pool: str, kind: str, template: dict[str, Any], job_variables: dict[str, Any]
+) -> None:
     """Create the pool, a deployment on it and a run (each validated by the server), then
     remove them again. Bad job variables must be refused, or the check would prove nothing."""
     from prefect.client.orchestration import get_client
@@ -538,17 +670,26 @@ async def _deploy_on_pool(pool: str, kind: str, template: dict[str, Any],
 
     async with get_client() as client:
         queue = await client.read_deployment_by_name("process_email_queue/process_email_queue")
-        await client.create_work_pool(WorkPoolCreate(name=pool, type=kind,
-                                                     base_job_template=template))
+        await client.create_work_pool(
+            WorkPoolCreate(name=pool, type=kind, base_job_template=template)
+        )
         try:
             with pytest.raises(PrefectHTTPStatusError, match="422"):
                 await client.create_deployment(
-                    flow_id=queue.flow_id, name=f"{kind}-bad", work_pool_name=pool,
-                    entrypoint=queue.entrypoint, job_variables={"env": {"N": 1}})
+                    flow_id=queue.flow_id,
+                    name=f"{kind}-bad",
+                    work_pool_name=pool,
+                    entrypoint=queue.entrypoint,
+                    job_variables={"env": {"N": 1}},
+                )
             deployment_id = await client.create_deployment(
-                flow_id=queue.flow_id, name=f"{kind}-check", work_pool_name=pool,
-                entrypoint=queue.entrypoint, pull_steps=queue.pull_steps,
-                job_variables=job_variables)
+                flow_id=queue.flow_id,
+                name=f"{kind}-check",
+                work_pool_name=pool,
+                entrypoint=queue.entrypoint,
+                pull_steps=queue.pull_steps,
+                job_variables=job_variables,
+            )
             run = await client.create_flow_run_from_deployment(deployment_id)
             await client.delete_flow_run(run.id)
             await client.delete_deployment(deployment_id)
@@ -569,15 +710,25 @@ def schedules_quieted_after(deployed: dict[str, Any]) -> Iterator[None]:
 
 @pytest.mark.usefixtures("schedules_quieted_after")
 def test_serve_schedules_runs_and_leaves_schedules_active(
-        deployed: dict[str, Any], prefect_server: LocalPrefectServer, db: Database,
-        database_url: str, ready_queue: Callable[..., Any], smtpd: SMTPTestServer,
-        tmp_path: Path) -> None:
+    deployed: dict[str, Any],
+    prefect_server: LocalPrefectServer,
+    db: Database,
+    database_url: str,
+    ready_queue: Callable[..., Any],
+    smtpd: SMTPTestServer,
+    tmp_path: Path,
+) -> None:
     out_path = tmp_path / "serve.log"
     env = child_env(prefect_server, DATABASE_URL=database_url, MAILPIPE_TIMEZONE=TIMEZONE)
     started = time.monotonic()
     with out_path.open("wb") as out:
-        serve = subprocess.Popen([sys.executable, "-m", "mailpipe", "serve"], cwd=tmp_path,
-                                 env=env, stdout=out, stderr=subprocess.STDOUT)
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "mailpipe", "serve"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_for_text(out_path, r"being served", serve)
         ready_seconds = time.monotonic() - started
@@ -587,7 +738,8 @@ def test_serve_schedules_runs_and_leaves_schedules_active(
             d = deployments[name]
             assert not d.paused
             assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in d.schedules] == [
-                (cron, TIMEZONE, True)]
+                (cron, TIMEZONE, True)
+            ]
         run_async(wait_for_scheduled_runs(deployments))  # the schedules produce runs
         # No Prefect worker runs now: only the serve process can pick the run up.
         assert_check_worker_answers(out_path, serve, db, ready_queue, smtpd, 20)
@@ -607,9 +759,14 @@ def test_serve_schedules_runs_and_leaves_schedules_active(
 
 @pytest.mark.usefixtures("schedules_quieted_after")
 def test_up_sets_up_deploys_runs_workers_and_stops_cleanly_on_ctrl_c(
-        deployed: dict[str, Any], prefect_server: LocalPrefectServer, db: Database,
-        database_url: str, ready_queue: Callable[..., Any], smtpd: SMTPTestServer,
-        tmp_path: Path) -> None:
+    deployed: dict[str, Any],
+    prefect_server: LocalPrefectServer,
+    db: Database,
+    database_url: str,
+    ready_queue: Callable[..., Any],
+    smtpd: SMTPTestServer,
+    tmp_path: Path,
+) -> None:
     # With PREFECT_API_URL set, `up` uses that server (the module's) instead of starting one;
     # the server start and stop it would do are LocalPrefectServer, which the fixture exercises.
     out_path = tmp_path / "up.log"
@@ -617,9 +774,14 @@ def test_up_sets_up_deploys_runs_workers_and_stops_cleanly_on_ctrl_c(
     env.pop("MAILPIPE_PROJECT_DIR")
     started = time.monotonic()
     with out_path.open("wb") as out:
-        up = subprocess.Popen([sys.executable, "-m", "mailpipe", "up", "--workers", "1"],
-                              cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+        up = subprocess.Popen(
+            [sys.executable, "-m", "mailpipe", "up", "--workers", "1"],
+            cwd=PROJECT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         text = wait_for_text(out_path, r"Prefect UI: http://", up, timeout=150)
         ready_seconds = time.monotonic() - started

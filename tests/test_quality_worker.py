@@ -31,20 +31,21 @@ def settings(**changes: object) -> Settings:
 
 
 async def check_rows(db: Database) -> list[dict[str, object]]:
-    return await db.fetch_all("SELECT id, flow_name, status, checked_by, worker_pid,"
-                              " failed_suites, warning_suites, error, report IS NOT NULL"
-                              " AS has_report FROM quality_checks ORDER BY id")
+    return await db.fetch_all(
+        "SELECT id, flow_name, status, checked_by, worker_pid,"
+        " failed_suites, warning_suites, error, report IS NOT NULL"
+        " AS has_report FROM quality_checks ORDER BY id"
+    )
 
 
-async def test_worker_answers_the_flow_run_with_its_report(db: Database,
-                                                           database_url: str) -> None:
+async def test_worker_answers_the_flow_run_with_its_report(db: Database, database_url: str) -> None:
     started = dt.datetime.now(dt.UTC)
     await plant_quality_violations(db)
 
     async with worker(database_url) as task:
-        report = await quality_worker.post_run_check(db, "process_email_queue", started,
-                                                     flow_run_id="5f0c3c1e-0000-4000-8000-"
-                                                     "000000000001")
+        report = await quality_worker.post_run_check(
+            db, "process_email_queue", started, flow_run_id="5f0c3c1e-0000-4000-8000-000000000001"
+        )
     assert await task.task == 1
 
     assert [s.name for s in report.failures] == ["communication_events"]
@@ -67,8 +68,9 @@ async def test_worker_answers_the_flow_run_with_its_report(db: Database,
 async def test_report_round_trips_through_the_table(db: Database, database_url: str) -> None:
     started = dt.datetime.now(dt.UTC)
     await plant_quality_violations(db)
-    direct, _ = await quality.acheck_after_run("process_email_queue", started,
-                                               database_url=database_url)
+    direct, _ = await quality.acheck_after_run(
+        "process_email_queue", started, database_url=database_url
+    )
 
     again = quality.QualityReport.from_dict(json.loads(json.dumps(direct.as_dict(full=True))))
 
@@ -77,26 +79,31 @@ async def test_report_round_trips_through_the_table(db: Database, database_url: 
 
 
 async def test_without_a_worker_the_flow_run_checks_itself_and_records_it(
-        db: Database, database_url: str) -> None:
+    db: Database, database_url: str
+) -> None:
     assert await quality_worker.workers_alive(db) == 0
     report = await quality_worker.post_run_check(db, "monitor_smtp_health", None)
 
     assert report.success and {s.name for s in report.suites} == {
-        "smtp_connection_audit", "smtp_provider_configs"}
+        "smtp_connection_audit",
+        "smtp_provider_configs",
+    }
     [row] = await check_rows(db)
     assert row["status"] == "passed" and str(row["checked_by"]).startswith("inline ")
     assert row["worker_pid"] is None and row["has_report"]
 
 
 async def test_a_request_no_worker_claims_is_checked_by_the_flow_run(
-        db: Database, database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    db: Database, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     # A "worker" that holds the liveness lock but never claims (stuck, or busy elsewhere).
     async with db.listen() as stuck:
         await stuck.fetch_one(query("hold_quality_worker_lock"))
         assert await quality_worker.workers_alive(db) == 1
         with caplog.at_level(logging.WARNING, logger="mailpipe.quality_worker"):
             report = await quality_worker.post_run_check(
-                db, "monitor_smtp_health", None, settings=settings(quality_claim_seconds=0.3))
+                db, "monitor_smtp_health", None, settings=settings(quality_claim_seconds=0.3)
+            )
 
     assert report.success
     [row] = await check_rows(db)
@@ -105,16 +112,21 @@ async def test_a_request_no_worker_claims_is_checked_by_the_flow_run(
 
 
 async def test_a_check_whose_worker_dies_is_taken_over(
-        db: Database, database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    db: Database, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     async with db.listen("mailpipe_quality_checks") as doomed:
         lock = await doomed.fetch_one(query("hold_quality_worker_lock"))
         assert lock is not None
-        flow_run = asyncio.create_task(quality_worker.post_run_check(
-            db, "monitor_smtp_health", None, settings=settings(quality_claim_seconds=60)))
+        flow_run = asyncio.create_task(
+            quality_worker.post_run_check(
+                db, "monitor_smtp_health", None, settings=settings(quality_claim_seconds=60)
+            )
+        )
         assert await doomed.wait(timeout=30), "the flow run's request was not notified"
-        claimed = await doomed.fetch_one(query("claim_quality_check"),
-                                         {"checked_by": "worker doomed:1",
-                                          "worker_pid": lock["pid"]})
+        claimed = await doomed.fetch_one(
+            query("claim_quality_check"),
+            {"checked_by": "worker doomed:1", "worker_pid": lock["pid"]},
+        )
         assert claimed is not None and claimed["flow_name"] == "monitor_smtp_health"
     # The session closed: the worker "died" mid-check, its lock went with it.
     with caplog.at_level(logging.WARNING, logger="mailpipe.quality_worker"):
@@ -125,29 +137,43 @@ async def test_a_check_whose_worker_dies_is_taken_over(
     assert row["status"] == "passed" and str(row["checked_by"]).startswith("inline ")
     assert "its worker (worker doomed:1) stopped" in caplog.text
     # A late answer from the dead worker cannot overwrite the flow run's own.
-    late = await db.fetch_one(query("finish_quality_check"), {
-        "id": claimed["id"], "status": "failed", "checked_by": "worker doomed:1",
-        "elapsed_seconds": 1.0, "failed_suites": ["x"], "warning_suites": [],
-        "report": None, "error": None})
+    late = await db.fetch_one(
+        query("finish_quality_check"),
+        {
+            "id": claimed["id"],
+            "status": "failed",
+            "checked_by": "worker doomed:1",
+            "elapsed_seconds": 1.0,
+            "failed_suites": ["x"],
+            "warning_suites": [],
+            "report": None,
+            "error": None,
+        },
+    )
     assert late is None
 
 
 async def test_a_check_the_worker_cannot_run_fails_the_flow_run_with_the_reason(
-        db: Database, database_url: str) -> None:
+    db: Database, database_url: str
+) -> None:
     async with worker(database_url):
-        with pytest.raises(MailpipeError, match="could not run: QualityConfigError: no suite "
-                                                "lists flow 'not_a_flow'"):
+        with pytest.raises(
+            MailpipeError,
+            match="could not run: QualityConfigError: no suite lists flow 'not_a_flow'",
+        ):
             await quality_worker.post_run_check(db, "not_a_flow", None)
     [row] = await check_rows(db)
     assert row["status"] == "error" and "not_a_flow" in str(row["error"])
 
 
-async def test_two_workers_answer_each_request_exactly_once(db: Database,
-                                                            database_url: str) -> None:
+async def test_two_workers_answer_each_request_exactly_once(
+    db: Database, database_url: str
+) -> None:
     async with worker(database_url) as first, worker(database_url) as second:
         assert await quality_worker.workers_alive(db) == 2
-        reports = await asyncio.gather(*(
-            quality_worker.post_run_check(db, "monitor_smtp_health", None) for _ in range(3)))
+        reports = await asyncio.gather(
+            *(quality_worker.post_run_check(db, "monitor_smtp_health", None) for _ in range(3))
+        )
     assert all(r.success for r in reports)
     assert await first.task + await second.task == 3
     rows = await check_rows(db)
@@ -169,30 +195,37 @@ async def test_history_lists_the_checks(db: Database, env_database: str) -> None
     assert check["docs_url"].startswith("file://")
 
 
-async def test_history_older_than_the_retention_is_pruned(db: Database,
-                                                         database_url: str) -> None:
-    await db.execute("INSERT INTO quality_checks (flow_name, status, requested_at, finished_at,"
-                     " report) VALUES ('process_email_queue', 'passed', now() - interval"
-                     " '31 days', now() - interval '31 days', '{}'), ('process_email_queue',"
-                     " 'passed', now() - interval '29 days', now() - interval '29 days', '{}')")
+async def test_history_older_than_the_retention_is_pruned(db: Database, database_url: str) -> None:
+    await db.execute(
+        "INSERT INTO quality_checks (flow_name, status, requested_at, finished_at,"
+        " report) VALUES ('process_email_queue', 'passed', now() - interval"
+        " '31 days', now() - interval '31 days', '{}'), ('process_email_queue',"
+        " 'passed', now() - interval '29 days', now() - interval '29 days', '{}')"
+    )
 
-    await quality_worker.post_run_check(db, "monitor_smtp_health", None,
-                                        settings=settings(quality_keep_days=30))
+    await quality_worker.post_run_check(
+        db, "monitor_smtp_health", None, settings=settings(quality_keep_days=30)
+    )
 
-    ages = await db.fetch_all("SELECT now() - requested_at < interval '30 days' AS recent"
-                              " FROM quality_checks ORDER BY id")
+    ages = await db.fetch_all(
+        "SELECT now() - requested_at < interval '30 days' AS recent FROM quality_checks ORDER BY id"
+    )
     assert [r["recent"] for r in ages] == [True, True]  # the 29-day-old one and the new one
 
 
-async def test_the_flow_runs_policies_apply_to_a_workers_answer(db: Database,
-                                                               database_url: str) -> None:
+async def test_the_flow_runs_policies_apply_to_a_workers_answer(
+    db: Database, database_url: str
+) -> None:
     started = dt.datetime.now(dt.UTC)
     await plant_quality_violations(db)
 
     async with worker(database_url):
         report = await quality_worker.post_run_check(
-            db, "process_email_queue", started,
-            settings=settings(quality_policies={"communication_events": "warn"}))
+            db,
+            "process_email_queue",
+            started,
+            settings=settings(quality_policies={"communication_events": "warn"}),
+        )
 
     assert report.failures == []
     assert {s.name for s in report.warnings} == {"communication_events", "rate_limit_counters"}
@@ -202,8 +235,11 @@ async def test_the_flow_runs_policies_apply_to_a_workers_answer(db: Database,
 async def test_a_database_behind_the_code_says_to_migrate(db: Database) -> None:
     await db.execute("DROP TABLE quality_checks")
 
-    with pytest.raises(MailpipeError, match=r'relation "quality_checks" does not exist.*'
-                                            r"run `mailpipe db migrate`"):
+    with pytest.raises(
+        MailpipeError,
+        match=r'relation "quality_checks" does not exist.*'
+        r"run `mailpipe db migrate`",
+    ):
         await quality_worker.post_run_check(db, "monitor_smtp_health", None)
 
 
@@ -215,7 +251,8 @@ async def test_worker_outlives_its_database_connections(db: Database, database_u
         killed = await db.fetch_value(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            " AND application_name <> 'mailpipe'")
+            " AND application_name <> 'mailpipe'"
+        )
         assert killed >= 2  # its listening session and Great Expectations' pooled connection
         await asyncio.wait_for(task.wait(), 60)  # back: reconnected, holding its lock again
         second = await quality_worker.post_run_check(db, "monitor_smtp_health", None)

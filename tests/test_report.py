@@ -38,44 +38,78 @@ def synthetic_rows() -> list[dict[str, Any]]:
             bounces = int(sent * (0.25 if i in (20, 21) and k == 1 else 0.01 + 0.002 * k))
             probes = 288 if k != 2 or i < 25 else 0  # gamma stopped being probed
             fails = (i + k) % 5 if probes else 0
-            per.append({
-                "provider_name": name, "events_created": sent + failed, "sent": sent,
-                "failed": failed, "failed_rejected": failed, "retried": 20 + i,
-                "deferred": 5 * k, "suppressed": k, "hard_bounces": bounces,
-                "queue_latency_p50_seconds": 2.0 + k + i / 10,
-                "queue_latency_p95_seconds": 30.0 + 3 * k + i,
-                "connection_attempts": probes, "connection_failures": fails,
-                "probe_latency_mean_ms": 120.0 + k * 40 if probes else None,
-                "probe_latency_p95_ms": 300.0 + k * 50 if probes else None,
-                "health_score": 95.0 - 10 * k})
-        total = {"provider_name": "*", "health_score": None,
-                 "probe_latency_mean_ms": 150.0, "probe_latency_p95_ms": 380.0,
-                 "queue_latency_p50_seconds": 3.0 + i / 10,
-                 "queue_latency_p95_seconds": 34.0 + i}
-        for key in ("events_created", "sent", "failed", "failed_rejected", "retried",
-                    "deferred", "suppressed", "hard_bounces", "connection_attempts",
-                    "connection_failures"):
+            per.append(
+                {
+                    "provider_name": name,
+                    "events_created": sent + failed,
+                    "sent": sent,
+                    "failed": failed,
+                    "failed_rejected": failed,
+                    "retried": 20 + i,
+                    "deferred": 5 * k,
+                    "suppressed": k,
+                    "hard_bounces": bounces,
+                    "queue_latency_p50_seconds": 2.0 + k + i / 10,
+                    "queue_latency_p95_seconds": 30.0 + 3 * k + i,
+                    "connection_attempts": probes,
+                    "connection_failures": fails,
+                    "probe_latency_mean_ms": 120.0 + k * 40 if probes else None,
+                    "probe_latency_p95_ms": 300.0 + k * 50 if probes else None,
+                    "health_score": 95.0 - 10 * k,
+                }
+            )
+        total = {
+            "provider_name": "*",
+            "health_score": None,
+            "probe_latency_mean_ms": 150.0,
+            "probe_latency_p95_ms": 380.0,
+            "queue_latency_p50_seconds": 3.0 + i / 10,
+            "queue_latency_p95_seconds": 34.0 + i,
+        }
+        for key in (
+            "events_created",
+            "sent",
+            "failed",
+            "failed_rejected",
+            "retried",
+            "deferred",
+            "suppressed",
+            "hard_bounces",
+            "connection_attempts",
+            "connection_failures",
+        ):
             total[key] = sum(p[key] for p in per)
         for row in [total, *per]:
-            full = {**dict.fromkeys(COLUMNS, 0), **row, "snapshot_date": day, "timezone": "UTC",
-                    "day_start": datetime(day.year, day.month, day.day, tzinfo=UTC),
-                    "day_end": datetime(day.year, day.month, day.day, tzinfo=UTC)
-                    + timedelta(days=1), "computed_at": datetime(2025, 4, 1, tzinfo=UTC)}
+            full = {
+                **dict.fromkeys(COLUMNS, 0),
+                **row,
+                "snapshot_date": day,
+                "timezone": "UTC",
+                "day_start": datetime(day.year, day.month, day.day, tzinfo=UTC),
+                "day_end": datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1),
+                "computed_at": datetime(2025, 4, 1, tzinfo=UTC),
+            }
             done = full["sent"] + full["failed"]
             full["delivery_success_rate"] = full["sent"] / done if done else None
             out = full["sent"] + full["hard_bounces"]
             full["hard_bounce_rate"] = full["hard_bounces"] / out if out else None
             probes = full["connection_attempts"]
-            full["availability"] = (probes - full["connection_failures"]) / probes \
-                if probes else None
+            full["availability"] = (
+                (probes - full["connection_failures"]) / probes if probes else None
+            )
             rows.append(full)
     return rows
 
 
 def render(**kwargs: Any) -> str:
-    return render_report(to_dataframe(synthetic_rows()), start=START,
-                         end=START + timedelta(days=DAYS - 1), timezone_name="UTC",
-                         generated_at=datetime(2025, 4, 1, 6, 0, tzinfo=UTC), **kwargs)
+    return render_report(
+        to_dataframe(synthetic_rows()),
+        start=START,
+        end=START + timedelta(days=DAYS - 1),
+        timezone_name="UTC",
+        generated_at=datetime(2025, 4, 1, 6, 0, tzinfo=UTC),
+        **kwargs,
+    )
 
 
 def test_report_is_self_contained_and_escaped() -> None:
@@ -83,11 +117,13 @@ def test_report_is_self_contained_and_escaped() -> None:
     assert page.startswith("<!doctype html>")
     assert page.count("<svg") == 5
     titles = re.findall(r"<figcaption>(.*?)</figcaption>", page)
-    assert titles == ["Daily volume (all providers)",
-                      "Delivery success rate: sent / (sent + failed)",
-                      "Hard-bounce rate against the alert thresholds",
-                      "Queue latency, created → sent (all providers)",
-                      "Provider availability: ok probes / probes"]
+    assert titles == [
+        "Daily volume (all providers)",
+        "Delivery success rate: sent / (sent + failed)",
+        "Hard-bounce rate against the alert thresholds",
+        "Queue latency, created → sent (all providers)",
+        "Provider availability: ok probes / probes",
+    ]
     # The thresholds are drawn (line + label) in the bounce chart only.
     assert page.count(">warning 5 %</text>") == 1 and page.count(">critical 10 %</text>") == 1
     # Nothing is fetched: no scripts, no links, no external URLs, no web fonts.
@@ -107,33 +143,43 @@ def test_report_is_self_contained_and_escaped() -> None:
 
 def test_thresholds_follow_the_settings() -> None:
     page = render(warning=0.02, critical=None)
-    assert ">warning 2 %</text>" in page and "critical" not in page.split("<h2>")[0].split(
-        "Hard-bounce rate against")[1].split("</figure>")[0]
+    assert (
+        ">warning 2 %</text>" in page
+        and "critical"
+        not in page.split("<h2>")[0].split("Hard-bounce rate against")[1].split("</figure>")[0]
+    )
 
 
 def test_report_command_writes_the_file(env_database: str, tmp_path: Path) -> None:
     async def seed() -> date:
         async with Database(env_database, min_size=1, max_size=1) as db:
             yesterday = await db.fetch_value("SELECT (now() AT TIME ZONE 'UTC')::date - 1")
-            await db.execute("INSERT INTO smtp_provider_configs (provider_name, host, created_at)"
-                             " VALUES ('alpha', 'a.example.com', '2025-01-01')")
+            await db.execute(
+                "INSERT INTO smtp_provider_configs (provider_name, host, created_at)"
+                " VALUES ('alpha', 'a.example.com', '2025-01-01')"
+            )
             at = datetime.combine(yesterday, datetime.min.time(), UTC) + timedelta(hours=9)
             event = await db.fetch_one(
                 "INSERT INTO communication_events (event_type, recipient_email, template_key,"
                 " status, provider_name, created_at, sent_at, updated_at) VALUES ('welcome',"
                 " 'a@example.com', 'welcome', 'sent', 'alpha', %(t)s,"
                 " %(t)s + interval '4 seconds', %(t)s + interval '4 seconds')"
-                " RETURNING id", {"t": at})
+                " RETURNING id",
+                {"t": at},
+            )
             await db.execute(
                 "INSERT INTO smtp_delivery_confirmations (communication_event_id, provider_name,"
                 " message_id, created_at) SELECT id, provider_name, message_id, sent_at"
-                " FROM communication_events WHERE id = %s", (event["id"],))
+                " FROM communication_events WHERE id = %s",
+                (event["id"],),
+            )
             return yesterday
 
     # CLI commands run their own event loop: seed in one first, outside of any loop.
     yesterday = asyncio.run(seed())
-    result = runner.invoke(app, ["snapshot", "--from", str(yesterday - timedelta(days=2)),
-                                 "--to", str(yesterday)])
+    result = runner.invoke(
+        app, ["snapshot", "--from", str(yesterday - timedelta(days=2)), "--to", str(yesterday)]
+    )
     assert result.exit_code == 0, result.output
 
     out = tmp_path / "out" / "report.html"
@@ -142,9 +188,14 @@ def test_report_command_writes_the_file(env_database: str, tmp_path: Path) -> No
     # rich wraps at the terminal width, anywhere a space is: compare word by word. The
     # report ends yesterday, or today if midnight passed since the seed (the data are in both).
     words = " ".join(result.output.split())
-    assert any(" ".join(f"wrote {out} ({end - timedelta(days=6)} to {end}: 3 day(s) with "
-                        "data, 1 provider(s))".split()) in words
-               for end in (yesterday, yesterday + timedelta(days=1))), result.output
+    assert any(
+        " ".join(
+            f"wrote {out} ({end - timedelta(days=6)} to {end}: 3 day(s) with "
+            "data, 1 provider(s))".split()
+        )
+        in words
+        for end in (yesterday, yesterday + timedelta(days=1))
+    ), result.output
     page = out.read_text(encoding="utf-8")
     assert "No snapshot for 4 day(s)" in page and ">alpha</td>" in page
     assert "Sent<b>1</b>" in page and "Delivery success<b>100.00 %</b>" in page
@@ -155,8 +206,10 @@ def chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium); "
-                "the report's rendering check needs it")
+    pytest.skip(
+        "headless Chromium is not installed (Debian: apt-get install chromium); "
+        "the report's rendering check needs it"
+    )
 
 
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
@@ -164,19 +217,35 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     page = tmp_path / "report.html"
     page.write_text(render(), encoding="utf-8")
     # No network at all: every host resolves to nothing and the proxy is a dead port.
-    offline = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9",
-               "--no-first-run", "--disable-extensions", f"--user-data-dir={tmp_path / 'p'}"]
-    dom = subprocess.run([browser, *offline, "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    offline = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--proxy-server=127.0.0.1:9",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={tmp_path / 'p'}",
+    ]
+    dom = subprocess.run(
+        [browser, *offline, "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     # The browser parsed the inline SVG: every chart and every point made it to the DOM.
     assert dom.stdout.count("<svg") == 5
     assert dom.stdout.count("<polyline") >= 15
 
     png = tmp_path / "report.png"
-    shot = subprocess.run([browser, *offline, f"--screenshot={png}", "--window-size=1100,2600",
-                           page.as_uri()], capture_output=True, text=True, timeout=120)
+    shot = subprocess.run(
+        [browser, *offline, f"--screenshot={png}", "--window-size=1100,2600", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.returncode == 0, shot.stderr[-2000:]
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"

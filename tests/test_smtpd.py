@@ -7,13 +7,15 @@ import pytest
 
 from mailpipe.testing.smtpd import Behaviour, SMTPTestServer, free_port
 
-MESSAGE = (b"From: a@example.com\r\nTo: b@example.com\r\nMessage-ID: <1@x>\r\n"
-           b"Subject: hi\r\n\r\nbody\r\n")
+MESSAGE = (
+    b"From: a@example.com\r\nTo: b@example.com\r\nMessage-ID: <1@x>\r\nSubject: hi\r\n\r\nbody\r\n"
+)
 
 
 async def send(server: SMTPTestServer, **kwargs) -> tuple[int, str]:
-    async with aiosmtplib.SMTP(hostname=server.host, port=server.port, timeout=5,
-                               **kwargs) as client:
+    async with aiosmtplib.SMTP(
+        hostname=server.host, port=server.port, timeout=5, **kwargs
+    ) as client:
         errors, reply = await client.sendmail("a@example.com", ["b@example.com"], MESSAGE)
         return errors, reply
 

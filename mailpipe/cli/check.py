@@ -30,8 +30,10 @@ def _parse_since(text: str | None) -> dt.datetime | None:
     try:
         since = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise ConfigError(f"--since {text!r}: use a duration (30m, 1h, 7d) or an ISO 8601 "
-                          "time with its offset (2026-01-01T09:00:00+00:00)") from None
+        raise ConfigError(
+            f"--since {text!r}: use a duration (30m, 1h, 7d) or an ISO 8601 "
+            "time with its offset (2026-01-01T09:00:00+00:00)"
+        ) from None
     if since.tzinfo is None:
         raise ConfigError(f"--since {text!r} has no UTC offset; add one, e.g. +00:00")
     return since
@@ -45,15 +47,22 @@ app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 def check_command(
     ctx: typer.Context,
     suite: list[str] | None = typer.Option(
-        None, "--suite", help="Run only this suite (a table name); repeat for several."),
+        None, "--suite", help="Run only this suite (a table name); repeat for several."
+    ),
     since: str | None = typer.Option(
-        None, "--since", help="Only rows changed within this duration (1h) or since this time "
-        "(ISO 8601) in large tables, as the flows do; default: every row."),
+        None,
+        "--since",
+        help="Only rows changed within this duration (1h) or since this time "
+        "(ISO 8601) in large tables, as the flows do; default: every row.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     list_suites: bool = typer.Option(False, "--list", help="List the suites and stop."),
     sync_config: bool = typer.Option(
-        False, "--sync-config", help="For developers, after adding or editing a suite file: "
-        "write the GX assets, validation definitions and checkpoints it needs, then stop."),
+        False,
+        "--sync-config",
+        help="For developers, after adding or editing a suite file: "
+        "write the GX assets, validation definitions and checkpoints it needs, then stop.",
+    ),
 ) -> None:
     """Check the table invariants with the Great Expectations suites in expectations/.
 
@@ -68,15 +77,23 @@ def check_command(
 
     if list_suites:
         rows = [
-            {"suite": s.name, "policy": quality.effective_policy(s),
-             "window": s.window or "whole table", "flows": ", ".join(s.flows),
-             "expectations": s.expectations, "policy_reason": s.policy_reason}
-            for s in quality.suite_specs().values()]
+            {
+                "suite": s.name,
+                "policy": quality.effective_policy(s),
+                "window": s.window or "whole table",
+                "flows": ", ".join(s.flows),
+                "expectations": s.expectations,
+                "policy_reason": s.policy_reason,
+            }
+            for s in quality.suite_specs().values()
+        ]
         if as_json:
             print_json(rows)
         else:  # the reasons are sentences: JSON only
-            print_table([{k: v for k, v in r.items() if k != "policy_reason"} for r in rows],
-                        title="Data-quality suites")
+            print_table(
+                [{k: v for k, v in r.items() if k != "policy_reason"} for r in rows],
+                title="Data-quality suites",
+            )
         return
     if sync_config:
         changed = quality.sync_config()
@@ -106,12 +123,20 @@ def _print_report(report: object) -> None:
 
     assert isinstance(report, QualityReport)
     print_table(
-        [{"suite": s.name, "policy": s.policy,
-          "result": "[green]passed[/]" if s.success else
-          ("[red]FAILED[/]" if s.policy == "fail" else "[yellow]warning[/]"),
-          "expectations": f"{s.evaluated - len(s.failed)}/{s.evaluated}",
-          "rows since": s.window or "all"} for s in report.suites],
-        title=f"Data quality ({report.elapsed_seconds:.1f} s)")
+        [
+            {
+                "suite": s.name,
+                "policy": s.policy,
+                "result": "[green]passed[/]"
+                if s.success
+                else ("[red]FAILED[/]" if s.policy == "fail" else "[yellow]warning[/]"),
+                "expectations": f"{s.evaluated - len(s.failed)}/{s.evaluated}",
+                "rows since": s.window or "all",
+            }
+            for s in report.suites
+        ],
+        title=f"Data quality ({report.elapsed_seconds:.1f} s)",
+    )
     for s in report.suites:
         for r in s.failed:
             console.print(f"[red]✗[/] {r.summary()}", highlight=False, soft_wrap=True)
@@ -124,10 +149,16 @@ def _print_report(report: object) -> None:
 @app.command("worker")
 @command
 def worker_command(
-    poll: float = typer.Option(5.0, "--poll", min=0.1, help="Seconds between looks at the "
-                               "queue when no notification comes (NOTIFY wakes it at once)."),
-    max_checks: int | None = typer.Option(None, "--max-checks", min=1,
-                                          help="Stop after answering this many checks."),
+    poll: float = typer.Option(
+        5.0,
+        "--poll",
+        min=0.1,
+        help="Seconds between looks at the "
+        "queue when no notification comes (NOTIFY wakes it at once).",
+    ),
+    max_checks: int | None = typer.Option(
+        None, "--max-checks", min=1, help="Stop after answering this many checks."
+    ),
 ) -> None:
     """Answer the flows' post-run data-quality checks until stopped (Ctrl-C, SIGTERM).
 
@@ -171,16 +202,27 @@ def history_command(
     async def fetch() -> tuple[int, list[dict[str, object]]]:
         async with Database(min_size=1, max_size=1) as db:
             return await workers_alive(db), await db.fetch_all(
-                query("recent_quality_checks"), {"flow_name": flow, "limit": limit})
+                query("recent_quality_checks"), {"flow_name": flow, "limit": limit}
+            )
 
     alive, rows = run(fetch())
     if as_json:
         print_json({"workers_alive": alive, "checks": rows})
         return
-    print_table([{"id": r["id"], "flow": r["flow_name"], "status": r["status"],
-                  "requested": r["requested_at"], "by": r["checked_by"],
-                  "seconds": r["elapsed_seconds"],
-                  "failed": ", ".join(r["failed_suites"]) or "-",
-                  "warnings": ", ".join(r["warning_suites"]) or "-",
-                  "error": r["error"] or "-"} for r in rows],
-                title=f"Data-quality checks ({alive} worker(s) running)")
+    print_table(
+        [
+            {
+                "id": r["id"],
+                "flow": r["flow_name"],
+                "status": r["status"],
+                "requested": r["requested_at"],
+                "by": r["checked_by"],
+                "seconds": r["elapsed_seconds"],
+                "failed": ", ".join(r["failed_suites"]) or "-",
+                "warnings": ", ".join(r["warning_suites"]) or "-",
+                "error": r["error"] or "-",
+            }
+            for r in rows
+        ],
+        title=f"Data-quality checks ({alive} worker(s) running)",
+    )

@@ -66,14 +66,20 @@ def verify_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
 
     checks = run(go())
     if as_json:
-        print_json([{"check": c.name, "ok": c.ok, "problem": c.problem, "rows": c.rows}
-                    for c in checks])
+        print_json(
+            [{"check": c.name, "ok": c.ok, "problem": c.problem, "rows": c.rows} for c in checks]
+        )
     else:
         for check in checks:
             print_table(check.rows, title=f"{check.description} ({check.name})")
         print_table(
-            [{"check": c.name, "result": "[green]ok[/]" if c.ok else f"[red]FAILED[/] {c.problem}"}
-             for c in checks],
+            [
+                {
+                    "check": c.name,
+                    "result": "[green]ok[/]" if c.ok else f"[red]FAILED[/] {c.problem}",
+                }
+                for c in checks
+            ],
             title="Verification",
         )
     if not all(c.ok for c in checks):

@@ -18,8 +18,9 @@ from mailpipe.db import Database, redact_url
 @command
 def smtp_capture(
     port: int = typer.Option(2525, min=1, max=65535, help="Port to listen on (127.0.0.1)."),
-    maildir: Path | None = typer.Option(None, help="Maildir to write to "
-                                        "[default: <data dir>/maildir]."),
+    maildir: Path | None = typer.Option(
+        None, help="Maildir to write to [default: <data dir>/maildir]."
+    ),
 ) -> None:
     """Run a local SMTP server that files every message in a Maildir (until Ctrl-C)."""
     from mailpipe.capture import CaptureServer
@@ -29,8 +30,10 @@ def smtp_capture(
         server = CaptureServer(folder, port=port).start()
     except OSError as exc:
         raise typer.Exit(_port_error(port, exc)) from None
-    console.print(f"capturing SMTP on [bold]127.0.0.1:{server.port}[/] into {folder.resolve()}"
-                  " (Ctrl-C to stop)")
+    console.print(
+        f"capturing SMTP on [bold]127.0.0.1:{server.port}[/] into {folder.resolve()}"
+        " (Ctrl-C to stop)"
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -65,8 +68,9 @@ async def _run_flows() -> dict[str, dict]:
 
 
 def _port_error(port: int, exc: OSError) -> int:
-    console.print(f"[red]error:[/] cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
-                  "choose another --port")
+    console.print(
+        f"[red]error:[/] cannot listen on 127.0.0.1:{port} ({exc.strerror}); choose another --port"
+    )
     return 1
 
 
@@ -96,39 +100,60 @@ def demo(
 
         async def prepare():
             async with db:
-                return await seed_demo(db, smtp_host=capture.host, smtp_port=capture.port,
-                                       maildir=maildir, events=events)
+                return await seed_demo(
+                    db,
+                    smtp_host=capture.host,
+                    smtp_port=capture.port,
+                    maildir=maildir,
+                    events=events,
+                )
 
         setup = run(prepare())
         console.print(
             f"enqueued {setup.events} events: {setup.invalid} with an invalid address, "
             f"{setup.scheduled_later} scheduled later, {setup.suppressed} to a suppressed "
-            f"address, {setup.template_errors} with a missing template variable")
+            f"address, {setup.template_errors} with a missing template variable"
+        )
         summaries = asyncio.run(_run_flows())
         summary = summaries["process_email_queue"]
-        print_table([{"outcome": k, "events": summary[k]} for k in
-                     ("sent", "retried", "failed", "deferred", "suppressed", "rescued")],
-                    title="process_email_queue")
+        print_table(
+            [
+                {"outcome": k, "events": summary[k]}
+                for k in ("sent", "retried", "failed", "deferred", "suppressed", "rescued")
+            ],
+            title="process_email_queue",
+        )
         captured = capture.count
     health = summaries["monitor_smtp_health"]
-    console.print(f"monitor_smtp_health: {health['probed']} provider(s) probed, "
-                  f"{health['ok']} ok, {health['failed']} failed")
+    console.print(
+        f"monitor_smtp_health: {health['probed']} provider(s) probed, "
+        f"{health['ok']} ok, {health['failed']} failed"
+    )
     production = summaries["monitor_email_production"]
-    console.print(f"monitor_email_production: alerts firing: "
-                  f"{', '.join(production.get('firing', [])) or 'none'}; queue "
-                  + ", ".join(f"{k} {v}" for k, v in production.get("queue", {}).items()))
+    console.print(
+        f"monitor_email_production: alerts firing: "
+        f"{', '.join(production.get('firing', [])) or 'none'}; queue "
+        + ", ".join(f"{k} {v}" for k, v in production.get("queue", {}).items())
+    )
     snapshot = summaries["snapshot_email_health"]
-    console.print(f"snapshot_email_health: {snapshot['rows']} rows for {snapshot['start']} "
-                  f"({snapshot['timezone']}); `mailpipe report` renders them as HTML")
+    console.print(
+        f"snapshot_email_health: {snapshot['rows']} rows for {snapshot['start']} "
+        f"({snapshot['timezone']}); `mailpipe report` renders them as HTML"
+    )
 
     async def report():
         async with Database(db.url, min_size=1, max_size=1) as again:
             return await again.fetch_all(
                 "SELECT status, coalesce(error_class, '-') AS reason, count(*) AS events"
-                " FROM communication_events GROUP BY 1, 2 ORDER BY 1, 2")
+                " FROM communication_events GROUP BY 1, 2 ORDER BY 1, 2"
+            )
 
     print_table(run(report()), title="communication_events by status")
-    console.print(f"[green]{captured} emails captured[/] in {maildir.resolve()}/new "
-                  "(one file per message; any mail client opens a Maildir)")
-    console.print("next: `mailpipe up` runs the four flows on their schedules with the "
-                  "Prefect UI; `mailpipe --help` lists every command")
+    console.print(
+        f"[green]{captured} emails captured[/] in {maildir.resolve()}/new "
+        "(one file per message; any mail client opens a Maildir)"
+    )
+    console.print(
+        "next: `mailpipe up` runs the four flows on their schedules with the "
+        "Prefect UI; `mailpipe --help` lists every command"
+    )

@@ -17,10 +17,11 @@ app = typer.Typer(help="SMTP provider health: probe providers now.", no_args_is_
 @command
 def check_command(
     dry_run: bool = typer.Option(
-        False, "--dry-run",
-        help="Probe only: write no audit row, change no score or status."),
+        False, "--dry-run", help="Probe only: write no audit row, change no score or status."
+    ),
     timeout: float | None = typer.Option(
-        None, "--timeout", min=0.1, help="Seconds per probe (default: each provider's own)."),
+        None, "--timeout", min=0.1, help="Seconds per probe (default: each provider's own)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Probe every provider that is not disabled, as monitor_smtp_health does.
@@ -37,20 +38,36 @@ def check_command(
     report = run(go())
     rows = report.rows()
     if as_json:
-        print_json({"checked_at": report.checked_at, "recorded": report.recorded,
-                    "probes": rows,
-                    "changes": [{"provider": c.provider_name, "before": c.before,
-                                 "after": c.after, "suspended_until": c.suspended_until}
-                                for c in report.changes]})
+        print_json(
+            {
+                "checked_at": report.checked_at,
+                "recorded": report.recorded,
+                "probes": rows,
+                "changes": [
+                    {
+                        "provider": c.provider_name,
+                        "before": c.before,
+                        "after": c.after,
+                        "suspended_until": c.suspended_until,
+                    }
+                    for c in report.changes
+                ],
+            }
+        )
     else:
-        print_table(_human(rows), title="SMTP provider probes" + (
-            " (dry run: nothing recorded)" if dry_run else ""))
+        print_table(
+            _human(rows),
+            title="SMTP provider probes" + (" (dry run: nothing recorded)" if dry_run else ""),
+        )
         for probe in report.failed:  # below the table: errors are long, names stay readable
-            console.print(f"[red]{probe.provider_name}[/]: {probe.error}", highlight=False,
-                          soft_wrap=True)
+            console.print(
+                f"[red]{probe.provider_name}[/]: {probe.error}", highlight=False, soft_wrap=True
+            )
         for change in report.changes:
-            console.print(f"[yellow]{change.provider_name}[/] {change.kind} "
-                          f"(was {change.before})", highlight=False)
+            console.print(
+                f"[yellow]{change.provider_name}[/] {change.kind} (was {change.before})",
+                highlight=False,
+            )
         if not rows:
             console.print("no provider to probe: add one to smtp_provider_configs")
         else:
@@ -67,19 +84,28 @@ def _human(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if status == "suspended" and row["suspended_until"] is not None:
             status += f" until {row['suspended_until']:%H:%M:%S}"
         ok = row["result"] == "ok"
-        out.append({"provider": row["provider"],
-                    "result": f"[green]{row['result']}[/]" if ok else f"[red]{row['result']}[/]",
-                    "ip": row["ip_address"], "ms": f"{row['latency_ms']:.0f}",
-                    "score": row["health_score"], "status": status})
+        out.append(
+            {
+                "provider": row["provider"],
+                "result": f"[green]{row['result']}[/]" if ok else f"[red]{row['result']}[/]",
+                "ip": row["ip_address"],
+                "ms": f"{row['latency_ms']:.0f}",
+                "score": row["health_score"],
+                "status": status,
+            }
+        )
     return out
 
 
 @command
 def metrics_command(
     window: list[str] | None = typer.Option(
-        None, "--window", "-w",
+        None,
+        "--window",
+        "-w",
         help="A rolling window such as 5m, 1h or 24h (repeatable). "
-        "Default: MAILPIPE_METRICS_WINDOWS plus the alert rules' windows."),
+        "Default: MAILPIPE_METRICS_WINDOWS plus the alert rules' windows.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Queue, delivery and provider metrics, and the alert rules' verdicts, read-only.
@@ -99,26 +125,74 @@ def metrics_command(
             return metrics, alerts.evaluate_rules(metrics), await alerts.recent_alerts(db)
 
     metrics, evaluations, recorded = run(go())
-    verdicts = [{"rule": e.rule, "scope": e.scope, "state": e.state, "severity": e.severity,
-                 "value": e.value, "threshold": e.threshold, "message": e.message}
-                for e in evaluations]
-    alert_rows = [{"id": a.id, "rule": a.rule, "scope": a.scope, "severity": a.severity,
-                   "status": a.status, "opened_at": a.opened_at, "last_seen_at": a.last_seen_at,
-                   "resolved_at": a.resolved_at, "occurrences": a.occurrences,
-                   "message": a.message} for a in recorded]
+    verdicts = [
+        {
+            "rule": e.rule,
+            "scope": e.scope,
+            "state": e.state,
+            "severity": e.severity,
+            "value": e.value,
+            "threshold": e.threshold,
+            "message": e.message,
+        }
+        for e in evaluations
+    ]
+    alert_rows = [
+        {
+            "id": a.id,
+            "rule": a.rule,
+            "scope": a.scope,
+            "severity": a.severity,
+            "status": a.status,
+            "opened_at": a.opened_at,
+            "last_seen_at": a.last_seen_at,
+            "resolved_at": a.resolved_at,
+            "occurrences": a.occurrences,
+            "message": a.message,
+        }
+        for a in recorded
+    ]
     if as_json:
         print_json({**metrics.as_dict(), "rules": verdicts, "alerts": alert_rows})
         return
     print_table([metrics.queue_row()], title="Queue now")
-    columns = ["window", "scope", "sent", "send_rate_per_min", "failure_rate", "bounce_rate",
-               "complaint_rate", "retries", "failed", "bounced", "failovers", "deferred",
-               "suppressions_added", "limit_windows_exceeded", "availability"]
+    columns = [
+        "window",
+        "scope",
+        "sent",
+        "send_rate_per_min",
+        "failure_rate",
+        "bounce_rate",
+        "complaint_rate",
+        "retries",
+        "failed",
+        "bounced",
+        "failovers",
+        "deferred",
+        "suppressions_added",
+        "limit_windows_exceeded",
+        "availability",
+    ]
     print_table([w.as_row() for w in metrics.windows], title="Rolling windows", columns=columns)
     print_table(metrics.provider_rows(), title="Providers")
     state_style = {"firing": "[red]firing[/]", "ok": "[green]ok[/]", "no_data": "no data"}
-    print_table([{**v, "state": state_style[v["state"]]} for v in verdicts],
-                title="Alert rules now",
-                columns=["rule", "scope", "state", "severity", "message"])
-    print_table(alert_rows, title="Recorded alerts (firing, and resolved in the last 24h)",
-                columns=["id", "rule", "scope", "severity", "status", "opened_at",
-                         "resolved_at", "occurrences", "message"])
+    print_table(
+        [{**v, "state": state_style[v["state"]]} for v in verdicts],
+        title="Alert rules now",
+        columns=["rule", "scope", "state", "severity", "message"],
+    )
+    print_table(
+        alert_rows,
+        title="Recorded alerts (firing, and resolved in the last 24h)",
+        columns=[
+            "id",
+            "rule",
+            "scope",
+            "severity",
+            "status",
+            "opened_at",
+            "resolved_at",
+            "occurrences",
+            "message",
+        ],
+    )

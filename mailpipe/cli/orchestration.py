@@ -23,28 +23,41 @@ def _secret_source(prompt: bool) -> orchestration.SecretSource:
         value = orchestration.env_secret_source(block)
         if value or not (prompt and sys.stdin.isatty()):
             return value
-        entered = typer.prompt(f"Password for Secret block {block!r} (empty: skip)",
-                               default="", show_default=False, hide_input=True)
+        entered = typer.prompt(
+            f"Password for Secret block {block!r} (empty: skip)",
+            default="",
+            show_default=False,
+            hide_input=True,
+        )
         return entered or None
 
     return source
 
 
 def _print_steps(steps: list[orchestration.SetupStep]) -> None:
-    print_table([dataclasses.asdict(s) for s in steps], title="Prefect setup",
-                columns=["kind", "name", "action", "detail"])
+    print_table(
+        [dataclasses.asdict(s) for s in steps],
+        title="Prefect setup",
+        columns=["kind", "name", "action", "detail"],
+    )
 
 
 @setup_app.command("prefect")
 @command
 def setup_prefect_command(
-    pool_type: str = typer.Option("process", "--pool-type",
-                                  help="Type of the work pool when it has to be created."),
+    pool_type: str = typer.Option(
+        "process", "--pool-type", help="Type of the work pool when it has to be created."
+    ),
     base_job_template: Path | None = typer.Option(
-        None, "--base-job-template", exists=True, dir_okay=False,
-        help="Job template JSON for the new pool (e.g. deployments/kubernetes/...)."),
-    prompt: bool = typer.Option(True, "--prompt/--no-prompt",
-                                help="Ask for missing SMTP passwords on a terminal."),
+        None,
+        "--base-job-template",
+        exists=True,
+        dir_okay=False,
+        help="Job template JSON for the new pool (e.g. deployments/kubernetes/...).",
+    ),
+    prompt: bool = typer.Option(
+        True, "--prompt/--no-prompt", help="Ask for missing SMTP passwords on a terminal."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the steps as JSON."),
 ) -> None:
     """Create or update what the deployments need on the Prefect API, idempotently.
@@ -61,27 +74,37 @@ def setup_prefect_command(
             template = json.loads(base_job_template.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise ConfigError(f"{base_job_template} is not JSON: {exc}") from None
-    steps = run(orchestration.setup_prefect(
-        secret_source=_secret_source(prompt and not as_json), pool_type=pool_type,
-        base_job_template=template))
+    steps = run(
+        orchestration.setup_prefect(
+            secret_source=_secret_source(prompt and not as_json),
+            pool_type=pool_type,
+            base_job_template=template,
+        )
+    )
     if as_json:
         print_json([dataclasses.asdict(s) for s in steps])
         return
     _print_steps(steps)
     if any(s.action == "missing" for s in steps):
-        console.print("[yellow]Some secrets are missing: runs that need them will fail "
-                      "until you run this again with them.[/]")
+        console.print(
+            "[yellow]Some secrets are missing: runs that need them will fail "
+            "until you run this again with them.[/]"
+        )
 
 
 @command
 def serve_command(
     only: list[str] | None = typer.Option(
-        None, "--only", help="Serve only this deployment (repeat for several)."),
+        None, "--only", help="Serve only this deployment (repeat for several)."
+    ),
     limit: int | None = typer.Option(
-        None, "--limit", min=1, help="Most flow runs at once in this process."),
+        None, "--limit", min=1, help="Most flow runs at once in this process."
+    ),
     quality_worker: bool = typer.Option(
-        True, "--quality-worker/--no-quality-worker",
-        help="Start a `mailpipe check worker` for the flows' post-run checks."),
+        True,
+        "--quality-worker/--no-quality-worker",
+        help="Start a `mailpipe check worker` for the flows' post-run checks.",
+    ),
 ) -> None:
     """Serve the deployments of prefect.yaml from this process (a single machine).
 
@@ -91,8 +114,7 @@ def serve_command(
     worker carries on.
     """
     console.print("Serving prefect.yaml's deployments; Ctrl-C stops (schedules stay active).")
-    orchestration.serve_project(names=only or None, limit=limit,
-                                 quality_worker=quality_worker)
+    orchestration.serve_project(names=only or None, limit=limit, quality_worker=quality_worker)
 
 
 @command
@@ -101,8 +123,10 @@ def up_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address the server listens on."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes to start."),
     quality_worker: bool = typer.Option(
-        True, "--quality-worker/--no-quality-worker",
-        help="Start a `mailpipe check worker` for the flows' post-run checks."),
+        True,
+        "--quality-worker/--no-quality-worker",
+        help="Start a `mailpipe check worker` for the flows' post-run checks.",
+    ),
 ) -> None:
     """The whole system on this machine: Prefect server, setup, deployments, a worker.
 
@@ -112,20 +136,31 @@ def up_command(
     """
 
     def ready(report: orchestration.UpReport) -> None:
-        where = (f"started in {report.server_seconds:.0f} s, log {report.server_log}"
-                 if report.started_server else "already running")
+        where = (
+            f"started in {report.server_seconds:.0f} s, log {report.server_log}"
+            if report.started_server
+            else "already running"
+        )
         console.print(f"Prefect server: {report.api_url} ({where})")
         if report.migrations:
             console.print(f"Migrations applied: {', '.join(report.migrations)}")
         _print_steps(report.setup)
         console.print(f"Deployed: {', '.join(report.deployments)}")
-        console.print(f"Workers: {report.workers} on pool mailpipe"
-                      + (", 1 data-quality worker" if report.quality_worker else ""))
-        console.print(f"[bold]Prefect UI: {report.ui_url}[/]  (Ctrl-C stops everything)",
-                      highlight=False)
+        console.print(
+            f"Workers: {report.workers} on pool mailpipe"
+            + (", 1 data-quality worker" if report.quality_worker else "")
+        )
+        console.print(
+            f"[bold]Prefect UI: {report.ui_url}[/]  (Ctrl-C stops everything)", highlight=False
+        )
 
     console.print("Starting mailpipe (the Prefect server takes about 20 s)...")
-    orchestration.up(host=host, port=port, workers=workers, quality_worker=quality_worker,
-                     on_ready=ready,
-                     secret_source=_secret_source(True))
+    orchestration.up(
+        host=host,
+        port=port,
+        workers=workers,
+        quality_worker=quality_worker,
+        on_ready=ready,
+        secret_source=_secret_source(True),
+    )
     console.print("Stopped: workers and server are down; schedules stay registered.")

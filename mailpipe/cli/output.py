@@ -41,8 +41,9 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, default=_default, indent=2, ensure_ascii=False) + "\n")
 
 
-def print_table(rows: Iterable[Mapping[str, Any]], *, title: str | None = None,
-                columns: list[str] | None = None) -> None:
+def print_table(
+    rows: Iterable[Mapping[str, Any]], *, title: str | None = None, columns: list[str] | None = None
+) -> None:
     """A rich table of dict rows (columns from the first row unless given)."""
     rows = list(rows)
     columns = columns or (list(rows[0]) if rows else [])

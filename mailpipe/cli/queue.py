@@ -32,8 +32,9 @@ from mailpipe.queue import (
     retry_events,
 )
 
-app = typer.Typer(help="The outbox: what is queued, what failed; retry, cancel, purge.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="The outbox: what is queued, what failed; retry, cancel, purge.", no_args_is_help=True
+)
 
 _JSON = typer.Option(False, "--json", help="Print JSON.")
 
@@ -55,36 +56,58 @@ def status_command(as_json: bool = _JSON) -> None:
             return await queue_status(db)
 
     status = run(go())
-    summary = {"by_status": status.by_status, "due": status.due,
-               "oldest_due_at": status.oldest_due_at,
-               "oldest_due_age_seconds": round(status.oldest_due_age_seconds, 1),
-               "next_scheduled_at": status.next_scheduled_at,
-               "expired_leases": status.expired_leases, "checked_at": status.checked_at}
+    summary = {
+        "by_status": status.by_status,
+        "due": status.due,
+        "oldest_due_at": status.oldest_due_at,
+        "oldest_due_age_seconds": round(status.oldest_due_age_seconds, 1),
+        "next_scheduled_at": status.next_scheduled_at,
+        "expired_leases": status.expired_leases,
+        "checked_at": status.checked_at,
+    }
     if as_json:
         print_json({**summary, "by_status_and_priority": status.counts})
         return
     priorities = sorted({r["priority"] for r in status.counts})
     cells = {(r["status"], r["priority"]): r["events"] for r in status.counts}
-    print_table([{"status": s, **{f"p{p}": cells.get((s, p), 0) for p in priorities},
-                  "total": status.by_status[s]} for s in status.by_status],
-                title="Events by status and priority (0 = first)",
-                columns=["status", *[f"p{p}" for p in priorities], "total"])
+    print_table(
+        [
+            {
+                "status": s,
+                **{f"p{p}": cells.get((s, p), 0) for p in priorities},
+                "total": status.by_status[s],
+            }
+            for s in status.by_status
+        ],
+        title="Events by status and priority (0 = first)",
+        columns=["status", *[f"p{p}" for p in priorities], "total"],
+    )
     age = status.oldest_due_age_seconds
-    console.print(f"due now: {status.due}, oldest due for {_age(age)}" if status.due
-                  else "due now: 0", highlight=False)
-    console.print("next scheduled: " + (f"{status.next_scheduled_at:%Y-%m-%d %H:%M:%S%z}"
-                                        if status.next_scheduled_at else "none"),
-                  highlight=False)
+    console.print(
+        f"due now: {status.due}, oldest due for {_age(age)}" if status.due else "due now: 0",
+        highlight=False,
+    )
+    console.print(
+        "next scheduled: "
+        + (
+            f"{status.next_scheduled_at:%Y-%m-%d %H:%M:%S%z}"
+            if status.next_scheduled_at
+            else "none"
+        ),
+        highlight=False,
+    )
     if status.expired_leases:
-        console.print(f"[yellow]{status.expired_leases} processing past their lease[/] (a "
-                      "stopped worker); the next process_email_queue run requeues them",
-                      highlight=False)
+        console.print(
+            f"[yellow]{status.expired_leases} processing past their lease[/] (a "
+            "stopped worker); the next process_email_queue run requeues them",
+            highlight=False,
+        )
 
 
 def _clip(text: str | None, width: int) -> str | None:
     if text is None or len(text) <= width:
         return text
-    return text[:width - 1] + "…"
+    return text[: width - 1] + "…"
 
 
 def _age(seconds: float) -> str:
@@ -100,10 +123,12 @@ def _age(seconds: float) -> str:
 @app.command("list")
 @command
 def list_command(
-    status: list[str] | None = typer.Option(None, "--status", help=f"Only this status "
-                                            f"(repeatable): {', '.join(STATUSES)}."),
-    since: str | None = typer.Option(None, "--since", help="Changed within this long, "
-                                     "e.g. 1h, 7d."),
+    status: list[str] | None = typer.Option(
+        None, "--status", help=f"Only this status (repeatable): {', '.join(STATUSES)}."
+    ),
+    since: str | None = typer.Option(
+        None, "--since", help="Changed within this long, e.g. 1h, 7d."
+    ),
     ids: list[int] | None = typer.Option(None, "--id", help="Only these events (repeatable)."),
     template: str | None = typer.Option(None, "--template", help="Only this template key."),
     to: str | None = typer.Option(None, "--to", help="Only this recipient."),
@@ -116,36 +141,64 @@ def list_command(
 
     async def go() -> list[dict[str, Any]]:
         async with Database(min_size=1, max_size=2) as db:
-            return await list_events(db, statuses=statuses, since=window, ids=ids,
-                                     template=template, recipient=to, limit=limit)
+            return await list_events(
+                db,
+                statuses=statuses,
+                since=window,
+                ids=ids,
+                template=template,
+                recipient=to,
+                limit=limit,
+            )
 
     rows = run(go())
     if as_json:
         print_json(rows)
         return
-    print_table([{"id": r["id"], "status": r["status"], "pri": r["priority"],
-                  "to": r["recipient_email"], "template": r["template_key"],
-                  "retries": r["retry_count"], "due": short_time(r["scheduled_at"]),
-                  "changed": short_time(r["updated_at"]),
-                  "error": _clip(r["last_error"], 70)} for r in rows],
-                title="Events (most recently changed first; --json for every column)")
+    print_table(
+        [
+            {
+                "id": r["id"],
+                "status": r["status"],
+                "pri": r["priority"],
+                "to": r["recipient_email"],
+                "template": r["template_key"],
+                "retries": r["retry_count"],
+                "due": short_time(r["scheduled_at"]),
+                "changed": short_time(r["updated_at"]),
+                "error": _clip(r["last_error"], 70),
+            }
+            for r in rows
+        ],
+        title="Events (most recently changed first; --json for every column)",
+    )
     if len(rows) == limit:
         console.print(f"(first {limit}; use --limit or filters for more)")
 
 
 def _report(result: AdminResult, verb: str, as_json: bool) -> None:
     if as_json:
-        print_json({verb: result.changed, "failed_validation": result.revalidated,
-                    "refused": {str(k): v for k, v in result.refused.items()}})
+        print_json(
+            {
+                verb: result.changed,
+                "failed_validation": result.revalidated,
+                "refused": {str(k): v for k, v in result.refused.items()},
+            }
+        )
     else:
         ids = ", ".join(map(str, result.changed[:20])) + (
-            ", ..." if len(result.changed) > 20 else "")
-        console.print(f"{verb} {len(result.changed)} event(s)" + (f": {ids}" if ids else ""),
-                      highlight=False)
+            ", ..." if len(result.changed) > 20 else ""
+        )
+        console.print(
+            f"{verb} {len(result.changed)} event(s)" + (f": {ids}" if ids else ""), highlight=False
+        )
         if result.revalidated:
-            console.print(f"[yellow]{len(result.revalidated)} failed again at once[/] "
-                          "(invalid recipient, template key or event type): "
-                          + ", ".join(map(str, result.revalidated[:20])), highlight=False)
+            console.print(
+                f"[yellow]{len(result.revalidated)} failed again at once[/] "
+                "(invalid recipient, template key or event type): "
+                + ", ".join(map(str, result.revalidated[:20])),
+                highlight=False,
+            )
         for event_id, why in result.refused.items():
             err_console.print(f"event {event_id} left alone: {why}", highlight=False)
     if result.refused:
@@ -157,16 +210,21 @@ def _report(result: AdminResult, verb: str, as_json: bool) -> None:
 def retry_command(
     failed: bool = typer.Option(False, "--failed", help="Select failed events."),
     status: list[str] | None = typer.Option(
-        None, "--status", help=f"Select events in this status (repeatable): "
-        f"{', '.join(RETRYABLE_STATUSES)}."),
-    ids: list[int] | None = typer.Option(None, "--id", help="Only these events "
-                                         "(repeatable)."),
-    since: str | None = typer.Option(None, "--since", help="Only events that changed "
-                                     "(failed) within this long, e.g. 1h."),
+        None,
+        "--status",
+        help=f"Select events in this status (repeatable): {', '.join(RETRYABLE_STATUSES)}.",
+    ),
+    ids: list[int] | None = typer.Option(None, "--id", help="Only these events (repeatable)."),
+    since: str | None = typer.Option(
+        None, "--since", help="Only events that changed (failed) within this long, e.g. 1h."
+    ),
     template: str | None = typer.Option(None, "--template", help="Only this template key."),
     keep_retry_count: bool = typer.Option(
-        False, "--keep-retry-count", help="Keep retry_count (default: reset to 0, so the "
-        "event gets the full number of automatic retries again)."),
+        False,
+        "--keep-retry-count",
+        help="Keep retry_count (default: reset to 0, so the "
+        "event gets the full number of automatic retries again).",
+    ),
     as_json: bool = _JSON,
 ) -> None:
     """Requeue failed (or cancelled/suppressed) events, due now.
@@ -186,9 +244,14 @@ def retry_command(
 
     async def go() -> AdminResult:
         async with Database(min_size=1, max_size=2) as db:
-            return await retry_events(db, statuses=statuses, ids=ids, since=window,
-                                      template=template,
-                                      reset_retry_count=not keep_retry_count)
+            return await retry_events(
+                db,
+                statuses=statuses,
+                ids=ids,
+                since=window,
+                template=template,
+                reset_retry_count=not keep_retry_count,
+            )
 
     _report(run(go()), "requeued", as_json)
 
@@ -196,10 +259,10 @@ def retry_command(
 @app.command("cancel")
 @command
 def cancel_command(
-    ids: list[int] | None = typer.Option(None, "--id", help="Cancel this event "
-                                         "(repeatable)."),
-    template: str | None = typer.Option(None, "--template", help="Cancel every queued event "
-                                        "of this template."),
+    ids: list[int] | None = typer.Option(None, "--id", help="Cancel this event (repeatable)."),
+    template: str | None = typer.Option(
+        None, "--template", help="Cancel every queued event of this template."
+    ),
     as_json: bool = _JSON,
 ) -> None:
     """Cancel queued events so they are never sent.
@@ -217,10 +280,14 @@ def cancel_command(
 @app.command("purge")
 @command
 def purge_command(
-    status: list[str] = typer.Option(..., "--status", help=f"Delete events in this status "
-                                     f"(repeatable): {', '.join(FINAL_STATUSES)}."),
-    older_than: str = typer.Option(..., "--older-than", help="Last changed longer ago than "
-                                   "this, e.g. 90d."),
+    status: list[str] = typer.Option(
+        ...,
+        "--status",
+        help=f"Delete events in this status (repeatable): {', '.join(FINAL_STATUSES)}.",
+    ),
+    older_than: str = typer.Option(
+        ..., "--older-than", help="Last changed longer ago than this, e.g. 90d."
+    ),
     batch_size: int = typer.Option(1000, "--batch-size", help="Rows per transaction."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would go."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
@@ -247,17 +314,23 @@ def purge_command(
         if as_json:
             print_json({"matched": matched, "deleted": 0, "cutoff": cutoff, "dry_run": dry_run})
         else:
-            console.print(f"would delete {what}" if dry_run else "nothing to purge",
-                          highlight=False)
+            console.print(
+                f"would delete {what}" if dry_run else "nothing to purge", highlight=False
+            )
         return
     if not yes and not typer.confirm(f"Delete {what}?"):
         raise typer.Exit(1)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    with Progress("[progress.description]{task.description}", BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
-                  disable=as_json) as bar:
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=as_json,
+    ) as bar:
         task = bar.add_task("purging", total=matched)
 
         def advance(done: int, total: int) -> None:
@@ -265,13 +338,24 @@ def purge_command(
 
         async def go() -> PurgeResult:
             async with Database(min_size=1, max_size=2) as db:
-                return await purge_events(db, statuses=statuses, older_than=age,
-                                          batch_size=batch_size, progress=advance)
+                return await purge_events(
+                    db, statuses=statuses, older_than=age, batch_size=batch_size, progress=advance
+                )
 
         result = run(go())
     if as_json:
-        print_json({"matched": result.matched, "deleted": result.deleted,
-                    "batches": result.batches, "cutoff": result.cutoff, "dry_run": False})
+        print_json(
+            {
+                "matched": result.matched,
+                "deleted": result.deleted,
+                "batches": result.batches,
+                "cutoff": result.cutoff,
+                "dry_run": False,
+            }
+        )
     else:
-        console.print(f"deleted {result.deleted} event(s) in {result.batches} batch(es); "
-                      "confirmations and attempts kept", highlight=False)
+        console.print(
+            f"deleted {result.deleted} event(s) in {result.batches} batch(es); "
+            "confirmations and attempts kept",
+            highlight=False,
+        )

@@ -27,8 +27,12 @@ from mailpipe.errors import MailpipeError
 from mailpipe.queue import Enqueued, enqueue
 
 # The four deployments (prefect.yaml); each is flows/<name>.py:<name>.
-FLOWS = ("process_email_queue", "monitor_smtp_health", "monitor_email_production",
-         "snapshot_email_health")
+FLOWS = (
+    "process_email_queue",
+    "monitor_smtp_health",
+    "monitor_email_production",
+    "snapshot_email_health",
+)
 
 
 class FlowRunFailed(MailpipeError):
@@ -43,8 +47,10 @@ def load_flow(name: str) -> Any:
         module = importlib.import_module(f"flows.{name}")
     except ModuleNotFoundError as exc:
         if exc.name in ("flows", f"flows.{name}"):
-            raise MailpipeError(f"cannot import flows.{name}: run from the mailpipe checkout "
-                                "or install the mailpipe package") from None
+            raise MailpipeError(
+                f"cannot import flows.{name}: run from the mailpipe checkout "
+                "or install the mailpipe package"
+            ) from None
         raise
     return getattr(module, name)
 
@@ -56,8 +62,10 @@ def check_parameters(flow: Any, params: dict[str, Any]) -> dict[str, Any]:
     accepted = list(inspect.signature(flow.fn).parameters)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise BadOption(f"{flow.name} has no parameter {', '.join(unknown)}; its parameters "
-                        f"are: {', '.join(accepted) or '(none)'}")
+        raise BadOption(
+            f"{flow.name} has no parameter {', '.join(unknown)}; its parameters "
+            f"are: {', '.join(accepted) or '(none)'}"
+        )
     # Prefect also logs the failure as a multi-line ERROR; the one-line error below says it.
     flows_logger = logging.getLogger("prefect.flows")
     was_disabled, flows_logger.disabled = flows_logger.disabled, True
@@ -83,10 +91,12 @@ async def run_flow(name: str, params: dict[str, Any] | None = None) -> Any:
     final = await flow(**params, return_state=True)
     if not final.is_completed():
         result = await final.aresult(raise_on_failure=False)
-        detail = f"{type(result).__name__}: {result}" if isinstance(result, BaseException) \
+        detail = (
+            f"{type(result).__name__}: {result}"
+            if isinstance(result, BaseException)
             else (final.message or final.name)
-        raise FlowRunFailed(f"flow run {name} ended {final.name}: "
-                            f"{' '.join(str(detail).split())}")
+        )
+        raise FlowRunFailed(f"flow run {name} ended {final.name}: {' '.join(str(detail).split())}")
     return await final.aresult()
 
 
@@ -98,10 +108,19 @@ def console_logs_without_tracebacks() -> Iterator[None]:
     terminal a failed run ends with mailpipe's one-line error, as every command does.
     """
     # Terminal handlers only: Prefect's console handler and the CLI's basicConfig one.
-    handlers = {h for logger in [logging.getLogger(), *(
-        logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
-        if n.startswith("prefect"))] for h in logger.handlers
-        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)}
+    handlers = {
+        h
+        for logger in [
+            logging.getLogger(),
+            *(
+                logging.getLogger(n)
+                for n in list(logging.root.manager.loggerDict)
+                if n.startswith("prefect")
+            ),
+        ]
+        for h in logger.handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    }
 
     def short(original: Any) -> Any:
         def format_record(record: logging.LogRecord) -> str:
@@ -112,6 +131,7 @@ def console_logs_without_tracebacks() -> Iterator[None]:
                 return original(record)
             finally:
                 record.exc_info, record.exc_text, record.stack_info = saved
+
         return format_record
 
     for handler in handlers:
@@ -127,8 +147,12 @@ def console_logs_without_tracebacks() -> Iterator[None]:
 def run_command(
     flow: str = typer.Argument(..., help=f"One of: {', '.join(FLOWS)}."),
     param: list[str] | None = typer.Option(
-        None, "--param", "-p", help="A flow parameter as key=value (repeatable); the value is "
-        "read as JSON when it is JSON (50, true, [\"5m\"]), else as text."),
+        None,
+        "--param",
+        "-p",
+        help="A flow parameter as key=value (repeatable); the value is "
+        'read as JSON when it is JSON (50, true, ["5m"]), else as text.',
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Run one flow once, now, in this process, and print its summary.
@@ -148,8 +172,9 @@ def run_command(
     if as_json:
         print_json(summary)
     elif isinstance(summary, dict):
-        print_table([{"key": k, "value": v} for k, v in summary.items()],
-                    title=f"{flow}: completed")
+        print_table(
+            [{"key": k, "value": v} for k, v in summary.items()], title=f"{flow}: completed"
+        )
     else:
         console.print(f"{flow}: completed: {summary}", highlight=False)
 
@@ -158,16 +183,22 @@ def run_command(
 def enqueue_command(
     to: str = typer.Option(..., "--to", help="Recipient address."),
     template: str = typer.Option(..., "--template", help="Template key."),
-    data: str = typer.Option("{}", "--data", help="Template variables as a JSON object, e.g. "
-                             "'{\"name\": \"Ann\"}'."),
+    data: str = typer.Option(
+        "{}", "--data", help='Template variables as a JSON object, e.g. \'{"name": "Ann"}\'.'
+    ),
     priority: int = typer.Option(5, "--priority", help="0 (first) to 9."),
-    at: str | None = typer.Option(None, "--at", help="Send at this time (ISO 8601 with a "
-                                  "timezone) or after this delay (10m); default now."),
+    at: str | None = typer.Option(
+        None,
+        "--at",
+        help="Send at this time (ISO 8601 with a timezone) or after this delay (10m); default now.",
+    ),
     idempotency_key: str | None = typer.Option(
-        None, "--idempotency-key", help="A second enqueue with the same key returns the first "
-        "event instead of queueing another."),
-    event_type: str | None = typer.Option(None, "--event-type", help="Default: the template "
-                                          "key."),
+        None,
+        "--idempotency-key",
+        help="A second enqueue with the same key returns the first "
+        "event instead of queueing another.",
+    ),
+    event_type: str | None = typer.Option(None, "--event-type", help="Default: the template key."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Queue one email, validated first (the application does the same with an INSERT).
@@ -178,16 +209,36 @@ def enqueue_command(
 
     async def go() -> Enqueued:
         async with Database(min_size=1, max_size=2) as db:
-            return await enqueue(db, to, template, variables, event_type=event_type,
-                                 priority=priority, at=when, idempotency_key=idempotency_key)
+            return await enqueue(
+                db,
+                to,
+                template,
+                variables,
+                event_type=event_type,
+                priority=priority,
+                at=when,
+                idempotency_key=idempotency_key,
+            )
 
     event = run(go())
     if as_json:
-        print_json({"id": event.id, "message_id": event.message_id, "status": event.status,
-                    "created": event.created})
+        print_json(
+            {
+                "id": event.id,
+                "message_id": event.message_id,
+                "status": event.status,
+                "created": event.created,
+            }
+        )
     elif event.created:
-        console.print(f"queued event {event.id} {event.message_id}" + (
-            f" for {when:%Y-%m-%d %H:%M:%S%z}" if when else ""), highlight=False)
+        console.print(
+            f"queued event {event.id} {event.message_id}"
+            + (f" for {when:%Y-%m-%d %H:%M:%S%z}" if when else ""),
+            highlight=False,
+        )
     else:
-        err_console.print(f"already queued as event {event.id} ({event.status}) with this "
-                          "idempotency key: nothing added", highlight=False)
+        err_console.print(
+            f"already queued as event {event.id} ({event.status}) with this "
+            "idempotency key: nothing added",
+            highlight=False,
+        )

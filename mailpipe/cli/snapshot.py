@@ -35,9 +35,11 @@ def _pct(value: float | None) -> str:
 def snapshot_command(
     ctx: typer.Context,
     from_: datetime | None = typer.Option(
-        None, "--from", formats=_DAY, help="First day (YYYY-MM-DD). Alone: that day only."),
+        None, "--from", formats=_DAY, help="First day (YYYY-MM-DD). Alone: that day only."
+    ),
     to: datetime | None = typer.Option(
-        None, "--to", formats=_DAY, help="Last day, inclusive (YYYY-MM-DD)."),
+        None, "--to", formats=_DAY, help="Last day, inclusive (YYYY-MM-DD)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the rows written as JSON."),
 ) -> None:
     """Compute the daily health snapshot: yesterday by default, or every day --from..--to.
@@ -48,9 +50,13 @@ def snapshot_command(
     if ctx.invoked_subcommand is not None:
         return
     progress = Progress(
-        TextColumn("[bold]snapshot[/]"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.description}"), TimeElapsedColumn(),
-        console=err_console, transient=True,
+        TextColumn("[bold]snapshot[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
     )
     task_ids: list = []
 
@@ -69,16 +75,25 @@ def snapshot_command(
         return
     # Narrow enough for an 80-column terminal; --json has every column.
     print_table(
-        [{"day": str(s.day), "created": s.rows[0]["events_created"], "sent": s.rows[0]["sent"],
-          "failed": s.rows[0]["failed"], "retried": s.rows[0]["retried"],
-          "success": _pct(s.rows[0]["delivery_success_rate"]),
-          "bounces": _pct(s.rows[0]["hard_bounce_rate"]),
-          "avail.": _pct(s.rows[0]["availability"])}
-         for s in result.days if s.rows and s.rows[0]["provider_name"] == ALL_PROVIDERS],
+        [
+            {
+                "day": str(s.day),
+                "created": s.rows[0]["events_created"],
+                "sent": s.rows[0]["sent"],
+                "failed": s.rows[0]["failed"],
+                "retried": s.rows[0]["retried"],
+                "success": _pct(s.rows[0]["delivery_success_rate"]),
+                "bounces": _pct(s.rows[0]["hard_bounce_rate"]),
+                "avail.": _pct(s.rows[0]["availability"]),
+            }
+            for s in result.days
+            if s.rows and s.rows[0]["provider_name"] == ALL_PROVIDERS
+        ],
         title=f"Email health snapshots ({result.timezone}, all providers)",
     )
-    console.print(f"{len(result.days)} day(s), {len(rows)} rows written "
-                  f"({result.start} to {result.end})")
+    console.print(
+        f"{len(result.days)} day(s), {len(rows)} rows written ({result.start} to {result.end})"
+    )
 
 
 class ExportFormat(StrEnum):
@@ -91,17 +106,26 @@ class ExportFormat(StrEnum):
 @app.command("export")
 @command
 def export_command(
-    fmt: ExportFormat = typer.Option(ExportFormat.csv, "--format", case_sensitive=False,
-                                     help="csv or parquet (keeps the dtypes)."),
-    from_: datetime | None = typer.Option(None, "--from", formats=_DAY,
-                                          help="First day (default: the earliest)."),
-    to: datetime | None = typer.Option(None, "--to", formats=_DAY,
-                                       help="Last day (default: the latest)."),
-    provider: str | None = typer.Option(None, "--provider",
-                                        help="One provider ('*' = the all-provider rows)."),
+    fmt: ExportFormat = typer.Option(
+        ExportFormat.csv,
+        "--format",
+        case_sensitive=False,
+        help="csv or parquet (keeps the dtypes).",
+    ),
+    from_: datetime | None = typer.Option(
+        None, "--from", formats=_DAY, help="First day (default: the earliest)."
+    ),
+    to: datetime | None = typer.Option(
+        None, "--to", formats=_DAY, help="Last day (default: the latest)."
+    ),
+    provider: str | None = typer.Option(
+        None, "--provider", help="One provider ('*' = the all-provider rows)."
+    ),
     out: Path | None = typer.Option(
-        None, "--out", help="File to write (default email_health_snapshots.<format>); "
-        "'-' writes CSV to stdout."),
+        None,
+        "--out",
+        help="File to write (default email_health_snapshots.<format>); '-' writes CSV to stdout.",
+    ),
 ) -> None:
     """Export stored snapshots (typed, as `mailpipe.snapshots.load` returns them)."""
     if _day(from_) and _day(to) and _day(from_) > _day(to):
@@ -116,8 +140,10 @@ def export_command(
 
     frame = run(go())
     if frame.empty:
-        raise MailpipeError("no snapshots match: compute some with `mailpipe snapshot "
-                            "--from YYYY-MM-DD --to YYYY-MM-DD` or widen --from/--to/--provider")
+        raise MailpipeError(
+            "no snapshots match: compute some with `mailpipe snapshot "
+            "--from YYYY-MM-DD --to YYYY-MM-DD` or widen --from/--to/--provider"
+        )
     try:
         if str(path) == "-":
             frame.to_csv(sys.stdout, index=False)
@@ -127,8 +153,10 @@ def export_command(
         else:
             frame.to_parquet(path, index=False)
     except ImportError as exc:
-        raise MailpipeError(f"parquet export needs pyarrow ({exc}): install mailpipe with its "
-                            "dependencies (uv sync) or use --format csv") from exc
+        raise MailpipeError(
+            f"parquet export needs pyarrow ({exc}): install mailpipe with its "
+            "dependencies (uv sync) or use --format csv"
+        ) from exc
     except OSError as exc:
         raise MailpipeError(f"cannot write {path}: {exc.strerror}; pick another --out") from exc
     console.print(f"wrote {len(frame)} rows ({frame['snapshot_date'].nunique()} days) to {path}")
@@ -136,12 +164,15 @@ def export_command(
 
 @command
 def report_command(
-    days: int = typer.Option(30, "--days", min=1, max=3660,
-                             help="Days to cover, ending yesterday (MAILPIPE_TIMEZONE)."),
+    days: int = typer.Option(
+        30, "--days", min=1, max=3660, help="Days to cover, ending yesterday (MAILPIPE_TIMEZONE)."
+    ),
     out: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write."),
 ) -> None:
     """Write a self-contained HTML report of the daily health snapshots (plots + tables)."""
     report = run(write_report(out, days))
-    console.print(f"wrote {report.path} ({report.start} to {report.end}: "
-                  f"{report.days_with_data} day(s) with data, "
-                  f"{len(report.providers)} provider(s))")
+    console.print(
+        f"wrote {report.path} ({report.start} to {report.end}: "
+        f"{report.days_with_data} day(s) with data, "
+        f"{len(report.providers)} provider(s))"
+    )

@@ -18,18 +18,21 @@ from mailpipe.suppressions import (
     remove_suppression,
 )
 
-app = typer.Typer(help="The suppression list: addresses and domains not to send to.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="The suppression list: addresses and domains not to send to.", no_args_is_help=True
+)
 
 
 @app.command("add")
 @command
 def add_command(
-    entries: list[str] = typer.Argument(..., help="Addresses (user@example.com) or whole "
-                                        "domains (example.com)."),
+    entries: list[str] = typer.Argument(
+        ..., help="Addresses (user@example.com) or whole domains (example.com)."
+    ),
     reason: str = typer.Option("manual", "--reason", help=f"One of {', '.join(REASONS)}."),
-    expires: str | None = typer.Option(None, "--expires", help="Until when: a delay like 30d "
-                                       "or an ISO time (default: forever)."),
+    expires: str | None = typer.Option(
+        None, "--expires", help="Until when: a delay like 30d or an ISO time (default: forever)."
+    ),
     source: str = typer.Option("mailpipe cli", "--source", help="Where this came from."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -45,17 +48,21 @@ def add_command(
 
     async def go() -> int:
         async with Database(min_size=1, max_size=2) as db:
-            return await add_suppressions(db, normalised, reason=reason, source=source,
-                                          expires_at=until)
+            return await add_suppressions(
+                db, normalised, reason=reason, source=source, expires_at=until
+            )
 
     added = run(go())
     existing = len(set(normalised)) - added
     if as_json:
         print_json({"added": added, "already_suppressed": existing, "expires_at": until})
         return
-    console.print(f"suppressed {added} new entr{'y' if added == 1 else 'ies'}"
-                  + (f" ({existing} already suppressed, kept as they were)" if existing else "")
-                  + (f" until {until:%Y-%m-%d %H:%M%z}" if until else ""), highlight=False)
+    console.print(
+        f"suppressed {added} new entr{'y' if added == 1 else 'ies'}"
+        + (f" ({existing} already suppressed, kept as they were)" if existing else "")
+        + (f" until {until:%Y-%m-%d %H:%M%z}" if until else ""),
+        highlight=False,
+    )
 
 
 @app.command("remove")
@@ -71,8 +78,7 @@ def remove_command(
 
     if not run(go()):
         raise BadOption(f"{entry!r} is not suppressed: see `mailpipe suppression list`")
-    console.print(f"removed {normalise_entry(entry)[0]} from the suppression list",
-                  highlight=False)
+    console.print(f"removed {normalise_entry(entry)[0]} from the suppression list", highlight=False)
 
 
 @app.command("list")
@@ -94,7 +100,17 @@ def list_command(
     if as_json:
         print_json(rows)
         return
-    print_table([{"address": r["address"], "kind": r["kind"], "reason": r["reason"],
-                  "source": r["source"], "since": f"{r['created_at']:%Y-%m-%d %H:%M}",
-                  "expires": f"{r['expires_at']:%Y-%m-%d %H:%M}" if r["expires_at"]
-                  else "never"} for r in rows], title="Suppressions")
+    print_table(
+        [
+            {
+                "address": r["address"],
+                "kind": r["kind"],
+                "reason": r["reason"],
+                "source": r["source"],
+                "since": f"{r['created_at']:%Y-%m-%d %H:%M}",
+                "expires": f"{r['expires_at']:%Y-%m-%d %H:%M}" if r["expires_at"] else "never",
+            }
+            for r in rows
+        ],
+        title="Suppressions",
+    )

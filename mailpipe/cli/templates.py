@@ -28,8 +28,11 @@ _TEXT = typer.Option(None, "--text", help="Plain-text body template.")
 _TEXT_FILE = typer.Option(None, "--text-file", help="Read the plain-text body from a file.")
 _HTML = typer.Option(None, "--html", help="HTML body template (autoescaped).")
 _HTML_FILE = typer.Option(None, "--html-file", help="Read the HTML body from a file.")
-_FROM = typer.Option(None, "--from", help="From address for this template (else the "
-                     "provider's), e.g. 'Shop <shop@example.com>'.")
+_FROM = typer.Option(
+    None,
+    "--from",
+    help="From address for this template (else the provider's), e.g. 'Shop <shop@example.com>'.",
+)
 _JSON = typer.Option(False, "--json", help="Print JSON.")
 
 
@@ -52,8 +55,14 @@ def add_command(
 
     async def go() -> int:
         async with Database(min_size=1, max_size=2) as db:
-            return await add_template(db, key, subject=subject, text_body=text_body,
-                                      html_body=html_body, from_address=from_address)
+            return await add_template(
+                db,
+                key,
+                subject=subject,
+                text_body=text_body,
+                html_body=html_body,
+                from_address=from_address,
+            )
 
     version = run(go())
     console.print(f"added template [bold]{key}[/] v{version}", highlight=False)
@@ -70,8 +79,9 @@ def update_command(
     html_file: Path | None = _HTML_FILE,
     no_html: bool = typer.Option(False, "--no-html", help="Remove the HTML body."),
     from_address: str | None = _FROM,
-    no_from: bool = typer.Option(False, "--no-from", help="Remove the template's From "
-                                 "(the provider's is used)."),
+    no_from: bool = typer.Option(
+        False, "--no-from", help="Remove the template's From (the provider's is used)."
+    ),
 ) -> None:
     """Save a new version with the given parts changed; the previous version is kept."""
     text_body = text_or_file("--text", text, text_file)
@@ -97,8 +107,9 @@ def update_command(
             return await update_template(db, key, **changes)
 
     version = run(go())
-    console.print(f"template [bold]{key}[/] is now v{version} (v{version - 1} kept)",
-                  highlight=False)
+    console.print(
+        f"template [bold]{key}[/] is now v{version} (v{version - 1} kept)", highlight=False
+    )
 
 
 @app.command("list")
@@ -117,17 +128,28 @@ def list_command(
     if as_json:
         print_json(rows)
         return
-    print_table(rows, title="Email templates",
-                columns=["template_key", "active_version", "versions", "subject",
-                         "from_address", "has_html", "updated_at"])
+    print_table(
+        rows,
+        title="Email templates",
+        columns=[
+            "template_key",
+            "active_version",
+            "versions",
+            "subject",
+            "from_address",
+            "has_html",
+            "updated_at",
+        ],
+    )
 
 
 @app.command("show")
 @command
 def show_command(
     key: str = typer.Argument(..., help="The template."),
-    version: int | None = typer.Option(None, "--version", help="A given version (default: "
-                                       "the active one)."),
+    version: int | None = typer.Option(
+        None, "--version", help="A given version (default: the active one)."
+    ),
     as_json: bool = _JSON,
 ) -> None:
     """A template's subject, bodies and from address, and its versions."""
@@ -143,8 +165,9 @@ def show_command(
     state = "active" if row["active"] else "inactive"
     created = f"{row['created_at']:%Y-%m-%d %H:%M}"
     console.print(f"[bold]{key}[/] v{row['version']} ({state}, {created})", highlight=False)
-    console.print(f"From: {row['from_address'] or '(the provider default)'}", highlight=False,
-                  markup=False)
+    console.print(
+        f"From: {row['from_address'] or '(the provider default)'}", highlight=False, markup=False
+    )
     console.print(f"Subject: {row['subject']}", highlight=False, markup=False)
     console.rule("text")
     console.print(row["text_body"], highlight=False, markup=False)
@@ -152,24 +175,39 @@ def show_command(
         console.rule("html")
         console.print(row["html_body"], highlight=False, markup=False)
     console.rule()
-    print_table(versions, title="Versions",
-                columns=["version", "active", "subject", "from_address", "created_at"])
+    print_table(
+        versions,
+        title="Versions",
+        columns=["version", "active", "subject", "from_address", "created_at"],
+    )
 
 
 @app.command("render")
 @command
 def render_command(
     key: str | None = typer.Argument(None, help="The template (default: the event's)."),
-    data: str | None = typer.Option(None, "--data", help="Variables as a JSON object, e.g. "
-                                    "'{\"name\": \"Ann\"}' (default: the event's payload)."),
-    to: str | None = typer.Option(None, "--to", help="Recipient (default: the event's, "
-                                  "else recipient@example.com)."),
-    event: int | None = typer.Option(None, "--event", help="Preview this queued event: its "
-                                     "recipient, payload, Message-ID and event header."),
-    provider: str | None = typer.Option(None, "--provider", help="As sent through this "
-                                        "provider (default: the one the flow would pick)."),
-    version: int | None = typer.Option(None, "--version", help="Render this version "
-                                       "(default: the active one)."),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="Variables as a JSON object, e.g. "
+        '\'{"name": "Ann"}\' (default: the event\'s payload).',
+    ),
+    to: str | None = typer.Option(
+        None, "--to", help="Recipient (default: the event's, else recipient@example.com)."
+    ),
+    event: int | None = typer.Option(
+        None,
+        "--event",
+        help="Preview this queued event: its recipient, payload, Message-ID and event header.",
+    ),
+    provider: str | None = typer.Option(
+        None,
+        "--provider",
+        help="As sent through this provider (default: the one the flow would pick).",
+    ),
+    version: int | None = typer.Option(
+        None, "--version", help="Render this version (default: the active one)."
+    ),
     as_json: bool = _JSON,
 ) -> None:
     """Print the exact message the flow would send, without sending it.
@@ -181,22 +219,43 @@ def render_command(
 
     async def go() -> Preview:
         async with Database(min_size=1, max_size=2) as db:
-            return await preview_message(db, key, variables, recipient=to, event_id=event,
-                                         provider_name=provider, version=version)
+            return await preview_message(
+                db,
+                key,
+                variables,
+                recipient=to,
+                event_id=event,
+                provider_name=provider,
+                version=version,
+            )
 
     preview = run(go())
     if as_json:
-        print_json({"template_key": preview.template_key, "version": preview.version,
-                    "provider": preview.provider, "to": preview.recipient,
-                    "message_id": preview.message_id, "event": preview.event_id,
-                    "subject": preview.rendered.subject, "text": preview.rendered.text,
-                    "html": preview.rendered.html,
-                    "message": preview.message.decode("utf-8", errors="replace")})
+        print_json(
+            {
+                "template_key": preview.template_key,
+                "version": preview.version,
+                "provider": preview.provider,
+                "to": preview.recipient,
+                "message_id": preview.message_id,
+                "event": preview.event_id,
+                "subject": preview.rendered.subject,
+                "text": preview.rendered.text,
+                "html": preview.rendered.html,
+                "message": preview.message.decode("utf-8", errors="replace"),
+            }
+        )
         return
-    via = f"via provider {preview.provider}" if preview.provider else \
-        "no usable provider: the flow would defer it now"
-    err_console.print(f"# template {preview.template_key} v{preview.version}, {via}; "
-                      "only Date will differ", highlight=False, markup=False)
+    via = (
+        f"via provider {preview.provider}"
+        if preview.provider
+        else "no usable provider: the flow would defer it now"
+    )
+    err_console.print(
+        f"# template {preview.template_key} v{preview.version}, {via}; only Date will differ",
+        highlight=False,
+        markup=False,
+    )
     # The raw bytes, as handed to SMTP: redirect to a file to get an .eml.
     sys.stdout.flush()
     sys.stdout.buffer.write(preview.message)
@@ -207,8 +266,9 @@ def render_command(
 @command
 def remove_command(
     key: str = typer.Argument(..., help="The template."),
-    force: bool = typer.Option(False, "--force", help="Even if queued events use it (they "
-                               "will fail as unknown template)."),
+    force: bool = typer.Option(
+        False, "--force", help="Even if queued events use it (they will fail as unknown template)."
+    ),
 ) -> None:
     """Retire a template: every version becomes inactive (kept for history)."""
 
@@ -217,5 +277,8 @@ def remove_command(
             return await remove_template(db, key, force=force)
 
     waiting = run(go())
-    console.print(f"removed template [bold]{key}[/]" + (
-        f" ({waiting} queued event(s) will fail)" if waiting else ""), highlight=False)
+    console.print(
+        f"removed template [bold]{key}[/]"
+        + (f" ({waiting} queued event(s) will fail)" if waiting else ""),
+        highlight=False,
+    )

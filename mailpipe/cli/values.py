@@ -22,8 +22,9 @@ def duration(option: str, text: str) -> dt.timedelta:
     """``"90d"`` -> 90 days (units s, m, h, d, w)."""
     match = _DURATION.match(text or "")
     if not match or int(match.group(1)) == 0:
-        raise BadOption(f"{option} {text!r} is not a duration: use a number and a unit, "
-                        "like 30m, 1h, 7d or 2w")
+        raise BadOption(
+            f"{option} {text!r} is not a duration: use a number and a unit, like 30m, 1h, 7d or 2w"
+        )
     try:
         return dt.timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
     except OverflowError:
@@ -41,8 +42,10 @@ def moment(option: str, text: str) -> dt.datetime:
     try:
         value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except (ValueError, AttributeError):
-        raise BadOption(f"{option} {text!r} is neither an ISO 8601 time "
-                        "(2026-01-01T09:00:00+00:00) nor a delay like 10m") from None
+        raise BadOption(
+            f"{option} {text!r} is neither an ISO 8601 time "
+            "(2026-01-01T09:00:00+00:00) nor a delay like 10m"
+        ) from None
     if value.tzinfo is None:
         raise BadOption(f"{option} {text!r} has no timezone: add one, e.g. {text}+00:00")
     return value
@@ -53,11 +56,15 @@ def json_object(option: str, text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise BadOption(f"{option} is not valid JSON ({exc.msg} at line {exc.lineno} column "
-                        f"{exc.colno}): pass an object like '{{\"name\": \"Ann\"}}'") from None
+        raise BadOption(
+            f"{option} is not valid JSON ({exc.msg} at line {exc.lineno} column "
+            f'{exc.colno}): pass an object like \'{{"name": "Ann"}}\''
+        ) from None
     if not isinstance(value, dict):
-        raise BadOption(f"{option} must be a JSON object like '{{\"name\": \"Ann\"}}', not "
-                        f"a {type(value).__name__}")
+        raise BadOption(
+            f'{option} must be a JSON object like \'{{"name": "Ann"}}\', not '
+            f"a {type(value).__name__}"
+        )
     return value
 
 
@@ -72,8 +79,9 @@ def read_text(option: str, path: Path) -> str:
     except PermissionError:
         raise BadOption(f"{option} {str(path)!r}: permission denied") from None
     except UnicodeDecodeError:
-        raise BadOption(f"{option} {str(path)!r} is not UTF-8 text: convert it "
-                        "(e.g. iconv -t utf-8)") from None
+        raise BadOption(
+            f"{option} {str(path)!r} is not UTF-8 text: convert it (e.g. iconv -t utf-8)"
+        ) from None
     except OSError as exc:
         raise BadOption(f"{option} {str(path)!r} cannot be read: {exc.strerror}") from None
 
@@ -110,8 +118,9 @@ def optional_limit(option: str, text: str | None) -> int | None:
     try:
         value = int(text)
     except ValueError:
-        raise BadOption(f"{option} {text!r} is not a whole number (or 'none' for no limit)") \
-            from None
+        raise BadOption(
+            f"{option} {text!r} is not a whole number (or 'none' for no limit)"
+        ) from None
     if value < 0:
         raise BadOption(f"{option} {value} must be 0 or more (or 'none' for no limit)")
     return value

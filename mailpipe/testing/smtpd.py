@@ -31,20 +31,20 @@ _HEADERS = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 class Behaviour:
     """How the server answers; every field defaults to a well-behaved server."""
 
-    ehlo_reply: str | None = None          # e.g. "421 4.3.2 shutting down"
-    ehlo_delay: float = 0.0                # seconds before answering EHLO (a stalled server)
+    ehlo_reply: str | None = None  # e.g. "421 4.3.2 shutting down"
+    ehlo_delay: float = 0.0  # seconds before answering EHLO (a stalled server)
     mail_reply: str | None = None
-    rcpt_reply: str | None = None          # e.g. "550 5.1.1 no such user"
+    rcpt_reply: str | None = None  # e.g. "550 5.1.1 no such user"
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # per recipient address
-    data_reply: str | None = None          # e.g. "451 4.3.0 try later", "554 5.7.1 spam"
+    data_reply: str | None = None  # e.g. "451 4.3.0 try later", "554 5.7.1 spam"
     data_script: list[str] = field(default_factory=list)  # consumed in order, then data_reply
-    data_delay: float = 0.0                # seconds before answering DATA (a slow server)
-    drop_before_data: bool = False         # close the connection at RCPT
-    drop_after_data: bool = False          # accept the bytes, record them, close without a reply
+    data_delay: float = 0.0  # seconds before answering DATA (a slow server)
+    drop_before_data: bool = False  # close the connection at RCPT
+    drop_after_data: bool = False  # accept the bytes, record them, close without a reply
     # reply (or "drop_after" / "drop_before") -> weight, drawn per message
     fault_mix: dict[str, float] = field(default_factory=dict)
     fault_seed: int = 0
-    auth: tuple[str, str] | None = None    # (username, password) required when set
+    auth: tuple[str, str] | None = None  # (username, password) required when set
 
 
 @dataclass
@@ -64,8 +64,14 @@ class _Handler:
     def __init__(self, server: SMTPTestServer) -> None:
         self.server = server
 
-    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
-                          hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
         self.server.connections += 1
         behaviour = self.server.behaviour
         if behaviour.ehlo_delay:
@@ -75,16 +81,28 @@ class _Handler:
         session.host_name = hostname
         return responses
 
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, mail_options: list[str]) -> str:
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
         if self.server.behaviour.mail_reply:
             return self.server.behaviour.mail_reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         behaviour = self.server.behaviour
         fault = self.server.next_fault()
         if behaviour.drop_before_data or fault == "drop_before":
@@ -111,15 +129,17 @@ class _Handler:
         headers = _HEADERS.parsebytes(content, headersonly=True)
         drop = behaviour.drop_after_data or reply == "drop_after"
         accepted = drop or reply is None or reply.startswith("250")
-        self.server.messages.append(Received(
-            mail_from=envelope.mail_from or "",
-            rcpt_tos=list(envelope.rcpt_tos),
-            content=content,
-            message_id=headers.get("Message-ID"),
-            accepted=accepted and not drop,
-            received_at=dt.datetime.now(dt.UTC),
-            reply="drop_after" if drop else (reply or "250 2.0.0 OK queued"),
-        ))
+        self.server.messages.append(
+            Received(
+                mail_from=envelope.mail_from or "",
+                rcpt_tos=list(envelope.rcpt_tos),
+                content=content,
+                message_id=headers.get("Message-ID"),
+                accepted=accepted and not drop,
+                received_at=dt.datetime.now(dt.UTC),
+                reply="drop_after" if drop else (reply or "250 2.0.0 OK queued"),
+            )
+        )
         if drop:
             self.server.dropped_after_data += 1
             server.transport.abort()
@@ -130,8 +150,14 @@ class _Handler:
 class SMTPTestServer:
     """A real SMTP server on 127.0.0.1 in a background thread; start(), then stop()."""
 
-    def __init__(self, behaviour: Behaviour | None = None, *, tls: str = "none",
-                 certificate: Certificate | None = None, hostname: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        behaviour: Behaviour | None = None,
+        *,
+        tls: str = "none",
+        certificate: Certificate | None = None,
+        hostname: str = "127.0.0.1",
+    ) -> None:
         if tls not in ("none", "starttls", "implicit"):
             raise ValueError(f"tls must be none, starttls or implicit, not {tls!r}")
         self.behaviour = behaviour or Behaviour()
@@ -144,9 +170,13 @@ class SMTPTestServer:
         self._lock = threading.Lock()
         self._random = random.Random(self.behaviour.fault_seed)
         # aiosmtpd's readiness check connects to the configured port, so port 0 cannot be used.
-        kwargs: dict[str, Any] = {"hostname": hostname, "port": free_port(), "ready_timeout": 10,
-                                  "enable_SMTPUTF8": True,
-                                  "data_size_limit": 50 * 1024 * 1024}
+        kwargs: dict[str, Any] = {
+            "hostname": hostname,
+            "port": free_port(),
+            "ready_timeout": 10,
+            "enable_SMTPUTF8": True,
+            "data_size_limit": 50 * 1024 * 1024,
+        }
         if tls != "none":
             if certificate is None:
                 raise ValueError("TLS needs a certificate (see make_certificate)")
@@ -155,12 +185,12 @@ class SMTPTestServer:
                 kwargs.update(tls_context=context, require_starttls=False)
             else:
                 kwargs.update(ssl_context=context)
-        kwargs.update(auth_require_tls=False, authenticator=self._authenticate,
-                      auth_required=False)
+        kwargs.update(auth_require_tls=False, authenticator=self._authenticate, auth_required=False)
         self._controller = Controller(_Handler(self), **kwargs)
 
-    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope,
-                      mechanism: str, auth_data: Any) -> AuthResult:
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         expected = self.behaviour.auth
         if expected is None:
             return AuthResult(success=True)
@@ -245,20 +275,29 @@ def make_certificate(folder: Path) -> Certificate:
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     folder.mkdir(parents=True, exist_ok=True)
     cert_file, key_file = folder / "smtpd-cert.pem", folder / "smtpd-key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return Certificate(cert_file, key_file)

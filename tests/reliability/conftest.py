@@ -19,8 +19,9 @@ TEST_APPLICATION = "mailpipe-reliability-test"
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
     """An open pool on this test's database, under the application name of the test."""
-    async with Database(database_url, min_size=1, max_size=4,
-                        application_name=TEST_APPLICATION) as database:
+    async with Database(
+        database_url, min_size=1, max_size=4, application_name=TEST_APPLICATION
+    ) as database:
         yield database
 
 

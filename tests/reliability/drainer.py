@@ -29,9 +29,12 @@ def main() -> int:
 
     async def go() -> dict:
         async with Database(args.url, min_size=1, max_size=args.concurrency + 2) as db:
-            result = await drain_queue(db, batch_size=args.batch_size,
-                                       concurrency=args.concurrency,
-                                       time_budget=args.time_budget)
+            result = await drain_queue(
+                db,
+                batch_size=args.batch_size,
+                concurrency=args.concurrency,
+                time_budget=args.time_budget,
+            )
         return {**result.summary(), "worker": result.worker}
 
     try:

@@ -43,15 +43,19 @@ async def run() -> dict[str, Any]:
     }
     summary["flows_seconds"] = round(time.perf_counter() - started, 1)
     report = await asyncio.to_thread(quality.run_checks)
-    summary["quality"] = {"suites": len(report.suites), "docs_url": report.docs_url,
-                          "seconds": round(report.elapsed_seconds, 1)}
+    summary["quality"] = {
+        "suites": len(report.suites),
+        "docs_url": report.docs_url,
+        "seconds": round(report.elapsed_seconds, 1),
+    }
 
     errors = []
     password = os.environ["RELIABILITY_DB_PASSWORD"]
     unreachable = f"postgresql://mailpipe:{password}@127.0.0.1:{free_port()}/mailpipe"
     try:
-        async with Database(unreachable, min_size=1, max_size=1,
-                            settings=Settings(connect_timeout=1)):
+        async with Database(
+            unreachable, min_size=1, max_size=1, settings=Settings(connect_timeout=1)
+        ):
             pass
     except MailpipeError as exc:
         errors.append(str(exc))
@@ -63,8 +67,11 @@ async def run() -> dict[str, Any]:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     summary = asyncio.run(run())
     print(json.dumps(summary, default=str), flush=True)
     return 0

@@ -7,22 +7,73 @@ from typing import Any
 from hypothesis import strategies as st
 
 # Every character that can break a header line or hide in one.
-CONTROL = ["\r", "\n", "\r\n", "\x00", "\t", "\x0b", "\x0c", "\x1b", "\x1f", "\x7f", "\x85",
-           "\u2028", "\u2029", "\u202e", "\ufeff"]
+CONTROL = [
+    "\r",
+    "\n",
+    "\r\n",
+    "\x00",
+    "\t",
+    "\x0b",
+    "\x0c",
+    "\x1b",
+    "\x1f",
+    "\x7f",
+    "\x85",
+    "\u2028",
+    "\u2029",
+    "\u202e",
+    "\ufeff",
+]
 
 ADDRESSES = [
-    "ann@example.com", "A.Name+tag@Example.COM", "jörg@bücher.de", "user@xn--bcher-kva.de",
-    "用户@例子.广告", "δοκιμή@παράδειγμα.δοκιμή", '"john doe"@example.com', '"a@b"@example.com',
-    '"a\\"b"@example.com', 'a"b@example.com', "a..b@example.com", ".a@example.com",
-    "a.@example.com", "a@-example.com", "a@example-.com", "a@example", "a@example.c",
-    "a@[127.0.0.1]", "a@[IPv6:::1]", "a@localhost", "a@123.123.123.123",
-    "a" * 64 + "@example.com", "a" * 65 + "@example.com", "a@" + "b" * 63 + ".com",
-    "a@" + "b" * 64 + ".com", "a@" + ("b" * 60 + ".") * 4 + "com", "x" * 10_000 + "@example.com",
-    "a@example.com ", " a@example.com", "", " ", "@", "a@", "@example.com", "a@@example.com",
-    "<a@example.com>", "Ann <a@example.com>", "a@example.com, b@example.com",
-    "a@example.com\r\nBcc: victim@example.org", "a\r\n@example.com", "a\x00@example.com",
-    "a@example.com\x00", "\u202e@example.com", "a@exa\u200bmple.com", "postmaster",
-    "a@example.com;b@example.com", "a(comment)@example.com", "a@example.com.",
+    "ann@example.com",
+    "A.Name+tag@Example.COM",
+    "jörg@bücher.de",
+    "user@xn--bcher-kva.de",
+    "用户@例子.广告",
+    "δοκιμή@παράδειγμα.δοκιμή",
+    '"john doe"@example.com',
+    '"a@b"@example.com',
+    '"a\\"b"@example.com',
+    'a"b@example.com',
+    "a..b@example.com",
+    ".a@example.com",
+    "a.@example.com",
+    "a@-example.com",
+    "a@example-.com",
+    "a@example",
+    "a@example.c",
+    "a@[127.0.0.1]",
+    "a@[IPv6:::1]",
+    "a@localhost",
+    "a@123.123.123.123",
+    "a" * 64 + "@example.com",
+    "a" * 65 + "@example.com",
+    "a@" + "b" * 63 + ".com",
+    "a@" + "b" * 64 + ".com",
+    "a@" + ("b" * 60 + ".") * 4 + "com",
+    "x" * 10_000 + "@example.com",
+    "a@example.com ",
+    " a@example.com",
+    "",
+    " ",
+    "@",
+    "a@",
+    "@example.com",
+    "a@@example.com",
+    "<a@example.com>",
+    "Ann <a@example.com>",
+    "a@example.com, b@example.com",
+    "a@example.com\r\nBcc: victim@example.org",
+    "a\r\n@example.com",
+    "a\x00@example.com",
+    "a@example.com\x00",
+    "\u202e@example.com",
+    "a@exa\u200bmple.com",
+    "postmaster",
+    "a@example.com;b@example.com",
+    "a(comment)@example.com",
+    "a@example.com.",
 ]
 
 
@@ -36,8 +87,9 @@ def addresses() -> st.SearchStrategy[str]:
     """Valid, invalid, oversized, IDN, quoted and injected addresses, and plain junk."""
     return st.one_of(
         st.sampled_from(ADDRESSES),
-        st.builds(inject, st.sampled_from(ADDRESSES[:6]), st.sampled_from(CONTROL),
-                  st.integers(0, 40)),
+        st.builds(
+            inject, st.sampled_from(ADDRESSES[:6]), st.sampled_from(CONTROL), st.integers(0, 40)
+        ),
         st.emails(),
         st.text(max_size=80),
     )
@@ -46,9 +98,12 @@ def addresses() -> st.SearchStrategy[str]:
 def header_values() -> st.SearchStrategy[str]:
     """Text for a header field: ordinary, non-ASCII, long, or carrying a control character
     (an injected ``Bcc:`` line in particular)."""
-    base = st.one_of(st.sampled_from(["Order 42", "Grüße", "½ price", "x" * 2000, "",
-                                      "=?utf-8?q?encoded?=", "Subject: fake"]),
-                     st.text(max_size=60))
+    base = st.one_of(
+        st.sampled_from(
+            ["Order 42", "Grüße", "½ price", "x" * 2000, "", "=?utf-8?q?encoded?=", "Subject: fake"]
+        ),
+        st.text(max_size=60),
+    )
     return st.one_of(
         base,
         st.builds(inject, base, st.sampled_from(CONTROL), st.integers(0, 60)),
@@ -58,21 +113,44 @@ def header_values() -> st.SearchStrategy[str]:
 
 def json_values(max_leaves: int = 20) -> st.SearchStrategy[Any]:
     """Any JSON value (nested, non-ASCII keys, big numbers)."""
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False,
-                        allow_infinity=False), st.text(max_size=40).map(
-                            lambda t: t.replace("\x00", "")))
-    return st.recursive(scalars, lambda children: st.one_of(
-        st.lists(children, max_size=4),
-        st.dictionaries(st.text(max_size=10).map(lambda t: t.replace("\x00", "")), children,
-                        max_size=4)), max_leaves=max_leaves)
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=40).map(lambda t: t.replace("\x00", "")),
+    )
+    return st.recursive(
+        scalars,
+        lambda children: st.one_of(
+            st.lists(children, max_size=4),
+            st.dictionaries(
+                st.text(max_size=10).map(lambda t: t.replace("\x00", "")), children, max_size=4
+            ),
+        ),
+        max_leaves=max_leaves,
+    )
 
 
 def python_payloads() -> st.SearchStrategy[Any]:
     """What a caller might pass as ``data``: JSON objects, other JSON, and things JSON cannot
     hold (NaN, infinity, bytes, sets, objects, NUL characters)."""
-    odd = st.sampled_from([float("nan"), float("inf"), b"bytes", {1, 2}, object(), "\x00",
-                           {"k": "nul\x00inside"}, {"k": float("nan")}, {1: "int key"},
-                           {"k": b"bytes"}, {"k": 10 ** 400}, {"deep": [[[[[[[[[]]]]]]]]]}])
+    odd = st.sampled_from(
+        [
+            float("nan"),
+            float("inf"),
+            b"bytes",
+            {1, 2},
+            object(),
+            "\x00",
+            {"k": "nul\x00inside"},
+            {"k": float("nan")},
+            {1: "int key"},
+            {"k": b"bytes"},
+            {"k": 10**400},
+            {"deep": [[[[[[[[[]]]]]]]]]},
+        ]
+    )
     return st.one_of(json_values(), st.dictionaries(st.text(max_size=10), json_values()), odd)
 
 
@@ -109,16 +187,43 @@ ESCAPES = [
 ]
 # Not bounded, documented in docs/reliability.md: nested loops ({% for %} in {% for %} over
 # range(100000) each) and huge format widths ('%0999999999d' % 1) still cost CPU and memory.
-SYNTAX_ERRORS = ["{{ name ", "{% if %}", "{% for x in %}{% endfor %}", "{{ }}", "{% endif %}",
-                 "{{ name | nosuchfilter }}", "{% extends 'x' %}", "{% include 'x' %}",
-                 "{% import 'x' as y %}", "{{ name(}}", "{# unclosed"]
+SYNTAX_ERRORS = [
+    "{{ name ",
+    "{% if %}",
+    "{% for x in %}{% endfor %}",
+    "{{ }}",
+    "{% endif %}",
+    "{{ name | nosuchfilter }}",
+    "{% extends 'x' %}",
+    "{% include 'x' %}",
+    "{% import 'x' as y %}",
+    "{{ name(}}",
+    "{# unclosed",
+]
 
 
 def template_sources() -> st.SearchStrategy[str]:
     """Template text: escapes, syntax errors, variables, and random Jinja-ish fragments."""
-    fragment = st.sampled_from(["{{ name }}", "{{ missing }}", "{% if name %}x{% endif %}",
-                                "{{ name|upper }}", "{{ name ~ '!' }}", "{%", "}}", "{#", "#}",
-                                "plain ", "{{ name.__class__ }}", "{% raw %}", "{% endraw %}"])
-    return st.one_of(st.sampled_from(ESCAPES), st.sampled_from(SYNTAX_ERRORS),
-                     st.lists(fragment, min_size=1, max_size=6).map("".join),
-                     st.text(max_size=40))
+    fragment = st.sampled_from(
+        [
+            "{{ name }}",
+            "{{ missing }}",
+            "{% if name %}x{% endif %}",
+            "{{ name|upper }}",
+            "{{ name ~ '!' }}",
+            "{%",
+            "}}",
+            "{#",
+            "#}",
+            "plain ",
+            "{{ name.__class__ }}",
+            "{% raw %}",
+            "{% endraw %}",
+        ]
+    )
+    return st.one_of(
+        st.sampled_from(ESCAPES),
+        st.sampled_from(SYNTAX_ERRORS),
+        st.lists(fragment, min_size=1, max_size=6).map("".join),
+        st.text(max_size=40),
+    )

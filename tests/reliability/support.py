@@ -58,14 +58,34 @@ async def wait_for(check: Callable[[], Awaitable[T] | T], *, timeout: float, wha
 class DrainerProcess:
     """``python -m tests.reliability.drainer`` in its own OS process (killable with SIGKILL)."""
 
-    def __init__(self, url: str, *, batch_size: int = 50, concurrency: int = 1,
-                 time_budget: float = 120.0, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        batch_size: int = 50,
+        concurrency: int = 1,
+        time_budget: float = 120.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.reliability.drainer", url,
-             "--batch-size", str(batch_size), "--concurrency", str(concurrency),
-             "--time-budget", str(time_budget)],
-            cwd=ROOT, env={**os.environ, **(env or {})},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "tests.reliability.drainer",
+                url,
+                "--batch-size",
+                str(batch_size),
+                "--concurrency",
+                str(concurrency),
+                "--time-budget",
+                str(time_budget),
+            ],
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.pid = self.process.pid
 
     @property
@@ -95,37 +115,47 @@ async def events(db: Database) -> list[Row]:
     """Every event with the columns the ledger needs."""
     return await db.fetch_all(
         "SELECT id, status, message_id, may_be_duplicate, error_class, last_error, retry_count,"
-        " provider_name, locked_by, lease_expires_at FROM communication_events ORDER BY id")
+        " provider_name, locked_by, lease_expires_at FROM communication_events ORDER BY id"
+    )
 
 
 async def recorded_message_ids(db: Database) -> set[str]:
     """Message-IDs of the events recorded as sent (what a crash did not lose track of)."""
-    return {r["message_id"] for r in await db.fetch_all(
-        "SELECT message_id FROM communication_events WHERE status = 'sent'")}
+    return {
+        r["message_id"]
+        for r in await db.fetch_all(
+            "SELECT message_id FROM communication_events WHERE status = 'sent'"
+        )
+    }
 
 
 async def expire_leases(db: Database) -> int:
     """Time passes: every lease still held (by a dead worker) runs out now."""
     return await db.execute(
         "UPDATE communication_events SET lease_expires_at = now() - interval '1 second'"
-        " WHERE status = 'processing'")
+        " WHERE status = 'processing'"
+    )
 
 
 async def make_retries_due(db: Database) -> int:
     """Time passes: every event waiting for its retry time is due now."""
     return await db.execute(
         "UPDATE communication_events SET scheduled_at = now() - interval '1 second'"
-        " WHERE status = 'queued' AND scheduled_at > now()")
+        " WHERE status = 'queued' AND scheduled_at > now()"
+    )
 
 
 async def waiting_on_a_lock(db: Database, application_name: str | None = None) -> bool:
     """Another session on this database (of ``application_name``, when given) is blocked on
     a row, table or transaction lock."""
-    return bool(await db.fetch_value(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
-        " AND (%(name)s::text IS NULL OR application_name = %(name)s::text)",
-        {"name": application_name}))
+    return bool(
+        await db.fetch_value(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+            " AND (%(name)s::text IS NULL OR application_name = %(name)s::text)",
+            {"name": application_name},
+        )
+    )
 
 
 async def as_role(db: Database, role: str, sql: str) -> list[dict]:
@@ -150,7 +180,7 @@ class Ledger:
 
     events: int
     statuses: Counter[str]
-    accepted: Counter[str]                      # Message-ID -> times a server answered 250
+    accepted: Counter[str]  # Message-ID -> times a server answered 250
     lost: list[int] = field(default_factory=list)
     unrecorded: list[str] = field(default_factory=list)
     duplicated_ids: list[str] = field(default_factory=list)
@@ -161,19 +191,25 @@ class Ledger:
         return sum(self.accepted[m] - 1 for m in self.duplicated_ids)
 
     def figures(self) -> dict[str, Any]:
-        return {"events": self.events, **{f"status_{k}": v for k, v in
-                                          sorted(self.statuses.items())},
-                "accepted_messages": sum(self.accepted.values()),
-                "lost": len(self.lost), "unrecorded": len(self.unrecorded),
-                "duplicated": self.duplicated, "ambiguous": self.ambiguous}
+        return {
+            "events": self.events,
+            **{f"status_{k}": v for k, v in sorted(self.statuses.items())},
+            "accepted_messages": sum(self.accepted.values()),
+            "lost": len(self.lost),
+            "unrecorded": len(self.unrecorded),
+            "duplicated": self.duplicated,
+            "ambiguous": self.ambiguous,
+        }
 
 
-def reconcile(rows: list[Row], servers: Iterable[SMTPTestServer], *,
-              expected_ids: Iterable[int] | None = None) -> Ledger:
+def reconcile(
+    rows: list[Row], servers: Iterable[SMTPTestServer], *, expected_ids: Iterable[int] | None = None
+) -> Ledger:
     """Reconcile event rows with every message the servers recorded (see :class:`Ledger`)."""
     servers = list(servers)
     accepted: Counter[str] = Counter(
-        m.message_id for s in servers for m in s.messages if m.accepted and m.message_id)
+        m.message_id for s in servers for m in s.messages if m.accepted and m.message_id
+    )
     ledger = Ledger(len(rows), Counter(r["status"] for r in rows), accepted)
     ledger.ambiguous = sum(s.dropped_after_data for s in servers)
     present = {r["id"] for r in rows}
@@ -198,8 +234,14 @@ def without_date(content: bytes) -> bytes:
     return re.sub(rb"\nDate: [^\r\n]*", b"", content)
 
 
-async def recover_and_reconcile(db: Database, server: SMTPTestServer, ids: list[int],
-                                in_flight: Iterable[str], *, batch_size: int) -> dict[str, Any]:
+async def recover_and_reconcile(
+    db: Database,
+    server: SMTPTestServer,
+    ids: list[int],
+    in_flight: Iterable[str],
+    *,
+    batch_size: int,
+) -> dict[str, Any]:
     """After a crash or a lost connection: the server behaves again, time passes (every lease
     the failed run held runs out), the next run drains the queue; check the promise and return
     the figures (``rescued`` and :meth:`Ledger.figures`).
@@ -217,15 +259,18 @@ async def recover_and_reconcile(db: Database, server: SMTPTestServer, ids: list[
     ledger = reconcile(await events(db), [server], expected_ids=ids)
     assert ledger.statuses == {"sent": len(ids)}, ledger.statuses
     assert ledger.lost == [] and ledger.unrecorded == []
-    assert set(ledger.duplicated_ids) == set(times), (sorted(ledger.duplicated_ids),
-                                                       sorted(times))
+    assert set(ledger.duplicated_ids) == set(times), (sorted(ledger.duplicated_ids), sorted(times))
     assert {m: ledger.accepted[m] for m in times} == {m: n + 1 for m, n in times.items()}
     assert ledger.duplicated == sum(times.values())
     for message_id in times:
         copies = {without_date(m.content) for m in server.accepted if m.message_id == message_id}
         assert len(copies) == 1, message_id
-    flagged = {r["message_id"] for r in await db.fetch_all(
-        "SELECT message_id FROM smtp_delivery_confirmations WHERE may_be_duplicate")}
+    flagged = {
+        r["message_id"]
+        for r in await db.fetch_all(
+            "SELECT message_id FROM smtp_delivery_confirmations WHERE may_be_duplicate"
+        )
+    }
     assert set(times) <= flagged
     return {"rescued": result.rescued, **ledger.figures()}
 

@@ -43,7 +43,9 @@ BATCH = 10
 async def claimed_by(db: Database, drainer: DrainerProcess) -> int:
     return await db.fetch_value(
         "SELECT count(*) FROM communication_events WHERE status = 'processing'"
-        " AND locked_by LIKE %s", (f"%{drainer.worker_prefix}%",))
+        " AND locked_by LIKE %s",
+        (f"%{drainer.worker_prefix}%",),
+    )
 
 
 async def engine_sessions_ended(db: Database) -> bool:
@@ -51,12 +53,15 @@ async def engine_sessions_ended(db: Database) -> bool:
     had in a transaction is committed (its COMMIT had reached Postgres) or rolled back."""
     return not await db.fetch_value(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        " AND application_name = %s", (ENGINE,))
+        " AND application_name = %s",
+        (ENGINE,),
+    )
 
 
 @pytest.fixture
-async def slow_queue(db: Database, smtpd_factory: Callable[..., SMTPTestServer]
-                     ) -> tuple[SMTPTestServer, list[int]]:
+async def slow_queue(
+    db: Database, smtpd_factory: Callable[..., SMTPTestServer]
+) -> tuple[SMTPTestServer, list[int]]:
     """A provider with one connection (sends in order), a template and 30 events."""
     server = smtpd_factory()
     await add_provider(db, "primary", server, max_connections=1, timeout_seconds=60)
@@ -65,8 +70,11 @@ async def slow_queue(db: Database, smtpd_factory: Callable[..., SMTPTestServer]
 
 
 async def test_kill_after_claim_before_any_send(
-    db: Database, database_url: str, slow_queue: tuple[SMTPTestServer, list[int]],
-    drainers: Callable[..., DrainerProcess], figures: Figures,
+    db: Database,
+    database_url: str,
+    slow_queue: tuple[SMTPTestServer, list[int]],
+    drainers: Callable[..., DrainerProcess],
+    figures: Figures,
 ) -> None:
     server, ids = slow_queue
     server.behaviour.ehlo_delay = 60  # the drainer claims, connects, and waits
@@ -81,41 +89,56 @@ async def test_kill_after_claim_before_any_send(
 
 
 async def test_kill_mid_batch_after_some_smtp_accepts(
-    db: Database, database_url: str, slow_queue: tuple[SMTPTestServer, list[int]],
-    drainers: Callable[..., DrainerProcess], figures: Figures,
+    db: Database,
+    database_url: str,
+    slow_queue: tuple[SMTPTestServer, list[int]],
+    drainers: Callable[..., DrainerProcess],
+    figures: Figures,
 ) -> None:
     server, ids = slow_queue
     server.behaviour.data_delay = 0.2
     drainer = drainers(database_url, batch_size=BATCH)
-    await wait_for(lambda: len(server.accepted) >= 3, timeout=60,
-                   what="the server accepts 3 messages of the first batch")
+    await wait_for(
+        lambda: len(server.accepted) >= 3,
+        timeout=60,
+        what="the server accepts 3 messages of the first batch",
+    )
     drainer.kill()
     in_flight = set(server.accepted_message_ids())
     # Nothing of the batch was recorded: its outcomes are written in one transaction.
     assert await recorded_message_ids(db) == set()
     assert 3 <= len(in_flight) < BATCH
     numbers = await recover_and_reconcile(db, server, ids, in_flight, batch_size=BATCH)
-    figures.record("crash", "kill -9 mid-batch, after SMTP accepts",
-                   in_flight=len(in_flight), **numbers)
+    figures.record(
+        "crash", "kill -9 mid-batch, after SMTP accepts", in_flight=len(in_flight), **numbers
+    )
 
 
 async def test_kill_inside_the_recording_transaction(
-    db: Database, database_url: str, slow_queue: tuple[SMTPTestServer, list[int]],
-    drainers: Callable[..., DrainerProcess], figures: Figures,
+    db: Database,
+    database_url: str,
+    slow_queue: tuple[SMTPTestServer, list[int]],
+    drainers: Callable[..., DrainerProcess],
+    figures: Figures,
 ) -> None:
     server, ids = slow_queue
-    first = await db.fetch_value("SELECT message_id FROM communication_events WHERE id = %s",
-                                 (ids[0],))
+    first = await db.fetch_value(
+        "SELECT message_id FROM communication_events WHERE id = %s", (ids[0],)
+    )
     with pytest.raises(Rollback):
         async with db.transaction() as blocker:
             # Uncommitted: the drainer's INSERT ... ON CONFLICT (message_id) waits for it.
             await blocker.execute(
                 "INSERT INTO smtp_delivery_confirmations (provider_name, message_id,"
                 " recipient_email, status) VALUES ('blocker', %s, 'x@example.com', 'accepted')",
-                (first,))
+                (first,),
+            )
             drainer = drainers(database_url, batch_size=BATCH)
-            await wait_for(lambda: waiting_on_a_lock(db, ENGINE), timeout=60,
-                           what="the drainer waits inside its recording transaction")
+            await wait_for(
+                lambda: waiting_on_a_lock(db, ENGINE),
+                timeout=60,
+                what="the drainer waits inside its recording transaction",
+            )
             drainer.kill()
             in_flight = set(server.accepted_message_ids())
             assert len(in_flight) == BATCH  # every message of the batch was accepted
@@ -123,17 +146,25 @@ async def test_kill_inside_the_recording_transaction(
     # The dead session's transaction never committed: nothing is sent, the batch is leased.
     assert await recorded_message_ids(db) == set()
     numbers = await recover_and_reconcile(db, server, ids, in_flight, batch_size=BATCH)
-    figures.record("crash", "kill -9 inside the recording transaction",
-                   in_flight=len(in_flight), **numbers)
+    figures.record(
+        "crash", "kill -9 inside the recording transaction", in_flight=len(in_flight), **numbers
+    )
 
 
-@pytest.mark.parametrize("kills", [
-    pytest.param(3, id="3-kills"),
-    pytest.param(20, id="20-kills", marks=pytest.mark.heavy),
-])
+@pytest.mark.parametrize(
+    "kills",
+    [
+        pytest.param(3, id="3-kills"),
+        pytest.param(20, id="20-kills", marks=pytest.mark.heavy),
+    ],
+)
 async def test_repeated_kills_at_random_points(
-    db: Database, database_url: str, smtpd_factory: Callable[..., SMTPTestServer],
-    drainers: Callable[..., DrainerProcess], figures: Figures, kills: int,
+    db: Database,
+    database_url: str,
+    smtpd_factory: Callable[..., SMTPTestServer],
+    drainers: Callable[..., DrainerProcess],
+    figures: Figures,
+    kills: int,
 ) -> None:
     server = smtpd_factory(Behaviour(data_delay=0.01))
     await add_provider(db, "primary", server, max_connections=2, timeout_seconds=60)
@@ -146,19 +177,29 @@ async def test_repeated_kills_at_random_points(
         start = len(server.accepted)
         target = start + rng.randint(1, 3 * BATCH)
         drainer = drainers(database_url, batch_size=BATCH)
-        await wait_for(lambda target=target: len(server.accepted) >= target, timeout=60,
-                       what=f"the server accepts {target} messages")
+        await wait_for(
+            lambda target=target: len(server.accepted) >= target,
+            timeout=60,
+            what=f"the server accepts {target} messages",
+        )
         drainer.kill()
         # A kill can land while Postgres commits the victim's recording transaction: read
         # what it recorded once its sessions are gone, not before.
-        await wait_for(lambda: engine_sessions_ended(db), timeout=60,
-                       what="the killed drainer's database sessions end")
+        await wait_for(
+            lambda: engine_sessions_ended(db),
+            timeout=60,
+            what="the killed drainer's database sessions end",
+        )
         recorded = await recorded_message_ids(db)
-        in_flight += [m.message_id for m in server.accepted[start:]
-                      if m.message_id not in recorded]
+        in_flight += [m.message_id for m in server.accepted[start:] if m.message_id not in recorded]
     # A message in flight at two kills (re-sent by the next victim, killed again before
     # recording it) is accepted three times: each kill adds one copy of what it had in
     # flight, and nothing else is ever sent twice.
     numbers = await recover_and_reconcile(db, server, ids, in_flight, batch_size=BATCH)
-    figures.record("crash", f"{kills} kill -9 at random points", kills=kills,
-                   in_flight=len(in_flight), **numbers)
+    figures.record(
+        "crash",
+        f"{kills} kill -9 at random points",
+        kills=kills,
+        in_flight=len(in_flight),
+        **numbers,
+    )

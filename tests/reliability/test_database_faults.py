@@ -41,7 +41,9 @@ async def terminate_drainers(db: Database, limit: int | None = None) -> int:
         "  SELECT pg_terminate_backend(pid) AS terminated FROM pg_stat_activity"
         "   WHERE datname = current_database() AND application_name = %s"
         "     AND pid <> pg_backend_pid()"
-        "   ORDER BY backend_start LIMIT %s) AS victims", (ENGINE, limit))
+        "   ORDER BY backend_start LIMIT %s) AS victims",
+        (ENGINE, limit),
+    )
 
 
 def assert_clear(error: BaseException) -> None:
@@ -55,8 +57,9 @@ def assert_clear(error: BaseException) -> None:
 
 
 @pytest.fixture
-async def queue(db: Database, smtpd_factory: Callable[..., SMTPTestServer]
-                ) -> tuple[SMTPTestServer, list[int]]:
+async def queue(
+    db: Database, smtpd_factory: Callable[..., SMTPTestServer]
+) -> tuple[SMTPTestServer, list[int]]:
     server = smtpd_factory(Behaviour(data_delay=0.01))
     await add_provider(db, "primary", server, max_connections=2)
     await add_template(db)
@@ -64,16 +67,20 @@ async def queue(db: Database, smtpd_factory: Callable[..., SMTPTestServer]
 
 
 async def test_connections_killed_mid_run_in_process(
-    db: Database, database_url: str, queue: tuple[SMTPTestServer, list[int]],
+    db: Database,
+    database_url: str,
+    queue: tuple[SMTPTestServer, list[int]],
     figures: Figures,
 ) -> None:
     server, ids = queue
     async with Database(database_url, min_size=2, max_size=4) as engine_db:
         run = asyncio.create_task(drain_queue(engine_db, batch_size=BATCH, concurrency=2))
-        await wait_for(lambda: recorded_message_ids(db), timeout=60,
-                       what="the first batches are recorded")
-        await wait_for(lambda: len(server.accepted) >= 60, timeout=60,
-                       what="the run is well under way")
+        await wait_for(
+            lambda: recorded_message_ids(db), timeout=60, what="the first batches are recorded"
+        )
+        await wait_for(
+            lambda: len(server.accepted) >= 60, timeout=60, what="the run is well under way"
+        )
         killed = await terminate_drainers(db)
         with pytest.raises(MailpipeError) as info:
             await run
@@ -82,52 +89,81 @@ async def test_connections_killed_mid_run_in_process(
     in_flight = set(server.accepted_message_ids()) - recorded
     assert len(recorded) < COUNT
     numbers = await recover_and_reconcile(db, server, ids, in_flight, batch_size=BATCH)
-    figures.record("database_faults", "pg_terminate_backend mid-run (drain_queue, 2 drainers)",
-                   connections_killed=killed, in_flight=len(in_flight),
-                   error=type(info.value).__name__, **numbers)
+    figures.record(
+        "database_faults",
+        "pg_terminate_backend mid-run (drain_queue, 2 drainers)",
+        connections_killed=killed,
+        in_flight=len(in_flight),
+        error=type(info.value).__name__,
+        **numbers,
+    )
 
 
 async def test_connections_killed_mid_run_in_processes(
-    db: Database, database_url: str, queue: tuple[SMTPTestServer, list[int]],
+    db: Database,
+    database_url: str,
+    queue: tuple[SMTPTestServer, list[int]],
     figures: Figures,
 ) -> None:
     server, ids = queue
-    run = asyncio.create_task(asyncio.to_thread(
-        drain_in_processes, database_url, processes=2, batch_size=BATCH, concurrency=1))
-    await wait_for(lambda: len(server.accepted) >= 60, timeout=60,
-                   what="both processes are sending")
+    run = asyncio.create_task(
+        asyncio.to_thread(
+            drain_in_processes, database_url, processes=2, batch_size=BATCH, concurrency=1
+        )
+    )
+    await wait_for(
+        lambda: len(server.accepted) >= 60, timeout=60, what="both processes are sending"
+    )
     killed = await terminate_drainers(db)
     with pytest.raises(MailpipeError) as info:
         await run
     assert_clear(info.value)
     in_flight = set(server.accepted_message_ids()) - await recorded_message_ids(db)
     numbers = await recover_and_reconcile(db, server, ids, in_flight, batch_size=BATCH)
-    figures.record("database_faults", "pg_terminate_backend mid-run (2 drainer processes)",
-                   connections_killed=killed, in_flight=len(in_flight),
-                   error=type(info.value).__name__, **numbers)
+    figures.record(
+        "database_faults",
+        "pg_terminate_backend mid-run (2 drainer processes)",
+        connections_killed=killed,
+        in_flight=len(in_flight),
+        error=type(info.value).__name__,
+        **numbers,
+    )
 
 
 async def test_one_lost_connection_stops_the_run_after_the_others_record_their_batch(
-    db: Database, database_url: str, queue: tuple[SMTPTestServer, list[int]],
-    figures: Figures, caplog: pytest.LogCaptureFixture,
+    db: Database,
+    database_url: str,
+    queue: tuple[SMTPTestServer, list[int]],
+    figures: Figures,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server, ids = queue
     async with Database(database_url, min_size=2, max_size=2) as engine_db:
         run = asyncio.create_task(drain_queue(engine_db, batch_size=BATCH, concurrency=2))
-        await wait_for(lambda: len(server.accepted) >= 60, timeout=60,
-                       what="the run is well under way")
+        await wait_for(
+            lambda: len(server.accepted) >= 60, timeout=60, what="the run is well under way"
+        )
         assert await terminate_drainers(db, limit=1) == 1
         with pytest.raises(MailpipeError) as info:
             await run
     assert_clear(info.value)
     # Only the failed drainer's batch is left leased: the healthy one recorded its batch
     # before stopping, so its messages are not sent twice.
-    assert await db.fetch_value(
-        "SELECT count(*) FROM communication_events WHERE status = 'processing'") <= BATCH
+    assert (
+        await db.fetch_value(
+            "SELECT count(*) FROM communication_events WHERE status = 'processing'"
+        )
+        <= BATCH
+    )
     in_flight = set(server.accepted_message_ids()) - await recorded_message_ids(db)
     assert len(in_flight) <= BATCH
     assert "never retrieved" not in caplog.text
     numbers = await recover_and_reconcile(db, server, ids, in_flight, batch_size=BATCH)
-    figures.record("database_faults", "one of 2 connections killed mid-run",
-                   connections_killed=1, in_flight=len(in_flight),
-                   error=type(info.value).__name__, **numbers)
+    figures.record(
+        "database_faults",
+        "one of 2 connections killed mid-run",
+        connections_killed=1,
+        in_flight=len(in_flight),
+        error=type(info.value).__name__,
+        **numbers,
+    )

@@ -25,27 +25,47 @@ from tests.reliability.support import Rollback, wait_for, waiting_on_a_lock
 
 
 async def test_kill_9_of_the_check_worker_mid_check_loses_no_check(
-        db: Database, database_url: str, tmp_path, caplog: pytest.LogCaptureFixture) -> None:
-    env = {**os.environ, "DATABASE_URL": database_url,
-           "MAILPIPE_QUALITY_RESULTS_DIR": str(tmp_path / "worker-quality")}
+    db: Database, database_url: str, tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "MAILPIPE_QUALITY_RESULTS_DIR": str(tmp_path / "worker-quality"),
+    }
     log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen([sys.executable, "-m", "mailpipe", "check", "worker", "--poll",
-                               "1"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "mailpipe", "check", "worker", "--poll", "1"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        await wait_for(lambda: quality_worker.workers_alive(db), timeout=120,
-                       what="the worker holds its liveness lock")
+        await wait_for(
+            lambda: quality_worker.workers_alive(db),
+            timeout=120,
+            what="the worker holds its liveness lock",
+        )
         settings = get_settings().model_copy(update={"quality_claim_seconds": 60})
         with pytest.raises(Rollback):
             async with db.transaction() as tx:
                 await tx.execute("LOCK TABLE smtp_connection_audit IN ACCESS EXCLUSIVE MODE")
-                flow_run = asyncio.create_task(quality_worker.post_run_check(
-                    db, "monitor_smtp_health", None, settings=settings))
+                flow_run = asyncio.create_task(
+                    quality_worker.post_run_check(
+                        db, "monitor_smtp_health", None, settings=settings
+                    )
+                )
                 running = await wait_for(
-                    lambda: db.fetch_one("SELECT id, checked_by FROM quality_checks"
-                                         " WHERE status = 'running'"),
-                    timeout=60, what="the worker claimed the request")
-                await wait_for(lambda: waiting_on_a_lock(db), timeout=60,
-                               what="the worker's checkpoint waits on the table lock")
+                    lambda: db.fetch_one(
+                        "SELECT id, checked_by FROM quality_checks WHERE status = 'running'"
+                    ),
+                    timeout=60,
+                    what="the worker claimed the request",
+                )
+                await wait_for(
+                    lambda: waiting_on_a_lock(db),
+                    timeout=60,
+                    what="the worker's checkpoint waits on the table lock",
+                )
                 worker.send_signal(signal.SIGKILL)
                 worker.wait(10)
                 raise Rollback  # the flow run's own check may read the table again

@@ -46,25 +46,34 @@ from mailpipe.testing.smtpd import Behaviour, Received, SMTPTestServer
 from tests.factories import add_provider, add_template, insert_events
 from tests.reliability.support import Figures, events, make_retries_due, reconcile
 
-MIX = {"250": 70, "451 4.3.0 try again later": 8, "550 5.7.1 content rejected": 3,
-       "554 5.7.1 message refused as spam": 3, "421 4.3.2 closing connection": 3,
-       "drop_after": 5, "drop_before": 8}
+MIX = {
+    "250": 70,
+    "451 4.3.0 try again later": 8,
+    "550 5.7.1 content rejected": 3,
+    "554 5.7.1 message refused as spam": 3,
+    "421 4.3.2 closing connection": 3,
+    "drop_after": 5,
+    "drop_before": 8,
+}
 
 
 # A provider taken out of a run comes back after a short suspension (production default: a
 # minute), so that the faulty one keeps injecting faults through thousands of events. Retries
 # wait an hour: only make_retries_due (time passing) brings them back, so a pass is one
 # attempt per event however long it takes.
-SETTINGS = Settings(suspension_base_seconds=0.2, suspension_max_seconds=0.5,
-                    retry_base_seconds=3600, retry_max_seconds=3600)
+SETTINGS = Settings(
+    suspension_base_seconds=0.2,
+    suspension_max_seconds=0.5,
+    retry_base_seconds=3600,
+    retry_max_seconds=3600,
+)
 
 
 async def drain(db: Database) -> None:
     await drain_queue(db, batch_size=200, concurrency=2, max_events=500, settings=SETTINGS)
 
 
-def replies_by_message(servers: dict[str, SMTPTestServer]
-                       ) -> dict[str, list[tuple[str, Received]]]:
+def replies_by_message(servers: dict[str, SMTPTestServer]) -> dict[str, list[tuple[str, Received]]]:
     """Every DATA a server answered, per Message-ID, in the order received."""
     seen: dict[str, list[tuple[str, Received]]] = defaultdict(list)
     everything = [(name, m) for name, s in servers.items() for m in s.messages]
@@ -79,12 +88,18 @@ def kind(reply: str | None) -> str:
     return "drop_after" if reply == "drop_after" else (reply or "")[:3]
 
 
-@pytest.mark.parametrize("count", [
-    pytest.param(2_000, id="2k"),
-    pytest.param(20_000, id="20k", marks=pytest.mark.heavy),
-])
+@pytest.mark.parametrize(
+    "count",
+    [
+        pytest.param(2_000, id="2k"),
+        pytest.param(20_000, id="20k", marks=pytest.mark.heavy),
+    ],
+)
 async def test_fault_mix_reconciles_exactly(
-    db: Database, smtpd_factory: Callable[..., SMTPTestServer], figures: Figures, count: int,
+    db: Database,
+    smtpd_factory: Callable[..., SMTPTestServer],
+    figures: Figures,
+    count: int,
 ) -> None:
     servers = {
         "stalling": smtpd_factory(Behaviour(data_delay=2.0)),
@@ -92,10 +107,10 @@ async def test_fault_mix_reconciles_exactly(
         "faulty": smtpd_factory(Behaviour(fault_mix=MIX, fault_seed=count)),
         "backup": smtpd_factory(Behaviour(data_delay=0.005)),
     }
-    await add_provider(db, "stalling", servers["stalling"], priority=0, timeout_seconds=0.3,
-                       per_minute_limit=12)
-    await add_provider(db, "tls-broken", servers["tls-broken"], priority=1,
-                       tls_mode="implicit")
+    await add_provider(
+        db, "stalling", servers["stalling"], priority=0, timeout_seconds=0.3, per_minute_limit=12
+    )
+    await add_provider(db, "tls-broken", servers["tls-broken"], priority=1, tls_mode="implicit")
     await add_provider(db, "faulty", servers["faulty"], priority=2, max_connections=3)
     await add_provider(db, "backup", servers["backup"], priority=3, max_connections=3)
     await add_template(db)
@@ -106,8 +121,10 @@ async def test_fault_mix_reconciles_exactly(
     # A run claims up to 500 events and this pass claims each event once (a retry waits an
     # hour): ceil(count / 500) runs; twice that is the bound, for runs that stop early.
     runs, most_runs = 0, 2 * -(-count // 500)
-    while await db.fetch_value("SELECT count(*) FROM communication_events"
-                               " WHERE status = 'queued' AND scheduled_at <= now()"):
+    while await db.fetch_value(
+        "SELECT count(*) FROM communication_events"
+        " WHERE status = 'queued' AND scheduled_at <= now()"
+    ):
         runs += 1
         assert runs <= most_runs, "the first pass does not drain"
         await drain(db)
@@ -127,7 +144,9 @@ async def test_fault_mix_reconciles_exactly(
             assert not accepted
             last = await db.fetch_one(
                 "SELECT provider_name, smtp_code, error FROM delivery_attempts"
-                " WHERE communication_event_id = %s AND outcome = 'retry'", (row["id"],))
+                " WHERE communication_event_id = %s AND outcome = 'retry'",
+                (row["id"],),
+            )
             assert last is not None
             if last["provider_name"] == "faulty":
                 assert kinds and kinds[-1] in ("451", "drop_after"), (kinds, last)
@@ -136,9 +155,13 @@ async def test_fault_mix_reconciles_exactly(
                 assert "connection lost during DATA" in last["error"], last
     # "Possible duplicate" is said of exactly the messages that may have arrived: dropped
     # after DATA (the server has them) or timed out after DATA.
-    stalled = {r["communication_event_id"] for r in await db.fetch_all(
-        "SELECT communication_event_id FROM delivery_attempts WHERE provider_name = 'stalling'"
-        " AND error LIKE 'connection lost during DATA%%'")}
+    stalled = {
+        r["communication_event_id"]
+        for r in await db.fetch_all(
+            "SELECT communication_event_id FROM delivery_attempts WHERE provider_name = 'stalling'"
+            " AND error LIKE 'connection lost during DATA%%'"
+        )
+    }
     for message_id, row in rows.items():
         dropped = any(m.reply == "drop_after" for _, m in seen.get(message_id, []))
         assert row["may_be_duplicate"] == (dropped or row["id"] in stalled), (row, message_id)
@@ -147,7 +170,8 @@ async def test_fault_mix_reconciles_exactly(
     # --- retry until nothing is queued (time passes: each retry comes due at once)
     passes = 1
     while await make_retries_due(db) or await db.fetch_value(
-            "SELECT count(*) FROM communication_events WHERE status = 'queued'"):
+        "SELECT count(*) FROM communication_events WHERE status = 'queued'"
+    ):
         passes += 1
         assert passes <= 12, "retries do not converge"
         await drain(db)
@@ -179,7 +203,8 @@ async def test_fault_mix_reconciles_exactly(
         "       count(*) FILTER (WHERE provider_name = 'tls-broken' AND outcome = 'failover'"
         "                          AND error LIKE 'TLS failed%%') AS tls,"
         "       count(*) FILTER (WHERE provider_name = 'stalling') AS timeouts"
-        "  FROM delivery_attempts")
+        "  FROM delivery_attempts"
+    )
     assert attempts["c451"] == faulty["451"]
     assert attempts["c5xx"] == faulty["550"] + faulty["554"]
     assert attempts["dropped"] == faulty["drop_after"] == servers["faulty"].dropped_after_data
@@ -188,22 +213,35 @@ async def test_fault_mix_reconciles_exactly(
     assert attempts["faulty_failovers"] >= faulty["421"] + servers["faulty"].dropped_before_data
     assert attempts["tls"] >= 1 and servers["tls-broken"].messages == []
     assert attempts["timeouts"] >= 1
-    assert await db.fetch_value("SELECT count(*) FROM smtp_delivery_confirmations") == \
-        ledger.statuses["sent"]
+    assert (
+        await db.fetch_value("SELECT count(*) FROM smtp_delivery_confirmations")
+        == ledger.statuses["sent"]
+    )
 
     injected = {
-        "451": faulty["451"], "550/554": faulty["550"] + faulty["554"], "421": faulty["421"],
+        "451": faulty["451"],
+        "550/554": faulty["550"] + faulty["554"],
+        "421": faulty["421"],
         "drop_after_data": faulty["drop_after"],
         "drop_before_data": servers["faulty"].dropped_before_data,
-        "tls_failover_events": attempts["tls"], "timeouts": attempts["timeouts"]}
-    figures.record("smtp_faults", f"{count} events, 4 providers", passes=passes,
-                   runs=runs, first_pass=dict(first_pass),
-                   faults_injected=sum(injected.values()), faults=injected,
-                   **ledger.figures())
+        "tls_failover_events": attempts["tls"],
+        "timeouts": attempts["timeouts"],
+    }
+    figures.record(
+        "smtp_faults",
+        f"{count} events, 4 providers",
+        passes=passes,
+        runs=runs,
+        first_pass=dict(first_pass),
+        faults_injected=sum(injected.values()),
+        faults=injected,
+        **ledger.figures(),
+    )
 
 
 async def test_events_a_failing_provider_never_tried_fail_over_unflagged(
-    db: Database, smtpd_factory: Callable[..., SMTPTestServer],
+    db: Database,
+    smtpd_factory: Callable[..., SMTPTestServer],
 ) -> None:
     # Found by the fault mix: a provider taken out of a run by a drop after DATA handed its
     # untried events back carrying that drop's ambiguity, so they were retried later as
@@ -222,4 +260,5 @@ async def test_events_a_failing_provider_never_tried_fail_over_unflagged(
     assert [r["message_id"] for r in flagged] == [dropping.messages[0].message_id]
     assert {r["status"] for r in rows if not r["may_be_duplicate"]} == {"sent"}
     assert sorted(backup.accepted_message_ids()) == sorted(
-        r["message_id"] for r in rows if r["status"] == "sent")
+        r["message_id"] for r in rows if r["status"] == "sent"
+    )
