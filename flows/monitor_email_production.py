@@ -26,9 +26,9 @@ from prefect.cache_policies import NO_CACHE
 
 from mailpipe import alerts
 from mailpipe.db import Database
-from mailpipe.events import table_rows
 from mailpipe.metrics import ProductionMetrics, collect_metrics
 from mailpipe.orchestration import skip_if_late
+from mailpipe.runtime import table_rows
 
 MAX_LATE = timedelta(minutes=5)  # one schedule interval
 

@@ -453,7 +453,7 @@ def log_transitions(
 
 def emit_alert_events(transitions: Sequence[AlertTransition]) -> int:
     """Emit each transition as a Prefect event (for Automations); returns how many."""
-    from mailpipe.events import emit
+    from mailpipe.runtime import emit
 
     for t in transitions:
         a = t.alert

@@ -8,7 +8,6 @@ exceptions so that no other module needs to know which driver is underneath. One
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from mailpipe.config import Settings, get_settings
 from mailpipe.errors import DatabaseError, DatabaseUnavailable, IntegrityViolation
+from mailpipe.redaction import redact_url
 
 Row = dict[str, Any]
 
@@ -34,23 +34,12 @@ def database_url(settings: Settings | None = None) -> str:
     if settings.database_url is not None:
         return settings.database_url.get_secret_value()
     if settings.database_url_block:
-        from mailpipe.orchestration import read_secret_block  # imports Prefect, only here
+        from mailpipe.runtime import read_secret_block  # imports Prefect, only here
 
-        return read_secret_block(settings.database_url_block, setting="MAILPIPE_DATABASE_URL_BLOCK")
+        return read_secret_block(settings.database_url_block, purpose="MAILPIPE_DATABASE_URL_BLOCK")
     from mailpipe.embedded import ensure_embedded_postgres
 
     return ensure_embedded_postgres(settings.pgdata)
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, safe to print or log."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        parts = parts._replace(netloc=netloc)
-    redacted = urlunsplit(parts)
-    # key=value DSNs and password= query parameters
-    return re.sub(r"(password=)[^&\s]+", r"\1***", redacted)
 
 
 def sqlalchemy_url(url: str) -> str:

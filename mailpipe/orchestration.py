@@ -196,25 +196,6 @@ def prefect_api_errors(url: str) -> Iterator[None]:
 # --- secrets ----------------------------------------------------------------------------------
 
 
-def read_secret_block(name: str, *, setting: str) -> str:
-    """The value of a Prefect Secret block, loaded synchronously (also inside an event loop).
-
-    ``setting`` names where the block name came from, for the error. The error never contains
-    the value, and nothing falls back to a default: a missing block is a configuration error.
-    """
-    try:
-        from prefect.blocks.system import Secret
-
-        value = Secret.load(name, _sync=True).get()
-    except Exception as exc:
-        raise ConfigError(
-            f"Prefect Secret block {name!r} ({setting}) cannot be loaded "
-            f"({type(exc).__name__}); create it with `mailpipe setup prefect` or set "
-            f"DATABASE_URL on this machine"
-        ) from None
-    return str(value)
-
-
 def secret_env_name(block: str) -> str:
     """The environment variable ``mailpipe setup prefect`` reads a Secret block's value from."""
     return SECRET_ENV_PREFIX + block.upper().replace("-", "_")

@@ -11,7 +11,7 @@ from typing import Any
 
 from mailpipe.config import Settings, get_settings
 from mailpipe.db import Database, Jsonb, Row
-from mailpipe.errors import IntegrityViolation, MailpipeError
+from mailpipe.errors import ConfigError, IntegrityViolation, MailpipeError
 from mailpipe.messages import InvalidMessage, check_header, validate_recipient
 from mailpipe.queries import query
 
@@ -115,18 +115,14 @@ async def resolve_password(provider: Provider) -> str | None:
             )
         return value
     if "secret_block" in creds:
-        block = creds["secret_block"]
-        try:
-            from prefect.blocks.system import Secret
+        from mailpipe.runtime import aread_secret_block  # imports Prefect, only here
 
-            secret = await Secret.aload(block)
-            return str(secret.get())
-        except Exception as exc:
-            raise CredentialsError(
-                f"provider {provider.name!r}: Prefect Secret block {block!r} cannot be loaded "
-                f"({type(exc).__name__}); create it with `mailpipe setup prefect` or "
-                f"`prefect block create secret`"
-            ) from None
+        try:
+            return await aread_secret_block(
+                creds["secret_block"], purpose=f"provider {provider.name!r}"
+            )
+        except ConfigError as exc:
+            raise CredentialsError(str(exc)) from None
     raise CredentialsError(f"provider {provider.name!r}: unknown credentials reference")
 
 

@@ -31,10 +31,11 @@ from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from mailpipe.config import Settings, get_settings
 from mailpipe.errors import ConfigError, MailpipeError
+from mailpipe.redaction import redact as _redact
+from mailpipe.redaction import url_password
 
 if TYPE_CHECKING:  # pragma: no cover - typing only, never imported at run time
     from mailpipe.db import Database
@@ -742,12 +743,7 @@ def _jsonable(value: Any) -> Any:
 
 def redact(text: str, database_url: str) -> str:
     """Never let a password reach a log, an artifact or an error."""
-    from mailpipe.db import redact_url
-
-    password = urlsplit(database_url).password if "://" in database_url else None
-    if password:
-        text = text.replace(password, "***")
-    return redact_url(text) if "://" in text else text
+    return _redact(text, [url_password(database_url)])
 
 
 def _prune_results(out_dir: Path, keep: int) -> None:
