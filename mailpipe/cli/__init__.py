@@ -19,10 +19,11 @@ from mailpipe.cli import (
     suppressions,
     templates,
 )
-from mailpipe.cli.output import state
+from mailpipe.cli.output import OneLineErrors, state
 
 app = typer.Typer(
     name="mailpipe",
+    cls=OneLineErrors,
     help="Transactional email on PostgreSQL: queue, deliver, monitor and report.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
