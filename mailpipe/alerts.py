@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
-import json
 import logging
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -24,20 +22,11 @@ from mailpipe.config import Settings, get_settings
 from mailpipe.db import Database, Jsonb
 from mailpipe.metrics import ALL, ProductionMetrics, WindowMetrics, parse_window, parse_windows
 from mailpipe.queries import query
+from mailpipe.serialization import dumps
 
 logger = logging.getLogger(__name__)
 
-RULES = (
-    "bounce_rate",
-    "complaint_rate",
-    "failure_rate",
-    "queue_lag",
-    "all_providers_down",
-    "rate_limit_violations",
-    "data_quality",
-)  # mirrors the CHECK on alerts.rule
 SEVERITY_RANK = {"warning": 1, "critical": 2}
-STATES = ("firing", "ok", "no_data")
 
 
 @dataclass(frozen=True)
@@ -412,7 +401,6 @@ async def apply_alerts(db: Database, evaluations: Sequence[Evaluation]) -> list[
 
 
 def _columns(evaluations: Sequence[Evaluation]) -> dict[str, list[Any]]:
-    dumps = functools.partial(json.dumps, default=_json_default)
     return {
         "rules": [e.rule for e in evaluations],
         "scopes": [e.scope for e in evaluations],
@@ -423,12 +411,6 @@ def _columns(evaluations: Sequence[Evaluation]) -> dict[str, list[Any]]:
         "messages": [e.message for e in evaluations],
         "details": [Jsonb(e.details, dumps=dumps) for e in evaluations],
     }
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    return str(value)
 
 
 async def recent_alerts(db: Database, window: dt.timedelta | str = "24h") -> list[Alert]:
@@ -484,10 +466,7 @@ async def post_alert_webhook(
     delivered = 0
     host = urlsplit(url).hostname or "?"
     for t in transitions:
-        body = json.dumps(
-            {"text": t.text(), "event": t.event_name, "alert": t.alert.as_dict()},
-            default=_json_default,
-        ).encode()
+        body = dumps({"text": t.text(), "event": t.event_name, "alert": t.alert.as_dict()}).encode()
         try:
             status = await asyncio.to_thread(_post_json, url, body, timeout)
         except Exception as exc:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import sys
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from datetime import date, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 import typer
@@ -20,6 +18,7 @@ from typer._click.exceptions import NoArgsIsHelpError
 from typer.core import TyperGroup
 
 from mailpipe.errors import MailpipeError
+from mailpipe.serialization import dumps
 
 console = Console()
 err_console = Console(stderr=True)
@@ -30,19 +29,9 @@ T = TypeVar("T")
 state = {"debug": False}
 
 
-def _default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, Decimal):
-        return float(value)
-    return str(value)
-
-
 def print_json(data: Any) -> None:
-    """Machine-readable output on stdout."""
-    sys.stdout.write(json.dumps(data, default=_default, indent=2, ensure_ascii=False) + "\n")
+    """Machine-readable output on stdout (:func:`mailpipe.serialization.dumps`)."""
+    sys.stdout.write(dumps(data, indent=2) + "\n")
 
 
 def print_table(
