@@ -11,18 +11,21 @@ from mailpipe.cli import (
     db,
     demo,
     health,
+    metrics,
     orchestration,
     providers,
     queue,
+    report,
     run,
     snapshot,
     suppressions,
     templates,
 )
-from mailpipe.cli.output import state
+from mailpipe.cli.output import OneLineErrors, state
 
 app = typer.Typer(
     name="mailpipe",
+    cls=OneLineErrors,
     help="Transactional email on PostgreSQL: queue, deliver, monitor and report.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -35,9 +38,9 @@ app.command("up")(orchestration.up_command)
 app.command("demo")(demo.demo)
 app.command("smtp-capture")(demo.smtp_capture)
 app.add_typer(snapshot.app, name="snapshot")
-app.command("report")(snapshot.report_command)
+app.command("report")(report.report_command)
 app.add_typer(health.app, name="health")
-app.command("metrics")(health.metrics_command)
+app.command("metrics")(metrics.metrics_command)
 app.add_typer(providers.app, name="provider")
 app.add_typer(templates.app, name="template")
 app.add_typer(queue.app, name="queue")
