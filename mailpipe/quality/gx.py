@@ -91,11 +91,13 @@ def share_data_docs_templates() -> None:
 
     Why: GX (checked with 1.24) renders every page with a new ``DefaultJinjaView``, whose
     ``__init__`` builds a new jinja ``Environment`` (the name ``Environment`` looked up in
-    ``great_expectations.render.view.view``), and so recompiles ~50 templates each time: about
-    3 s of a 4 s docs update. Replacing that name with an ``Environment`` that shares one
-    in-memory bytecode cache removes the cost; jinja checks each template's source checksum
-    before reusing its bytecode, so a changed template is still recompiled.
-    ``tests/test_quality_gx.py`` proves the second view compiles nothing, and that it would
+    ``great_expectations.render.view.view``), and so recompiles its templates for each page.
+    Replacing that name with an ``Environment`` that shares one in-memory bytecode cache
+    removes the cost; jinja checks each template's source checksum before reusing its
+    bytecode, so a changed template is still recompiled. Measured (GX 1.24.1, 2 loaded cores):
+    the Data Docs update of a 7-suite run takes 0.2 s instead of 0.5 s; once a worker has
+    answered, that is still time an inline check (no worker running) spends in the flow run.
+    ``tests/test_quality_gx.py`` proves a second run compiles no template, and that it would
     without this patch.
     """
     import jinja2
@@ -132,10 +134,12 @@ def probe_query_columns_without_rows() -> None:
     Why: to list the columns of a query asset (a ``TextClause``, which has no
     ``selected_columns``) GX (checked with 1.24) calls
     ``great_expectations.expectations.metrics.util.column_reflection_fallback``, which executes
-    the SQL as it is and keeps only the column names: every row travels to the client, several
-    times per suite (4-5 s each on a 1M-row table, measured by bench/quality_overhead.py).
-    Wrapped in ``SELECT * FROM (...) LIMIT 0`` Postgres returns the same columns and no row
-    (also for a query that selects no row). ``tests/test_quality_gx.py`` proves the rows are no
+    the SQL as it is and keeps only the column names: every row travels to the client, four
+    times for the ``communication_events`` suite. Measured (GX 1.24.1, whole table of 200k
+    events): 2.3 s of a 6.9 s check, the check 3.7 s with the patch; it grows with the table
+    (bench/quality_overhead.py times 1M rows). Wrapped in ``SELECT * FROM (...) LIMIT 0``
+    Postgres returns the same columns and evaluates no row (also for a query that selects
+    none). ``tests/test_quality_gx.py`` proves the rows are no
     longer evaluated, and that they would be without this patch.
     """
     import sqlalchemy as sa
