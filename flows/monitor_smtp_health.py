@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from mailpipe.db import Database
 from mailpipe.monitoring import HealthReport, check_providers
 from mailpipe.orchestration import skip_if_late
-from mailpipe.quality import check_flow_run
+from mailpipe.quality_checks import check_flow_run
 from mailpipe.runtime import emit_provider_changes, table_rows
 
 MAX_LATE = timedelta(minutes=5)  # one schedule interval

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from mailpipe.db import Database, database_url
 from mailpipe.delivery import drain_in_processes, drain_queue
-from mailpipe.quality import check_flow_run
+from mailpipe.quality_checks import check_flow_run
 from mailpipe.retries import retry_on_transient
 
 

@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from mailpipe.quality import check_flow_run
+from mailpipe.quality_checks import check_flow_run
 from mailpipe.snapshots import SnapshotRun, artifact_table, headline_markdown, run_snapshots
 
 
