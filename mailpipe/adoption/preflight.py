@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from mailpipe.adoption import SEED_JOBS
 from mailpipe.db import Database, Row, Transaction
+from mailpipe.errors import DatabaseError
 from mailpipe.migrations import load_migrations
 from mailpipe.queries import query
 from mailpipe.queue import STATUSES
@@ -327,10 +328,19 @@ async def preflight(db: Database) -> PreflightReport:
         "schema": first["schema_name"],
         "server_version": first["server_version"],
     }
-    async with db.transaction() as tx:
-        await tx.execute(query("adoption_begin_read_only"))
-        await tx.fetch_one(query("adoption_limit_waits"))
-        report = await _inspect(tx, connection)
+    try:
+        async with db.transaction() as tx:
+            await tx.execute(query("adoption_begin_read_only"))
+            await tx.fetch_one(query("adoption_limit_waits"))
+            report = await _inspect(tx, connection)
+    except DatabaseError as exc:
+        if "lock timeout" not in str(exc):
+            raise
+        raise DatabaseError(
+            f"{exc}: another session holds a lock on one of the tables (a migration or a long "
+            "transaction). Preflight does not queue behind locks, since the sessions queued "
+            "behind it would wait too; run it again once that session is done"
+        ) from exc
     _judge(report)
     return report
 

@@ -185,3 +185,36 @@ SELECT md5(string_agg(item, E'\n' ORDER BY item)) AS fingerprint, count(*) AS it
       SELECT 'type ' || t.oid::regtype::text || ' ' || e.enumlabel
         FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid
   ) AS items;
+
+-- cutover_jobs --
+-- The named pg_cron jobs (a name can appear once per owner), oldest first
+SELECT jobid AS job_id, jobname AS job_name, active, username
+  FROM cron.job WHERE jobname = ANY(%(names)s) ORDER BY jobid;
+
+-- cutover_set_job_active --
+-- Pause or resume one pg_cron job (its schedule and command unchanged)
+SELECT cron.alter_job(job_id := %(job_id)s, active := %(active)s);
+
+-- cutover_unschedule_job --
+-- Remove one pg_cron job (its run history stays in cron.job_run_details)
+SELECT cron.unschedule(%(job_id)s::bigint) AS removed;
+
+-- cutover_running_runs --
+-- Runs of these jobs that started and have not finished
+SELECT count(*) AS running FROM cron.job_run_details
+ WHERE jobid = ANY(%(job_ids)s) AND status IN ('starting', 'running');
+
+-- cutover_old_pipeline_processing --
+-- Events the old pipeline holds: processing without a mailpipe lease (mailpipe's rows have one)
+SELECT count(*) AS events FROM communication_events e
+ WHERE status = 'processing' AND to_jsonb(e) ->> 'lease_expires_at' IS NULL;
+
+-- cutover_app_queue_processing --
+-- Rows of the app's email_processing_queue an edge function is working on
+SELECT count(*) AS rows FROM email_processing_queue WHERE status = 'processing';
+
+-- cutover_mailpipe_processing --
+-- Events mailpipe's workers hold under a live lease (its deployments are running)
+SELECT count(*) AS events FROM communication_events e
+ WHERE status = 'processing'
+   AND (to_jsonb(e) ->> 'lease_expires_at')::timestamptz > now();
