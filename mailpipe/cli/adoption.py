@@ -132,7 +132,9 @@ def _print_report(report: PreflightReport) -> None:
             title="Adoption steps",
         )
     for finding in report.findings:
-        console.print(f"[yellow]note[/] {finding.code}: {finding.message}", highlight=False)
+        console.print(
+            f"[yellow]note[/] {finding.code}: {finding.message}", highlight=False, soft_wrap=True
+        )
     if report.blockers:
         print_table(
             [
@@ -171,7 +173,11 @@ def preflight_command(
 
 def _print_step(step: StepResult) -> None:
     colour = {"done": "green", "already": "blue", "skipped": "yellow"}.get(step.outcome, "white")
-    console.print(f"[{colour}]{step.outcome:>7}[/] {step.step}: {step.detail}", highlight=False)
+    console.print(
+        f"[{colour}]{step.outcome:>7}[/] {step.step}: {step.detail}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 async def _print_progress(state: DrainState) -> None:

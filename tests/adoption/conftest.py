@@ -4,6 +4,7 @@ and a Debian Postgres with real pg_cron running the seed's four jobs."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,3 +131,23 @@ def cron_app_url(pg_cron_cluster: CronCluster) -> str:
         ],
     )
     return url
+
+
+@pytest.fixture
+def pg_net_worker(cron_app_url: str) -> Iterator[None]:
+    """Stand-in for pg_net's background worker: makes (deletes) every queued HTTP call.
+
+    The seed's jobs really run: a job firing at a minute boundary during a test queues a call
+    through the stub, and with no worker that call would stay in flight forever.
+    """
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.wait(0.05):
+            admin_execute(cron_app_url, ["DELETE FROM net.http_request_queue"])
+
+    thread = threading.Thread(target=work, name="pg_net-worker", daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join()
