@@ -856,11 +856,14 @@ def _judge_app(report: PreflightReport) -> None:
                     "purging events also purges the app's rows there",
                 )
             )
+    by_roles: dict[tuple[str, ...], list[str]] = {}
     for need in report.roles_needing_policies:
+        by_roles.setdefault(tuple(need["roles"]), []).append(need["table"])
+    for roles, tables_without in by_roles.items():
         note(
             Finding(
                 "rls_policy_needed",
-                f"{need['table']} has row-level security and no policy for "
-                + ", ".join(need["roles"]),
+                f"row-level security gives {', '.join(roles)} no rows on "
+                f"{', '.join(tables_without)}: adoption adds policies for them",
             )
         )

@@ -27,12 +27,16 @@ SELECT c.relname AS table_name, a.attname AS column_name,
  ORDER BY c.relname, a.attnum;
 
 -- adoption_table_sizes --
--- Estimated rows, total size and row-level security of the named tables (catalog only, no scan)
-SELECT c.relname AS table_name, greatest(c.reltuples, 0)::bigint AS estimated_rows,
+-- Estimated rows (the planner's, or the statistics collector's before a first ANALYZE), total
+-- size and row-level security of the named tables: catalog and statistics only, no scan
+SELECT c.relname AS table_name,
+       (CASE WHEN c.reltuples >= 0 THEN c.reltuples ELSE s.n_live_tup END)::bigint
+           AS estimated_rows,
        pg_total_relation_size(c.oid) AS total_bytes, c.relrowsecurity AS rls_enabled,
        c.relforcerowsecurity AS rls_forced
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
  WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
    AND c.relname = ANY(%(tables)s)
  ORDER BY c.relname;
