@@ -150,7 +150,10 @@ async def _pause(
 
 
 async def _drain_state(db: Database, job_ids: list[int], started: float) -> DrainState:
-    running = await db.fetch_value(query("cutover_running_runs"), {"job_ids": job_ids})
+    running = 0
+    # cron.job_run_details appeared in pg_cron 1.4; older versions keep no run history.
+    if await db.fetch_value(query("adoption_relation_exists"), {"name": "cron.job_run_details"}):
+        running = await db.fetch_value(query("cutover_running_runs"), {"job_ids": job_ids})
     http = None
     if await db.fetch_value(query("adoption_relation_exists"), {"name": "net.http_request_queue"}):
         http = await db.fetch_value(query("adoption_net_queue"))

@@ -334,13 +334,19 @@ async def preflight(db: Database) -> PreflightReport:
             await tx.fetch_one(query("adoption_limit_waits"))
             report = await _inspect(tx, connection)
     except DatabaseError as exc:
-        if "lock timeout" not in str(exc):
-            raise
-        raise DatabaseError(
-            f"{exc}: another session holds a lock on one of the tables (a migration or a long "
-            "transaction). Preflight does not queue behind locks, since the sessions queued "
-            "behind it would wait too; run it again once that session is done"
-        ) from exc
+        if "lock timeout" in str(exc):
+            raise DatabaseError(
+                f"{exc}: another session holds a lock on one of the tables (a migration or a "
+                "long transaction). Preflight does not queue behind locks, since the sessions "
+                "queued behind it would wait too; run it again once that session is done"
+            ) from exc
+        if "statement timeout" in str(exc):
+            raise DatabaseError(
+                f"{exc}: one of preflight's queries ran past its 60 s limit (counting "
+                "communication_events by status on a very large table, or a busy server); run "
+                "it at a quieter time, or against a recent replica or branch of the database"
+            ) from exc
+        raise
     _judge(report)
     return report
 
@@ -415,18 +421,6 @@ async def _inspect(tx: Transaction, connection: dict[str, Any]) -> PreflightRepo
                 query("adoption_enum_values"), {"type_name": events["status"]}
             )
             report.status_values = [r["value"] for r in labels]
-            missing = [s for s in STATUSES if s not in report.status_values]
-            if missing:
-                report.blockers.append(
-                    Blocker(
-                        "enum_status",
-                        f"communication_events.status is the enum {events['status']} without "
-                        f"the values mailpipe writes: {', '.join(missing)}",
-                        "adoption adds them (ALTER TYPE ... ADD VALUE: no table lock, cannot be "
-                        "undone); the app's code that reads status must accept them",
-                        NOT_IMPLEMENTED,
-                    )
-                )
 
     report.priority_type = events.get("priority")
     if report.shape in (DatabaseShape.APP_BEFORE_HARDENING, DatabaseShape.APP_AFTER_HARDENING):
@@ -466,7 +460,10 @@ async def _inspect(tx: Transaction, connection: dict[str, Any]) -> PreflightRepo
     report.cron = {"installed": cron_version is not None, "version": cron_version, "jobs": []}
     if cron_version is not None:
         jobs = await tx.fetch_all(query("adoption_cron_jobs"))
-        runs = {r["job_id"]: r for r in await tx.fetch_all(query("adoption_cron_runs"))}
+        runs: dict[int, Row] = {}
+        # cron.job_run_details appeared in pg_cron 1.4; older versions keep no run history.
+        if await _present(tx, "cron.job_run_details"):
+            runs = {r["job_id"]: r for r in await tx.fetch_all(query("adoption_cron_runs"))}
         for job in jobs:
             run = runs.get(job["job_id"], {})
             job["running"] = run.get("running", 0)
@@ -725,6 +722,18 @@ def _judge_app(report: PreflightReport) -> None:
                 "assume bigint ids (claims, --id, confirmations' foreign keys)",
                 "adoption makes mailpipe id-type agnostic; until then do not run `mailpipe db "
                 "migrate` here",
+                NOT_IMPLEMENTED,
+            )
+        )
+    missing = [s for s in STATUSES if s not in report.status_values]
+    if report.status_values and missing:
+        add(
+            Blocker(
+                "enum_status",
+                f"communication_events.status is the enum {report.status_type} without "
+                f"the values mailpipe writes: {', '.join(missing)}",
+                "adoption adds them (ALTER TYPE ... ADD VALUE: no table lock, cannot be "
+                "undone); the app's code that reads status must accept them",
                 NOT_IMPLEMENTED,
             )
         )

@@ -89,8 +89,8 @@ def test_app_before_hardening_is_no_go_with_exactly_its_blockers(
 
     assert report["shape"] == "app_before_hardening" and report["go"] is False
     assert [b["code"] for b in report["blockers"]] == [
-        "enum_status",
         "uuid_ids",
+        "enum_status",
         "text_priority",
         "template_columns",
         "plaintext_credentials",
@@ -148,8 +148,8 @@ def test_app_after_hardening_adds_the_seeds_blockers(
     report = _json_report(app_after_url, monkeypatch, code=1)
     assert report["shape"] == "app_after_hardening"
     assert [b["code"] for b in report["blockers"]] == [
-        "enum_status",
         "uuid_ids",
+        "enum_status",
         "text_priority",
         "template_columns",
         "plaintext_credentials",
@@ -315,3 +315,37 @@ def test_preflight_reads_real_pg_cron(cron_app_url: str, monkeypatch: pytest.Mon
     assert "mailpipe cutover" in findings["cron_jobs_active"]
     assert "email-queue-processing" in findings["other_email_jobs"]
     assert "3 pg_cron job commands" in findings["bearer_tokens_in_cron"]
+
+
+def test_partly_hardened_table_is_unknown(app_before_url: str) -> None:
+    # Only one of the seed's five columns on the app's provider table: not a state the seed
+    # leaves (it runs in one transaction), so nobody can say what else differs.
+    admin_execute(app_before_url, ["ALTER TABLE smtp_provider_configs ADD COLUMN status text"])
+    report = asyncio.run(_report(app_before_url))
+    assert report.shape == "unknown"
+    assert report.blocker_codes() == ["unknown_shape"]
+    assert report.blockers[0].message == (
+        "smtp_provider_configs: the app's table with only part of the seed's columns "
+        "(has status; lacks credentials, last_checked, provider_name, suspended_until)"
+    )
+
+
+def test_an_earlier_mailpipe_migrate_on_the_app_is_reported(
+    app_before_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What issue 16 saw: `mailpipe db migrate` on the app's database records 0001 (its CREATE
+    # TABLE IF NOT EXISTS skipped the app's tables) and fails at 0002.
+    monkeypatch.setenv("DATABASE_URL", app_before_url)
+    get_settings.cache_clear()
+    try:
+        migrate = invoke("db", "migrate")
+    finally:
+        get_settings.cache_clear()
+    assert migrate.exit_code == 1, migrate.output
+    assert "0002_harden_smtp" in migrate.output
+
+    report = _json_report(app_before_url, monkeypatch, code=1)
+    assert report["shape"] == "app_before_hardening"
+    assert report["applied_migrations"] == ["0001_create_base_tables"]
+    assert report["blockers"][0]["code"] == "mailpipe_partially_applied"
+    assert "DELETE FROM schema_migrations" in report["blockers"][0]["action"]
