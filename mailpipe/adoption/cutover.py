@@ -41,7 +41,8 @@ class CutoverError(MailpipeError):
 
 @dataclass(frozen=True)
 class StepResult:
-    """One reported step: ``outcome`` is ``done``, ``already`` (nothing to do) or ``skipped``."""
+    """One reported step: ``outcome`` is ``done``, ``already`` (nothing to do), ``skipped`` (no
+    such job) or ``warning`` (done, but something needs a person's eye)."""
 
     step: str
     outcome: str
@@ -149,6 +150,15 @@ async def _pause(
     return jobs
 
 
+async def _mailpipe_held(db: Database) -> int:
+    """Events mailpipe's workers hold under a live lease (0 before adoption: no lease column)."""
+    if not await db.fetch_value(
+        query("adoption_relation_exists"), {"name": "communication_events"}
+    ):
+        return 0
+    return int(await db.fetch_value(query("cutover_mailpipe_processing")))
+
+
 async def _drain_state(db: Database, job_ids: list[int], started: float) -> DrainState:
     running = 0
     # cron.job_run_details appeared in pg_cron 1.4; older versions keep no run history.
@@ -222,6 +232,19 @@ async def cutover(
     """Pause the jobs, wait for the old pipeline to drain, then report the hand-over."""
     report = CutoverReport("cutover")
     paused = await _pause(db, jobs, report, on_step)
+    # Pausing comes first whatever this finds: it is what ends the overlap.
+    held = await _mailpipe_held(db)
+    if held:
+        _emit(
+            report,
+            on_step,
+            StepResult(
+                "overlap",
+                "warning",
+                f"mailpipe's workers already held {held} events while pg_cron was active: both "
+                "pipelines ran together until now (start the deployments only after cutover)",
+            ),
+        )
     await _drain(
         db,
         paused,
@@ -289,13 +312,12 @@ async def rollback(
             f"none of the jobs ({', '.join(jobs)}) exists: --finalize unscheduled them. "
             "Re-create them with cron.schedule (the seed's commands) to roll back"
         )
-    if await db.fetch_value(query("adoption_relation_exists"), {"name": "communication_events"}):
-        held = await db.fetch_value(query("cutover_mailpipe_processing"))
-        if held:
-            raise CutoverError(
-                f"mailpipe's workers hold {held} events under a live lease: stop mailpipe's "
-                "deployments first (both pipelines must never run at once), then roll back"
-            )
+    held = await _mailpipe_held(db)
+    if held:
+        raise CutoverError(
+            f"mailpipe's workers hold {held} events under a live lease: stop mailpipe's "
+            "deployments first (both pipelines must never run at once), then roll back"
+        )
     found = {j["job_name"] for j in current}
     for name in jobs:
         if name not in found:

@@ -172,7 +172,9 @@ def preflight_command(
 
 
 def _print_step(step: StepResult) -> None:
-    colour = {"done": "green", "already": "blue", "skipped": "yellow"}.get(step.outcome, "white")
+    colour = {"done": "green", "already": "blue", "skipped": "yellow", "warning": "red"}.get(
+        step.outcome, "white"
+    )
     console.print(
         f"[{colour}]{step.outcome:>7}[/] {step.step}: {step.detail}",
         highlight=False,

@@ -244,3 +244,27 @@ def test_cli_cutover_without_pg_cron_is_one_clear_line(
     finally:
         get_settings.cache_clear()
     assert "pg_cron is not installed in this database" in line
+
+
+@pytest.mark.usefixtures("pg_net_worker")
+def test_cutover_still_pauses_when_mailpipe_already_runs_and_says_so(cron_app_url: str) -> None:
+    async def scenario(db: Database) -> tuple[CutoverReport, list[Row]]:
+        # mailpipe's deployments were started too early: they hold an event under a lease.
+        await db.execute("ALTER TABLE communication_events ADD COLUMN lease_expires_at timestamptz")
+        await db.execute(
+            "UPDATE communication_events SET status = 'processing',"
+            " lease_expires_at = now() + interval '5 minutes'"
+            " WHERE event_type = 'customer_welcome'"
+        )
+        report = await cutover(db, **FAST)
+        return report, await _jobs(db)
+
+    report, jobs = _with_db(cron_app_url, scenario)
+    outcomes = _outcomes(report)
+    assert outcomes["overlap"] == "warning"
+    assert "held 1 events while pg_cron was active" in next(
+        s.detail for s in report.steps if s.step == "overlap"
+    )
+    # mailpipe's own leased event is not the old pipeline's work: the drain does not wait on it.
+    assert outcomes["drain"] == "already" and report.handed_over
+    assert [j["active"] for j in jobs] == [False] * 4

@@ -246,6 +246,7 @@ def test_preflight_does_not_queue_behind_a_lock(app_before_url: str) -> None:
         ("postgresql://u@db.example.com:5432/app", (7, 7), 5432, ConnectionMode.DIRECT),
         ("postgresql://u@db.example.com/app", (7, 7), 5432, ConnectionMode.DIRECT),
         ("host=/tmp port=5432 dbname=app", (7, 7), None, ConnectionMode.DIRECT),
+        ("postgresql://u@/app?host=127.0.0.1&port=5433", (7, 7), 5433, ConnectionMode.DIRECT),
         (
             "postgresql://u@aws-0-eu.pooler.supabase.com:6543/postgres",
             (7, 7),
