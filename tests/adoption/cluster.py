@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,26 @@ class CronCluster:
     def url(self, dbname: str = "postgres") -> str:
         """A connection URL to ``dbname`` over TCP (trust authentication)."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def wait_for_scheduler(self, dbname: str, timeout: float = 60.0) -> None:
+        """Wait until pg_cron's scheduler is connected to ``dbname``.
+
+        The launcher starts with the server, exits while ``cron.database_name`` does not exist
+        yet, and is restarted by the postmaster a moment later: poll for it, bounded.
+        """
+        import psycopg  # tests only: the package's own code reaches Postgres through mailpipe.db
+
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.url(dbname), autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_cron launcher'"
+                ).fetchone()
+                if row and row[0]:
+                    return
+                time.sleep(0.1)
+        log = (self.datadir.parent / "server.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"pg_cron's scheduler did not start within {timeout:g} s:\n{log}")
 
     def stop(self) -> None:
         """Stop the server (fast shutdown) and remove its files."""

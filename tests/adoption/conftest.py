@@ -106,6 +106,7 @@ def pg_cron_cluster() -> Iterator[CronCluster]:
         admin_execute(
             cluster.url(CRON_DATABASE), ["CREATE EXTENSION pg_cron WITH SCHEMA pg_catalog"]
         )
+        cluster.wait_for_scheduler(CRON_DATABASE)
         yield cluster
     finally:
         cluster.stop()

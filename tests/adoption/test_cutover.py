@@ -46,6 +46,23 @@ def _outcomes(report: CutoverReport) -> dict[str, str]:
     return {s.step: s.outcome for s in report.steps}
 
 
+def test_the_jobs_run_under_a_live_pg_cron_scheduler(cron_app_url: str) -> None:
+    async def scenario(db: Database) -> tuple[Any, list[Row]]:
+        launcher = await db.fetch_value(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_cron launcher'"
+        )
+        return launcher, await _jobs(db)
+
+    launcher, jobs = _with_db(cron_app_url, scenario)
+    assert launcher == 1
+    assert [(j["jobname"], j["schedule"], j["active"]) for j in jobs] == [
+        ("process_email_queue", "* * * * *", True),
+        ("monitor_smtp_health", "*/5 * * * *", True),
+        ("monitor_email_production", "*/5 * * * *", True),
+        ("snapshot_email_health", "0 0 * * *", True),
+    ]
+
+
 def test_cutover_pauses_waits_for_in_flight_work_then_hands_over(cron_app_url: str) -> None:
     async def scenario(db: Database) -> tuple[CutoverReport, list[DrainState], list[Row]]:
         # In flight under the old pipeline: an HTTP call pg_net has not made yet, an event an
