@@ -7,6 +7,7 @@ import logging
 import typer
 
 from mailpipe.cli import (
+    adoption,
     check,
     db,
     demo,
@@ -47,6 +48,7 @@ app.add_typer(queue.app, name="queue")
 app.add_typer(suppressions.app, name="suppression")
 app.command("run")(run.run_command)
 app.command("enqueue")(run.enqueue_command)
+adoption.register(app, db.app)
 
 
 @app.callback()
