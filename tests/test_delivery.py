@@ -125,7 +125,7 @@ async def test_4xx_is_retried_with_backoff(ready: Database) -> None:
     await insert_events(ready, 3)
     before = dt.datetime.now(dt.UTC)
     result = await drain_queue(ready)
-    assert result.counts["retried"] == 3
+    assert result.counts["retry"] == 3
     for row in await events(ready):
         assert row["status"] == "queued" and row["retry_count"] == 1
         assert row["error_class"] == "transient"
