@@ -91,6 +91,7 @@ def rows_locked(url: str, ids: list[int]) -> Iterator[None]:
 
 
 def test_enqueue_validates_and_is_idempotent(env_database: str) -> None:
+    with_db(env_database, add_template)
     first = ok_json(
         "enqueue",
         "--to",
@@ -137,6 +138,36 @@ def test_enqueue_validates_and_is_idempotent(env_database: str) -> None:
     assert "neither an ISO 8601 time" in fails(
         "enqueue", "--to", "a@example.com", "--template", "w", "--at", "tomorrow"
     )
+    assert len(fetch(env_database, "SELECT id FROM communication_events")) == 1
+
+
+def test_enqueue_renders_the_template_first(env_database: str) -> None:
+    """What delivery would refuse is refused at enqueue, with its reason, and nothing is
+    queued: an unknown template, a missing variable, a line break in a header."""
+    with_db(env_database, add_template)
+    with_db(
+        env_database,
+        lambda db: add_template(
+            db, "order", subject="Order {{ ref }}", text_body="x", html_body=None
+        ),
+    )
+    assert "unknown template 'nope'" in fails(
+        "enqueue", "--to", "a@example.com", "--template", "nope"
+    )
+    assert "template 'welcome': 'name' is undefined" in fails(
+        "enqueue", "--to", "a@example.com", "--template", "welcome", "--data", '{"nam": "Ann"}'
+    )
+    assert "header injection refused: Subject contains a line break" in fails(
+        "enqueue",
+        "--to",
+        "a@example.com",
+        "--template",
+        "order",
+        "--data",
+        json.dumps({"ref": "42\r\nBcc: victim@example.org"}),
+    )
+    assert fetch(env_database, "SELECT id FROM communication_events") == []
+    ok("enqueue", "--to", "a@example.com", "--template", "order", "--data", '{"ref": "42"}')
     assert len(fetch(env_database, "SELECT id FROM communication_events")) == 1
 
 
