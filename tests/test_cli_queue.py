@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
 from mailpipe.db import Database
 from mailpipe.delivery import drain_queue
-from mailpipe.testing.smtpd import SMTPTestServer
+from mailpipe.testing.smtpd import SMTPTestServer, free_port
 from tests.cli_support import (
     add_local_provider,
     execute,
@@ -455,3 +458,27 @@ def test_purge_deletes_old_finished_events_in_batches_and_keeps_history(
         ok("queue", "purge", "--status", "sent", "--older-than", "90d", "--yes").output.strip()
         == "nothing to purge"
     )
+
+
+def test_unreachable_postgres_is_one_line_unless_debugging() -> None:
+    """No psycopg.pool warnings (two lines per connection attempt) before the error line;
+    ``--debug`` shows them."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/mailpipe",
+        "MAILPIPE_CONNECT_TIMEOUT": "1.5",
+    }
+    command = [sys.executable, "-m", "mailpipe", "enqueue", "--to", "a@example.com"]
+    command += ["--template", "welcome"]
+    quiet = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert quiet.returncode == 1
+    assert quiet.stderr.splitlines() == [quiet.stderr.strip()], quiet.stderr
+    assert quiet.stderr.startswith("error: Postgres is unreachable at postgresql://nobody@")
+    debug = subprocess.run(
+        [sys.executable, "-m", "mailpipe", "--debug", *command[3:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert debug.returncode == 1 and "WARNING psycopg.pool: error connecting" in debug.stderr
