@@ -6,7 +6,8 @@ suppression lookup, one quota reservation per provider, then plain asyncio sends
 persistent SMTP connections per provider, then one transaction that records every outcome.
 Nothing here knows about Prefect. The parts, each readable on its own:
 
-- :mod:`~mailpipe.delivery.drainer`: the loop, the run's drainers and processes, their result;
+- :mod:`~mailpipe.delivery.drainer`: the loop, a run's drainers on one event loop, their result;
+- :mod:`~mailpipe.delivery.tasks`: drainers in OS processes; a flow run's total across retries;
 - :mod:`~mailpipe.delivery.preparing`: a claimed batch validated, rendered, suppressions dropped;
 - :mod:`~mailpipe.delivery.routing`: quotas, sending, failover between providers;
 - :mod:`~mailpipe.delivery.outcomes`: the outcome words and the retry policy;
@@ -21,9 +22,7 @@ from __future__ import annotations
 from mailpipe.delivery.drainer import (
     Drainer,
     DrainResult,
-    drain_in_processes,
     drain_queue,
-    drain_run,
     split_max_events,
     worker_name,
 )
@@ -35,6 +34,7 @@ from mailpipe.delivery.preview import (
     preview_message,
 )
 from mailpipe.delivery.runs import RunState
+from mailpipe.delivery.tasks import drain_in_processes, drain_run
 
 __all__ = [
     "OUTCOMES",

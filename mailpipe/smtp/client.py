@@ -24,9 +24,14 @@ class Accepted:
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
-    if settings.smtp_ca_file is None:
-        return None
-    return ssl.create_default_context(cafile=str(settings.smtp_ca_file))
+    """The system's trusted CAs plus ``MAILPIPE_SMTP_CA_FILE`` (None: aiosmtplib's default)."""
+    if settings.smtp_ca_file is None or not settings.smtp_verify_certs:
+        return None  # aiosmtplib then honours validate_certs (a given context would not)
+    # create_default_context(cafile=...) would trust that file only: providers with public
+    # certificates would then fail. The file adds to the system store instead.
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=str(settings.smtp_ca_file))
+    return context
 
 
 def make_client(provider: Provider, settings: Settings | None = None) -> aiosmtplib.SMTP:
