@@ -837,3 +837,33 @@ async def test_the_retry_condition_reads_real_errors(smtpd_factory) -> None:
     assert isinstance(gone, RecipientRefused) and gone.stage == "rcpt" and not retried(gone)
     assert not retried(InvalidMessage("Invalid recipient_email: empty"))
     assert not retried(ValueError("a bug"))
+
+
+async def test_the_summary_uses_the_stored_outcome_words(ready: Database) -> None:
+    """One set of words from the database to the log line: sent, retry, failed (with the
+    error_class), deferred, suppressed."""
+    from mailpipe.delivery import OUTCOMES
+    from mailpipe.delivery import summary as run_summary
+
+    await insert_events(ready, 2)
+    await insert_events(ready, 1, template="nope", prefix="bad")
+    summary = (await drain_queue(ready)).summary()
+    assert OUTCOMES == ("sent", "retry", "failed", "deferred", "suppressed")
+    assert {k: summary[k] for k in OUTCOMES} == {
+        "sent": 2,
+        "retry": 0,
+        "failed": 1,
+        "deferred": 0,
+        "suppressed": 0,
+    }
+    assert summary["failed_by_reason"] == {"template": 1}
+    assert run_summary.log_line(summary).startswith(
+        "sent 2, retry 0, failed 1 (template 1), deferred 0, suppressed 0, rescued 0 in "
+    )
+    stored = await ready.fetch_all(
+        "SELECT DISTINCT status, error_class FROM communication_events ORDER BY status"
+    )
+    assert stored == [
+        {"status": "failed", "error_class": "template"},
+        {"status": "sent", "error_class": None},
+    ]

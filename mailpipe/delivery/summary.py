@@ -35,8 +35,15 @@ def table(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 def markdown(summary: dict[str, Any]) -> str:
     """The run's report page: the counts, then messages sent per provider."""
+    reasons = summary.get("failed_by_reason") or {}
+    why = " (" + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) + ")" if reasons else ""
     providers = "\n".join(f"| {name} | {n} |" for name, n in summary["by_provider"].items())
     return (
-        f"## process_email_queue\n\n{log_line(summary)}.\n\n"
+        f"## process_email_queue\n\n**{summary['sent']} sent** in "
+        f"{summary['elapsed_seconds']:.1f} s ({summary['rate_per_second']:.0f}/s), "
+        f"{summary['retry']} retry, {summary['failed']} failed{why}, "
+        f"{summary['deferred']} deferred, {summary['suppressed']} suppressed; "
+        f"{summary['rescued']} rescued from expired leases. "
+        f"Stopped by: {summary['stopped_by']}.\n\n"
         f"| provider | sent |\n|---|---|\n{providers}\n"
     )
