@@ -74,3 +74,4 @@ COMMENT ON COLUMN communication_events.priority IS 'Lower is sooner, 0 (first) t
 ALTER TABLE smtp_provider_configs ADD COLUMN IF NOT EXISTS last_failure_run text;
 
 COMMENT ON COLUMN smtp_provider_configs.last_failure_run IS 'The delivery run that last counted a failure against this provider: a run counts at most one, however many drainers or processes it has (health probes always count).';
+GRANT SELECT (last_failure_run) ON smtp_provider_configs TO mailpipe_analyst;
