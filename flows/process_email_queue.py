@@ -11,7 +11,6 @@ environment variable or Prefect Secret block its credentials reference names.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -19,10 +18,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from pydantic import Field
 
-from mailpipe.db import Database, database_url
-from mailpipe.delivery import drain_in_processes, drain_queue
+from mailpipe.delivery import drain_run
+from mailpipe.delivery import summary as run_summary
 from mailpipe.quality_checks import check_flow_run
 from mailpipe.retries import retry_on_transient
+from mailpipe.runtime import current_flow_run_id
 
 
 @task(retries=2, retry_delay_seconds=[5, 20], retry_condition_fn=retry_on_transient)
@@ -33,28 +33,15 @@ async def drain(
     max_events: int | None,
     processes: int,
 ) -> dict[str, Any]:
-    """Drain due events; returns the counts (sent, retried, failed, deferred, suppressed)."""
-    if processes > 1:
-        # One Python process tops out at one core of SMTP and MIME work: fan out to OS
-        # processes (SKIP LOCKED keeps them apart), still one task, no per-email overhead.
-        result = await asyncio.to_thread(
-            drain_in_processes,
-            database_url(),
-            processes=processes,
-            batch_size=batch_size,
-            concurrency=concurrency,
-            time_budget=time_budget_seconds,
-            max_events=max_events,
-        )
-        return result.summary()
-    async with Database(max_size=concurrency + 2) as db:
-        result = await drain_queue(
-            db,
-            batch_size=batch_size,
-            concurrency=concurrency,
-            time_budget=time_budget_seconds,
-            max_events=max_events,
-        )
+    """Drain due events; returns the whole run's counts, also those of failed attempts."""
+    result = await drain_run(
+        current_flow_run_id() or "local",
+        batch_size=batch_size,
+        concurrency=concurrency,
+        time_budget=time_budget_seconds,
+        max_events=max_events,
+        processes=processes,
+    )
     return result.summary()
 
 
@@ -94,36 +81,17 @@ async def process_email_queue(
     started = datetime.now(UTC)  # the data-quality window: rows changed from here
     logger = get_run_logger()
     summary = await drain(batch_size, concurrency, time_budget_seconds, max_events, processes)
-    logger.info(
-        "sent %(sent)d, retried %(retried)d, failed %(failed)d, deferred %(deferred)d, "
-        "suppressed %(suppressed)d, rescued %(rescued)d in %(elapsed_seconds).1fs "
-        "(%(rate_per_second).0f/s, stopped by %(stopped_by)s)",
-        summary,
-    )
+    logger.info("%s", run_summary.log_line(summary))
     await acreate_table_artifact(
         key="process-email-queue-summary",
-        table=[
-            {"outcome": k, "events": summary[k]}
-            for k in ("sent", "retried", "failed", "deferred", "suppressed", "rescued")
-        ],
+        table=run_summary.table(summary),
         description="Outcomes of this process_email_queue run.",
     )
-    providers = "\n".join(f"| {name} | {n} |" for name, n in summary["by_provider"].items())
     await acreate_markdown_artifact(
         key="process-email-queue-report",
-        markdown=(
-            f"## process_email_queue\n\n**{summary['sent']} sent** in "
-            f"{summary['elapsed_seconds']:.1f} s ({summary['rate_per_second']:.0f}/s), "
-            f"{summary['retried']} retried, {summary['failed']} failed, "
-            f"{summary['deferred']} deferred, {summary['suppressed']} suppressed; "
-            f"{summary['rescued']} rescued from expired leases. "
-            f"Stopped by: {summary['stopped_by']}.\n\n"
-            f"| provider | sent |\n|---|---|\n{providers}\n"
-        ),
+        markdown=run_summary.markdown(summary),
         description="process_email_queue summary",
     )
-    if check_quality and any(
-        summary[k] for k in ("sent", "retried", "failed", "deferred", "suppressed", "rescued")
-    ):
+    if check_quality and run_summary.did_anything(summary):
         await check_flow_run("process_email_queue", started)
     return summary

@@ -127,13 +127,18 @@ async def resolve_password(provider: Provider) -> str | None:
 
 
 async def record_provider_failure(
-    db: Database, provider_name: str, settings: Settings | None = None
+    db: Database, provider_name: str, settings: Settings | None = None, *, run: str | None = None
 ) -> Row | None:
-    """Count a connection-level failure; suspends the provider past the threshold."""
+    """Count a connection-level failure; suspends the provider past the threshold.
+
+    With ``run`` (a delivery run's id, shared by all its drainers and processes) the failure
+    counts once per run: a later call with the same run changes nothing and returns None.
+    """
     settings = settings or get_settings()
     return await db.fetch_one(
         query("record_provider_failure"),
         {
+            "run": run,
             "provider_name": provider_name,
             "threshold": settings.provider_failure_threshold,
             "base_seconds": settings.suspension_base_seconds,

@@ -61,3 +61,6 @@ def main(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The pool warns on every failed connection attempt (two lines each) before the command
+    # prints its one-line error: noise, unless debugging.
+    logging.getLogger("psycopg.pool").setLevel(logging.DEBUG if debug else logging.ERROR)
