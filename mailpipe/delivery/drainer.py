@@ -11,10 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
-import socket
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +26,7 @@ from mailpipe.delivery.recording import BatchRecord, record_batch
 from mailpipe.delivery.routing import Plan, Router
 from mailpipe.delivery.runs import RunState
 from mailpipe.errors import MailpipeError
+from mailpipe.identity import process_name
 from mailpipe.providers import Provider
 from mailpipe.queue import claim_due_events, rescue_expired_leases
 from mailpipe.templates import TemplateCache
@@ -91,8 +89,7 @@ class DrainResult:
 
 def worker_name() -> str:
     """A unique name for this drainer, shown in ``locked_by``: host, pid and a nonce."""
-    # TODO(lead): use mailpipe.identity.process_name("drainer", unique=True) once it exists.
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    return process_name(unique=True)
 
 
 def _build(job: Job, provider: Provider) -> bytes:

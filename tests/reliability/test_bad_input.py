@@ -207,13 +207,12 @@ def test_enqueue_cli_refuses_with_one_line_or_queues_one_row(
         assert after in (before, before + 1)
         assert json.loads(result.stdout)["message_id"]
     else:
-        assert result.exit_code in (1, 2), result.output  # 2: typer's own usage errors
+        assert result.exit_code == 1, result.output  # usage errors too: one line, exit 1
         assert result.exception is None or isinstance(result.exception, SystemExit), repr(
             result.exception
         )
         lines = [line for line in result.stderr.splitlines() if line.strip()]
-        if result.exit_code == 1:
-            assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+        assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
         assert after == before
     count("mailpipe enqueue (CLI)")
 
