@@ -28,7 +28,13 @@ from mailpipe.delivery import drain_queue
 from mailpipe.monitoring import check_providers
 from mailpipe.snapshots import snapshot_day, today
 from mailpipe.testing.smtpd import Behaviour, SMTPTestServer
-from tests.factories import add_provider, add_template, insert_events, plant_quality_violations
+from tests.factories import (
+    add_provider,
+    add_template,
+    allow_invalid_priorities,
+    insert_events,
+    plant_quality_violations,
+)
 
 BOUNCING = "bounce1@example.com"
 
@@ -124,6 +130,7 @@ async def test_communication_events_violations(db: Database, database_url: str) 
         "ALTER TABLE communication_events"
         " DROP CONSTRAINT communication_events_status_check,"
         " DROP CONSTRAINT communication_events_error_class_check,"
+        " DROP CONSTRAINT communication_events_priority_check,"
         " ALTER COLUMN scheduled_at DROP NOT NULL"
     )
     await db.execute(
@@ -184,6 +191,7 @@ async def test_window_checks_changed_and_in_flight_rows_only(
 ) -> None:
     await add_template(db)
     await insert_events(db, 3)
+    await allow_invalid_priorities(db)
     old = await db.fetch_value(
         "INSERT INTO communication_events (event_type, recipient_email, template_key, priority,"
         " updated_at) VALUES ('welcome', 'a@example.com', 'welcome', 42,"

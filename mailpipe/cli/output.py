@@ -20,7 +20,9 @@ from typer.core import TyperGroup
 from mailpipe.errors import MailpipeError
 from mailpipe.serialization import dumps
 
-console = Console()
+# Piped or redirected output is read by grep and scripts: never break a line (a path or a name)
+# at the 80 columns rich assumes without a terminal; on a terminal, wrap to its width.
+console = Console(soft_wrap=not sys.stdout.isatty())
 err_console = Console(stderr=True)
 
 P = ParamSpec("P")
