@@ -28,17 +28,19 @@ import pytest
 from typer.testing import CliRunner
 
 import mailpipe.db
-from mailpipe import orchestration
+from mailpipe import runtime
 from mailpipe.cli import app
 from mailpipe.config import get_settings
 from mailpipe.db import Database
+from mailpipe.deploy import OrchestrationError, processes
+from mailpipe.deploy.project import load_deployment_specs
+from mailpipe.deploy.server import LocalPrefectServer
 from mailpipe.errors import ConfigError
-from mailpipe.orchestration import LocalPrefectServer, OrchestrationError
 from mailpipe.testing.smtpd import Behaviour, SMTPTestServer, free_port
 from tests.factories import add_provider, add_template, insert_events, run_artifacts, statuses
 
 PROJECT = Path(__file__).resolve().parent.parent
-SPECS = orchestration.load_deployment_specs(PROJECT / "prefect.yaml")
+SPECS = load_deployment_specs(PROJECT / "prefect.yaml")
 CRONS = {
     "process_email_queue": "* * * * *",
     "monitor_smtp_health": "*/5 * * * *",
@@ -93,7 +95,7 @@ def child_env(server: LocalPrefectServer, **extra: str) -> dict[str, str]:
 
 def prefect(*args: str, env: dict[str, str], timeout: float = 120) -> str:
     result = subprocess.run(
-        [orchestration.prefect_executable(), *args],
+        [processes.prefect_executable(), *args],
         cwd=PROJECT,
         env=env,
         capture_output=True,
@@ -292,7 +294,7 @@ def deployed(prefect_server: LocalPrefectServer, template_url: str) -> dict[str,
     with pytest.MonkeyPatch.context() as monkeypatch:
         steps = setup_cli(monkeypatch, DATABASE_URL=template_url, MAILPIPE_TIMEZONE=TIMEZONE)
     started = time.monotonic()
-    orchestration.deploy_all(
+    processes.deploy_all(
         api_url=prefect_server.api_url, project=PROJECT, env=child_env(prefect_server)
     )
     deploy_seconds = time.monotonic() - started
@@ -418,7 +420,7 @@ def test_deploy_registers_the_four_deployments(deployed: dict[str, Any]) -> None
             (CRONS[spec.name], TIMEZONE, True)
         ]
         assert d.entrypoint == spec.entrypoint and d.work_pool_name == "mailpipe"
-        assert d.pull_steps == [{"mailpipe.orchestration.enter_project_directory": {}}]
+        assert d.pull_steps == [{"mailpipe.deploy.project.enter_project_directory": {}}]
         assert d.job_variables["env"] == {
             "MAILPIPE_DATABASE_URL_BLOCK": "mailpipe-database-url",
             "MAILPIPE_TIMEZONE": TIMEZONE,
@@ -475,7 +477,7 @@ def test_deployment_run_is_drained_by_a_worker(
 
     started = time.monotonic()
     worker = subprocess.run(
-        [orchestration.prefect_executable(), "worker", "start", "--pool", "mailpipe", "--run-once"],
+        [processes.prefect_executable(), "worker", "start", "--pool", "mailpipe", "--run-once"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -543,7 +545,7 @@ def test_three_workers_three_runs_send_every_event_exactly_once(
         for name, log in zip(names, logs, strict=True):
             with log.open("wb") as out:
                 workers.append(
-                    orchestration.start_worker(
+                    processes.start_worker(
                         api_url=prefect_server.api_url,
                         pool="mailpipe",
                         name=name,
@@ -563,7 +565,7 @@ def test_three_workers_three_runs_send_every_event_exactly_once(
         elapsed = time.monotonic() - started
     finally:
         for worker in workers:
-            orchestration.stop_process(worker)
+            processes.stop_process(worker)
 
     assert [r.state.type.value for r in runs] == ["COMPLETED"] * 3, [r.state for r in runs]
     per_run = [sent_in(run_async(run_artifacts(r.id))) for r in runs]
@@ -809,9 +811,9 @@ def test_skip_if_late_inside_a_flow_run(prefect_server: LocalPrefectServer) -> N
     @flow
     def guarded(minutes_later: float) -> str | None:
         now = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=minutes_later)
-        return orchestration.skip_if_late(dt.timedelta(minutes=5), now=now)
+        return runtime.skip_if_late(dt.timedelta(minutes=5), now=now)
 
     assert guarded(0) is None
     reason = guarded(30)
     assert reason is not None and reason.startswith("skipped: started 18")
-    assert orchestration.skip_if_late(dt.timedelta(0)) is None  # outside a run: never late
+    assert runtime.skip_if_late(dt.timedelta(0)) is None  # outside a run: never late

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import typer
 
-from mailpipe import orchestration
 from mailpipe.cli.output import command, console, print_json, print_table, run
+from mailpipe.deploy import serve, setup, up
 from mailpipe.errors import ConfigError
 
 setup_app = typer.Typer(help="Prepare services mailpipe runs on.", no_args_is_help=True)
 
 
-def _secret_source(prompt: bool) -> orchestration.SecretSource:
+def _secret_source(prompt: bool) -> setup.SecretSource:
     """Values for Secret blocks: MAILPIPE_SECRET_<NAME>, else a hidden prompt on a terminal."""
 
     def source(block: str) -> str | None:
-        value = orchestration.env_secret_source(block)
+        value = setup.env_secret_source(block)
         if value or not (prompt and sys.stdin.isatty()):
             return value
         entered = typer.prompt(
@@ -34,7 +34,7 @@ def _secret_source(prompt: bool) -> orchestration.SecretSource:
     return source
 
 
-def _print_steps(steps: list[orchestration.SetupStep]) -> None:
+def _print_steps(steps: list[setup.SetupStep]) -> None:
     print_table(
         [dataclasses.asdict(s) for s in steps],
         title="Prefect setup",
@@ -75,7 +75,7 @@ def setup_prefect_command(
         except ValueError as exc:
             raise ConfigError(f"{base_job_template} is not JSON: {exc}") from None
     steps = run(
-        orchestration.setup_prefect(
+        setup.setup_prefect(
             secret_source=_secret_source(prompt and not as_json),
             pool_type=pool_type,
             base_job_template=template,
@@ -114,7 +114,7 @@ def serve_command(
     worker carries on.
     """
     console.print("Serving prefect.yaml's deployments; Ctrl-C stops (schedules stay active).")
-    orchestration.serve_project(names=only or None, limit=limit, quality_worker=quality_worker)
+    serve.serve_project(names=only or None, limit=limit, quality_worker=quality_worker)
 
 
 @command
@@ -135,7 +135,7 @@ def up_command(
     `prefect worker start --pool mailpipe`, then prints the UI address. Ctrl-C stops it all.
     """
 
-    def ready(report: orchestration.UpReport) -> None:
+    def ready(report: up.UpReport) -> None:
         where = (
             f"started in {report.server_seconds:.0f} s, log {report.server_log}"
             if report.started_server
@@ -155,7 +155,7 @@ def up_command(
         )
 
     console.print("Starting mailpipe (the Prefect server takes about 20 s)...")
-    orchestration.up(
+    up.up(
         host=host,
         port=port,
         workers=workers,
