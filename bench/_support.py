@@ -17,11 +17,11 @@ from mailpipe.migrations import migrate
 
 @contextmanager
 def embedded_postgres(data_dir: Path, *, cleanup_mode: str = "stop") -> Iterator[str]:
-    """An embedded Postgres (pgserver) with its data in ``data_dir``: its admin URL, and the
-    server cleaned up (``cleanup_mode``: "stop" or "delete") at the end."""
-    import pgserver
+    """An embedded Postgres with its data in ``data_dir``: its admin URL, and the server cleaned
+    up (``cleanup_mode``: "stop" or "delete") at the end."""
+    from mailpipe.embedded import get_server
 
-    server = pgserver.get_server(data_dir, cleanup_mode=cleanup_mode)
+    server = get_server(data_dir, cleanup_mode=cleanup_mode)
     try:
         yield server.get_uri()
     finally:

@@ -5,7 +5,7 @@ Run by hand (not a test):
     uv run python bench/monitor_metrics.py                   # 1M events over 7 days
     uv run python bench/monitor_metrics.py --events 200000   # quicker
 
-Uses its own database: an embedded Postgres (pgserver) in a temporary folder, or, with
+Uses its own database: an embedded Postgres in a temporary folder, or, with
 ``--database-url``, a new database created on that server and dropped afterwards. Loads
 --events communication_events over --days days (94 % sent with a confirmation each, 2 %
 failed, 2 % queued of which a tenth due, a few hundred processing with some leases expired),

@@ -5,7 +5,7 @@ Run by hand (not a test):
     uv run python bench/snapshot_scaling.py                 # 1M events/confirmations, 300k probes
     uv run python bench/snapshot_scaling.py --events 200000 # quicker
 
-It uses its own databases: on an embedded Postgres (pgserver) in a temporary folder, or, with
+It uses its own databases: on an embedded Postgres in a temporary folder, or, with
 ``--database-url``, two new databases created on that server and dropped afterwards. Two databases
 get the same target day; the second also gets --history-factor times as much traffic on the
 days before. Data is generated set-based (INSERT ... SELECT generate_series) with triggers and
