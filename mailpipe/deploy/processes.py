@@ -14,7 +14,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,26 +40,57 @@ def port_is_free(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) != 0
 
 
-def stop_process(
-    process: subprocess.Popen[Any], *, timeout: float = 20.0, grace: float = 0.0
-) -> int | None:
-    """SIGTERM (graceful for Prefect servers, workers and serve), then SIGKILL after timeout.
+def pid_is_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie child of this process is reaped, not alive)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process holds the pid
+    return True
 
-    ``grace``: seconds to let it finish on its own first (it got the terminal's Ctrl-C too;
-    a second signal would make a Prefect worker kill its flow runs).
+
+def _signal_group(process: subprocess.Popen[Any], signum: int) -> None:
+    # A child started with start_new_session leads its own group: signal it and everything
+    # it started (a worker's flow-run processes); else only the child itself.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(process.pid) == process.pid:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+
+
+def stop_processes(
+    processes: Iterable[subprocess.Popen[Any]], *, timeout: float = 20.0
+) -> list[int | None]:
+    """SIGTERM to every process at once, one shared deadline, then SIGKILL what is left.
+
+    SIGTERM is the graceful stop of Prefect servers, workers (they stop polling and end their
+    flow-run processes, which report Crashed and give their slots back) and of the check
+    worker. Returns the exit codes.
     """
-    if grace and process.poll() is None:
+    processes = list(processes)
+    for process in processes:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
         with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(grace)
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            process.wait(max(deadline - time.monotonic(), 0.01))
+        if process.poll() is None:
+            _signal_group(process, signal.SIGKILL)
             process.wait(5)
-    return process.returncode
+    return [p.returncode for p in processes]
+
+
+def stop_process(process: subprocess.Popen[Any], *, timeout: float = 20.0) -> int | None:
+    """:func:`stop_processes` for one process."""
+    return stop_processes([process], timeout=timeout)[0]
 
 
 def deploy_all(*, api_url: str, project: Path, env: Mapping[str, str] | None = None) -> str:
@@ -108,6 +140,7 @@ def start_worker(
         stdin=subprocess.DEVNULL,
         stdout=output,
         stderr=subprocess.STDOUT if output else None,
+        start_new_session=True,  # stopped by its parent only (see the module docstring)
     )
 
 
@@ -122,4 +155,5 @@ def start_quality_worker(
         cwd=project,
         env=environment,
         stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,11 +19,15 @@ from mailpipe.deploy.project import (
     project_dir,
     project_file,
     resolve_templates,
+    work_pool_names,
 )
+from mailpipe.deploy.recovery import crash_abandoned_runs
 from mailpipe.errors import ConfigError
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
+
+log = logging.getLogger(__name__)
 
 
 def served_deployments(specs: list[DeploymentSpec], *, timezone: str) -> list[RunnerDeployment]:
@@ -102,6 +107,12 @@ def serve_project(
             for r in asyncio.run(resolve_templates([dataclasses.asdict(s) for s in specs]))
         ]
         asyncio.run(_give_served_deployments_a_path([s.full_name for s in resolved]))
+        # Before serving: runs a dead process left Pending would hold their slots for good.
+        pools = work_pool_names(specs)
+        for run in asyncio.run(crash_abandoned_runs([s.full_name for s in resolved], pools=pools)):
+            log.warning(
+                "crashed run %s of %s, left behind: %s", run.name, run.deployment, run.reason
+            )
     for spec in resolved:
         env = (spec.work_pool.get("job_variables") or {}).get("env") or {}
         for key, value in env.items():
@@ -117,7 +128,7 @@ def serve_project(
         )
     finally:
         if checker is not None:
-            stop_process(checker, grace=15.0)
+            stop_process(checker)  # its own process group: Ctrl-C reached serve alone
 
 
 async def _give_served_deployments_a_path(names: list[str]) -> None:

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailpipe.config import Settings, get_settings
 from mailpipe.deploy import OrchestrationError
 from mailpipe.deploy.api import configured_api_url
+from mailpipe.deploy.database import PrefectDatabase, prefect_database_url
 from mailpipe.deploy.processes import (
     deploy_all,
     start_quality_worker,
     start_worker,
-    stop_process,
+    stop_processes,
 )
 from mailpipe.deploy.project import (
     PROJECT_FILE,
@@ -28,9 +29,18 @@ from mailpipe.deploy.project import (
     project_file,
     work_pool_names,
 )
-from mailpipe.deploy.server import LocalPrefectServer
+from mailpipe.deploy.recovery import (
+    CrashedRun,
+    crash_abandoned_runs,
+    wait_for_submissions,
+    worker_name,
+)
+from mailpipe.deploy.server import LocalPrefectServer, prefect_home
 from mailpipe.deploy.setup import SecretSource, SetupStep, env_secret_source, setup_prefect
 from mailpipe.errors import ConfigError
+
+SUBMISSION_WAIT_SECONDS = 10.0  # a worker's submission takes a second or two
+CHILD_STOP_SECONDS = 20.0  # SIGKILL after this: a worker ends its flow processes in seconds
 
 
 @dataclass
@@ -47,6 +57,12 @@ class UpReport:
     workers: int
     server_log: Path | None
     quality_worker: bool = True
+    server_database: str = "sqlite"  # postgres or sqlite: where up's server keeps its data
+    crashed: list[CrashedRun] = field(default_factory=list)
+
+
+class _Stop(Exception):
+    """SIGINT or SIGTERM arrived: stop everything (``up`` is meant to end this way)."""
 
 
 def up(
@@ -55,16 +71,24 @@ def up(
     port: int = 4200,
     workers: int = 1,
     quality_worker: bool = True,
+    prefect_db: PrefectDatabase = PrefectDatabase.AUTO,
     on_ready: Callable[[UpReport], None] | None = None,
     secret_source: SecretSource = env_secret_source,
     settings: Settings | None = None,
 ) -> UpReport:
     """The whole system on one machine, until Ctrl-C (or SIGTERM); then everything stops.
 
-    Starts a local Prefect server (unless ``PREFECT_API_URL`` or the active profile names one),
-    migrates the database, runs :func:`setup_prefect`, deploys ``prefect.yaml``, starts
-    ``workers`` worker processes on the work pool and (``quality_worker``) a ``mailpipe check
-    worker``, calls ``on_ready`` and waits.
+    Starts a local Prefect server on ``host:port`` (unless ``PREFECT_API_URL`` or the active
+    profile names one; its UI then names that port, its data lives on Postgres per
+    ``prefect_db``), migrates the database, runs :func:`setup_prefect`, deploys
+    ``prefect.yaml``, crashes the runs a dead worker of this machine left behind (see
+    :mod:`mailpipe.deploy.recovery`), starts ``workers`` worker processes on the work pool and
+    (``quality_worker``) a ``mailpipe check worker``, calls ``on_ready`` and waits.
+
+    Stopping: every child is in its own process group, so a terminal's Ctrl-C reaches ``up``
+    alone. ``up`` waits (a few seconds at most) until no run of its deployments is mid-submission,
+    then sends SIGTERM to every worker and the check worker at once, and stops the server last,
+    so the workers can still report how their runs ended.
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -74,6 +98,7 @@ def up(
     pools = work_pool_names(specs)
     if not pools:
         raise ConfigError(f"no work pool in {PROJECT_FILE}: nothing for workers to poll")
+    names = [s.full_name for s in specs]
     # Deployed runs execute in the project folder: so does `up`, so that a relative
     # MAILPIPE_DATA_DIR (the embedded Postgres) is the same folder for both.
     os.chdir(project)
@@ -82,23 +107,31 @@ def up(
     children: dict[str, subprocess.Popen[bytes]] = {}  # what each one is -> the process
     server_log_path: Path | None = None
     report: UpReport | None = None
-    received: list[int] = []
+    api_url = ""
 
     def stop_on(signum: int, frame: object) -> None:
-        received.append(signum)
-        raise KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan them
+        raise _Stop
 
     # Installed explicitly: a shell that starts `up` in the background ignores SIGINT.
     previous = {sig: signal.signal(sig, stop_on) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        api_url = configured_api_url()
-        ui_url = api_url.removesuffix("/api") if api_url else ""
+        api_url = configured_api_url() or ""
+        ui_url = api_url.removesuffix("/api")
+        database = "as configured"
         if not api_url:
-            logs = settings.data_dir / "logs"
-            logs.mkdir(parents=True, exist_ok=True)
-            server_log_path = logs / "prefect-server.log"
+            database_url = prefect_database_url(prefect_db, settings)
+            database = "postgres" if database_url else "sqlite"
+            server_log_path = prefect_home(settings, name="up") / "server.log"
+            server_log_path.parent.mkdir(parents=True, exist_ok=True)
             with server_log_path.open("ab") as log:
-                server = LocalPrefectServer(host=host, port=port, log=log).start()
+                server = LocalPrefectServer(
+                    host=host,
+                    port=port,
+                    log=log,
+                    home=prefect_home(settings, name="up"),
+                    database_url=database_url,
+                ).start()
             api_url, ui_url = server.api_url, server.ui_url
         env = {**os.environ, "PREFECT_API_URL": api_url}
         with temporary_settings({PREFECT_API_URL: api_url}):
@@ -106,10 +139,10 @@ def up(
             steps = asyncio.run(
                 setup_prefect(settings=settings, secret_source=secret_source, project=project)
             )
-        deploy_all(api_url=api_url, project=project, env=env)
-        host_name = socket.gethostname()
+            deploy_all(api_url=api_url, project=project, env=env)
+            crashed = asyncio.run(crash_abandoned_runs(names, pools=pools))
         for i in range(workers):
-            name = f"mailpipe-{host_name}-{i + 1}"
+            name = worker_name(i + 1)
             children[f"worker {name}"] = start_worker(
                 api_url=api_url, pool=pools[0], project=project, name=name, env=env
             )
@@ -122,10 +155,12 @@ def up(
             server_seconds=server.startup_seconds if server else None,
             setup=steps,
             migrations=applied,
-            deployments=[s.full_name for s in specs],
+            deployments=names,
             workers=workers,
             server_log=server_log_path,
             quality_worker=quality_worker,
+            server_database=database,
+            crashed=crashed,
         )
         if on_ready:
             on_ready(report)
@@ -138,18 +173,19 @@ def up(
             if server and server.process and server.process.poll() is not None:
                 raise OrchestrationError(f"the Prefect server exited; see {server_log_path}")
             time.sleep(0.5)
-    except KeyboardInterrupt:
+    except _Stop:
         if report is None:
-            raise  # interrupted while starting
+            raise KeyboardInterrupt from None  # interrupted while starting
         return report  # Ctrl-C is how `up` is meant to end
     finally:
-        # After a Ctrl-C the whole process group got SIGINT: let the children finish first.
-        grace = 15.0 if signal.SIGINT in received else 0.0
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan them
-        for child in children.values():
-            stop_process(child, grace=grace)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if children and api_url:
+            with temporary_settings({PREFECT_API_URL: api_url}), contextlib.suppress(Exception):
+                # Best effort: with the server gone, nothing is being submitted either.
+                asyncio.run(wait_for_submissions(names, timeout=SUBMISSION_WAIT_SECONDS))
+        stop_processes(children.values(), timeout=CHILD_STOP_SECONDS)
         if server is not None:
-            server.stop(grace=grace)
+            server.stop(timeout=CHILD_STOP_SECONDS)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
