@@ -971,8 +971,8 @@ def test_up_port_and_restart_after_ctrl_c_mid_submission(database_url: str, tmp_
             refused = run_to_the_end()
             assert refused.state.type.value == "CANCELLED", refused.state
             assert "concurrency limit" in refused.state.message
-            stop_seconds = ctrl_c(up, out_path)
             stuck = run_async(_wait_for_state(third, {"PENDING"}, timeout=5))
+            stop_seconds = ctrl_c(up, out_path)
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)

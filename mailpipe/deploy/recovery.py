@@ -130,7 +130,9 @@ async def crash_abandoned_runs(
             reason = abandoned_because(run, prefix=prefix, foreign_workers_online=online, now=now)
             if reason is None:
                 continue
-            message = f"mailpipe: crashed at start-up, {reason}"
+            message = (
+                f"mailpipe: left behind by a process that is gone, crashed at start-up: {reason}"
+            )
             await client.set_flow_run_state(run.id, Crashed(message=message), force=True)
             crashed.append(
                 CrashedRun(str(run.id), run.name, names[run.deployment_id], run.state.name, reason)
@@ -139,11 +141,12 @@ async def crash_abandoned_runs(
 
 
 async def wait_for_submissions(deployment_names: list[str], *, timeout: float) -> int:
-    """Wait (at most ``timeout`` s) until no run of these deployments is Pending, i.e. being
-    submitted by a worker; returns how many still are (0 when all went on or ended).
+    """Wait (at most ``timeout`` s) until no run of these deployments is being submitted by a
+    worker (Pending with no flow process yet); returns how many still are.
 
     ``up`` calls it before it stops its workers: a worker stopped mid-submission would leave
-    the run Pending, holding its deployment's concurrency slot.
+    the run Pending, holding its deployment's concurrency slot. Once the flow process exists
+    (``infrastructure_pid`` set), stopping the worker ends that process, and the run ends.
     """
     import anyio
     from prefect.client.orchestration import get_client
@@ -165,9 +168,14 @@ async def wait_for_submissions(deployment_names: list[str], *, timeout: float) -
             deployment_id=FlowRunFilterDeploymentId(any_=ids),
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING])),
         )
+
+        async def submitting() -> list[Any]:
+            runs = await client.read_flow_runs(flow_run_filter=pending) if ids else []
+            return [r for r in runs if not r.infrastructure_pid]
+
         runs: list[Any] = []
         with anyio.move_on_after(timeout):
-            while ids and (runs := await client.read_flow_runs(flow_run_filter=pending)):
+            while runs := await submitting():
                 await anyio.sleep(0.2)
             return 0
     return len(runs)
