@@ -11,8 +11,9 @@ import typer
 
 from mailpipe.cli.output import command, console, print_json, print_table, run
 from mailpipe.config import get_settings
-from mailpipe.deploy import serve, server, setup, up
+from mailpipe.deploy import kept, serve, setup, up
 from mailpipe.deploy.database import PrefectDatabase
+from mailpipe.deploy.server import prefect_home
 from mailpipe.errors import ConfigError
 
 setup_app = typer.Typer(help="Prepare services mailpipe runs on.", no_args_is_help=True)
@@ -198,7 +199,7 @@ def up_command(
 
 
 def _kept_home() -> Path:
-    return server.prefect_home(get_settings(), name="local")
+    return prefect_home(get_settings(), name="local")
 
 
 @server_app.command("status")
@@ -207,7 +208,7 @@ def server_status_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Whether the kept local Prefect server runs, and where."""
-    status = server.kept_server_status(_kept_home())
+    status = kept.kept_server_status(_kept_home())
     if as_json:
         print_json(status)
     elif status["running"]:
@@ -224,15 +225,15 @@ def server_status_command(
 @command
 def server_start_command() -> None:
     """Start the kept local Prefect server now (`mailpipe run` starts it when needed)."""
-    kept = server.ensure_kept_server(_kept_home())
-    console.print(f"running: {kept.api_url} (pid {kept.pid})", highlight=False)
+    started = kept.ensure_kept_server(_kept_home())
+    console.print(f"running: {started.api_url} (pid {started.pid})", highlight=False)
 
 
 @server_app.command("stop")
 @command
 def server_stop_command() -> None:
     """Stop the kept local Prefect server (its runs' history stays for the next start)."""
-    stopped = server.stop_kept_server(_kept_home())
+    stopped = kept.stop_kept_server(_kept_home())
     console.print(
         f"stopped the Prefect server (pid {stopped.pid})" if stopped else "not running",
         highlight=False,

@@ -22,7 +22,7 @@ from mailpipe.cli.output import (
 )
 from mailpipe.cli.values import BadOption, json_object, key_values, moment
 from mailpipe.db import Database
-from mailpipe.deploy.server import kept_prefect_api
+from mailpipe.deploy.kept import kept_prefect_api
 from mailpipe.errors import MailpipeError
 from mailpipe.queue import Enqueued, enqueue
 

@@ -7,7 +7,8 @@ subpackage, nor ``flows``). One module per job:
 - :mod:`~mailpipe.deploy.api`: which Prefect API this process talks to, and its errors;
 - :mod:`~mailpipe.deploy.setup`: ``mailpipe setup prefect`` (Secret blocks, pool, variables);
 - :mod:`~mailpipe.deploy.processes`: the child processes (``prefect`` commands, workers);
-- :mod:`~mailpipe.deploy.server`: a local Prefect server, in the foreground or kept running;
+- :mod:`~mailpipe.deploy.server`: a local Prefect server as a child process (``up``);
+- :mod:`~mailpipe.deploy.kept`: the local Prefect server ``mailpipe run`` starts and keeps;
 - :mod:`~mailpipe.deploy.database`: that server's database (a ``prefect`` database on Postgres);
 - :mod:`~mailpipe.deploy.recovery`: runs left behind by a dead worker of this machine;
 - :mod:`~mailpipe.deploy.serve` and :mod:`~mailpipe.deploy.up`: the two single-machine modes.
