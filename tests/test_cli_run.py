@@ -125,6 +125,7 @@ def test_bad_flow_names_and_parameters_are_refused_before_running(env_database: 
 def test_without_a_prefect_api_runs_reuse_one_kept_local_server(
     env_database: str, project_root: Path, tmp_path: Path
 ) -> None:
+    import contextlib
     import json
 
     from mailpipe.deploy.processes import pid_is_alive
@@ -151,11 +152,35 @@ def test_without_a_prefect_api_runs_reuse_one_kept_local_server(
         assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
         return proc
 
+    def servers() -> list[int]:
+        # Processes running in the kept server's home: the server, and only one of it.
+        home = state.parent.resolve()
+        found = []
+        for proc in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                if proc.name.isdigit() and (proc / "cwd").resolve() == home:
+                    found.append(int(proc.name))
+        return found
+
     try:
-        first = mailpipe("run", "process_email_queue", "--json")
-        assert json.loads(first.stdout)["stopped_by"] == "empty"
+        # Two commands at once, no server yet: one starts it, the other waits and reuses it.
+        started = [
+            subprocess.Popen(
+                [sys.executable, "-m", "mailpipe", "run", "process_email_queue", "--json"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=project_root,
+            )
+            for _ in range(2)
+        ]
+        for proc in started:
+            out, err = proc.communicate(timeout=240)
+            assert proc.returncode == 0 and "Traceback" not in out + err, out + err
+            assert json.loads(out)["stopped_by"] == "empty"
         server = json.loads(state.read_text())
-        assert pid_is_alive(server["pid"])  # kept after the command ended
+        assert servers() == [server["pid"]]  # kept after the commands ended, and only one
 
         second = mailpipe("run", "monitor_email_production", "--json")
         assert "queue" in json.loads(second.stdout)

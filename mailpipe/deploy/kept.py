@@ -59,7 +59,7 @@ def read_kept_server(home: Path) -> KeptServer | None:
 
 
 def running_kept_server(home: Path) -> KeptServer | None:
-    """The kept server when its process is alive and of this Prefect version, else None."""
+    """The kept server ``server.json`` records when its process is alive, else None."""
     server = read_kept_server(home)
     if server is None or not pid_is_alive(server.pid):
         return None
@@ -76,6 +76,11 @@ def _start_lock(home: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# Kept referenced, never waited for: the server outlives this process (a Popen collected while
+# its child runs would warn).
+_DETACHED: list[subprocess.Popen[bytes]] = []
 
 
 def _free_port() -> int:
@@ -107,9 +112,6 @@ def _spawn_kept_server(home: Path, env: Mapping[str, str]) -> KeptServer:
     server = KeptServer(process.pid, port, metadata.version("prefect"), time.time())
     _state_file(home).write_text(json.dumps(asdict(server)), encoding="utf-8")
     return server
-
-
-_DETACHED: list[subprocess.Popen[bytes]] = []
 
 
 class StartingServer:
