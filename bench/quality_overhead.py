@@ -56,7 +56,7 @@ async def flow_run(url: str, mode: str) -> dict[str, float]:
     (the check in this process) or ``worker`` (answered by a running check worker)."""
     t0 = time.perf_counter()
     started = dt.datetime.now(dt.UTC)
-    from mailpipe import quality, quality_worker
+    from mailpipe import quality, quality_checks
     from mailpipe.delivery import drain_queue
 
     async with Database(url, max_size=4) as db:
@@ -67,8 +67,8 @@ async def flow_run(url: str, mode: str) -> dict[str, float]:
                 "process_email_queue", started, database_url=url
             )
         elif mode == "worker":
-            assert await quality_worker.workers_alive(db) == 1
-            report = await quality_worker.post_run_check(db, "process_email_queue", started)
+            assert await quality_checks.workers_alive(db) == 1
+            report = await quality_checks.post_run_check(db, "process_email_queue", started)
         done = time.perf_counter()
         checked_by = await db.fetch_value(
             "SELECT checked_by FROM quality_checks ORDER BY id DESC LIMIT 1"
@@ -111,12 +111,12 @@ def start_check_worker(url: str, env: dict[str, str], log: Path) -> subprocess.P
     )
 
     async def ready() -> None:
-        from mailpipe import quality_worker
+        from mailpipe import quality_checks
 
         async with Database(url, min_size=1, max_size=1) as db:
             deadline = time.monotonic() + 120
             async with db.listen() as session:
-                while not await quality_worker.workers_alive(db):
+                while not await quality_checks.workers_alive(db):
                     assert worker.poll() is None, log.read_text()
                     assert time.monotonic() < deadline, "worker not ready in 120 s"
                     await session.wait(timeout=0.2)

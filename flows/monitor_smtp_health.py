@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from mailpipe import summaries
 from mailpipe.db import Database
 from mailpipe.monitoring import HealthReport, check_providers
-from mailpipe.quality import check_flow_run
+from mailpipe.quality_checks import check_flow_run
 from mailpipe.runtime import emit_provider_changes, publish_table_artifact, run_logger, skip_if_late
 
 MAX_LATE = timedelta(minutes=5)  # one schedule interval

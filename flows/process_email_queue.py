@@ -7,30 +7,29 @@ DATABASE_URL (or the embedded Postgres) and the secret each provider's AUTH name
 
 from __future__ import annotations
 
-import asyncio
-import functools
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from prefect import flow, task
 from pydantic import Field
 
-from mailpipe import summaries
-from mailpipe.db import Database, database_url
-from mailpipe.delivery import drain_in_processes, drain_queue
-from mailpipe.quality import check_flow_run
+from mailpipe.delivery import drain_run
+from mailpipe.delivery import summary as run_summary
+from mailpipe.quality_checks import check_flow_run
 from mailpipe.retries import retry_on_transient
-from mailpipe.runtime import publish_markdown_artifact, publish_table_artifact, run_logger
+from mailpipe.runtime import (
+    current_flow_run_id,
+    publish_markdown_artifact,
+    publish_table_artifact,
+    run_logger,
+)
 
 
 @task(retries=2, retry_delay_seconds=[5, 20], retry_condition_fn=retry_on_transient)
-async def drain(processes: int, time_budget: float, **limits: Any) -> dict[str, Any]:
-    """Drain due events; returns the counts (sent, retried, failed, deferred, suppressed)."""
-    if processes > 1:  # one Python process tops out at one core: fan out to OS processes
-        fan_out = functools.partial(drain_in_processes, database_url(), processes=processes)
-        return (await asyncio.to_thread(fan_out, time_budget=time_budget, **limits)).summary()
-    async with Database(max_size=limits["concurrency"] + 2) as db:
-        return (await drain_queue(db, time_budget=time_budget, **limits)).summary()
+async def drain(time_budget: float, **limits: Any) -> dict[str, Any]:
+    """Drain due events; returns the whole run's counts, also those of failed attempts."""
+    run = current_flow_run_id() or "local"
+    return (await drain_run(run, time_budget=time_budget, **limits)).summary()
 
 
 @flow(name="process_email_queue", log_prints=False)
@@ -49,12 +48,12 @@ async def process_email_queue(
     """Deliver due emails; returns the run's counts."""
     started = datetime.now(UTC)  # the data-quality window: rows changed from here
     limits = {"batch_size": batch_size, "concurrency": concurrency, "max_events": max_events}
-    summary = await drain(processes, time_budget_seconds, **limits)
-    run_logger().info(summaries.drain_log_line(summary))
-    outcomes = summaries.drain_outcome_rows(summary)
-    await publish_table_artifact("process-email-queue-summary", outcomes, "Outcomes of this run.")
-    report = summaries.drain_markdown(summary)
+    summary = await drain(time_budget_seconds, processes=processes, **limits)
+    run_logger().info(run_summary.log_line(summary))
+    table = run_summary.table(summary)
+    await publish_table_artifact("process-email-queue-summary", table, "Outcomes of this run.")
+    report = run_summary.markdown(summary)
     await publish_markdown_artifact("process-email-queue-report", report, "process_email_queue")
-    if check_quality and summaries.drain_changed_rows(summary):
+    if check_quality and run_summary.did_anything(summary):
         await check_flow_run("process_email_queue", started)
     return summary

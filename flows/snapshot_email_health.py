@@ -21,7 +21,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from mailpipe import summaries
-from mailpipe.quality import check_flow_run
+from mailpipe.quality_checks import check_flow_run
 from mailpipe.runtime import publish_markdown_artifact, publish_table_artifact, run_logger
 from mailpipe.snapshots import SnapshotRun, artifact_table, headline_markdown, run_snapshots
 

@@ -1,57 +1,53 @@
-"""Alert rules over production metrics, and the alert lifecycle: opened, firing, resolved.
+"""The alert lifecycle: opened, firing, resolved, and how transitions are announced.
 
-Each rule judges one scope (``all`` or a provider) as ``firing`` (with a severity), ``ok`` or
-``no_data`` (too little traffic to judge: the alert keeps its state). The ``alerts`` table holds at
-most one firing alert per (rule, scope): a condition that stays true refreshes its alert
+The rules (:mod:`mailpipe.alert_rules`) judge each scope as ``firing``, ``ok`` or ``no_data``
+(too little traffic to judge: the alert keeps its state). The ``alerts`` table holds at most one
+firing alert per (rule, scope): a condition that stays true refreshes its alert
 (``last_seen_at``, ``occurrences``) instead of opening a new one, a condition that clears
 resolves it, and only openings, escalations (warning -> critical) and resolutions are announced.
+
+:class:`Evaluation`, :func:`evaluate_rules` and :func:`required_windows` are imported here from
+:mod:`mailpipe.alert_rules` so the monitoring flow reads one module: rules, then lifecycle.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
-import json
 import logging
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from mailpipe.alert_rules import Evaluation, evaluate_rules, grade, required_windows
 from mailpipe.config import Settings, get_settings
 from mailpipe.db import Database, Jsonb
-from mailpipe.metrics import ALL, ProductionMetrics, WindowMetrics, parse_window, parse_windows
+from mailpipe.metrics import parse_window
 from mailpipe.queries import query
+from mailpipe.serialization import dumps, to_jsonable
+
+__all__ = [
+    "Alert",
+    "AlertPlan",
+    "AlertTransition",
+    "Evaluation",
+    "apply_alerts",
+    "emit_alert_events",
+    "evaluate_rules",
+    "grade",
+    "log_transitions",
+    "notify",
+    "plan_alerts",
+    "post_alert_webhook",
+    "recent_alerts",
+    "required_windows",
+]
 
 logger = logging.getLogger(__name__)
 
-RULES = (
-    "bounce_rate",
-    "complaint_rate",
-    "failure_rate",
-    "queue_lag",
-    "all_providers_down",
-    "rate_limit_violations",
-    "data_quality",
-)  # mirrors the CHECK on alerts.rule
 SEVERITY_RANK = {"warning": 1, "critical": 2}
-STATES = ("firing", "ok", "no_data")
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """One rule's verdict on one scope."""
-
-    rule: str
-    scope: str
-    state: str  # firing, ok or no_data
-    severity: str | None = None  # when firing: warning or critical
-    value: float | None = None
-    threshold: float | None = None
-    message: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -78,9 +74,8 @@ class Alert:
         return cls(**{name: row[name] for name in cls.__dataclass_fields__})
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready (datetimes as ISO 8601 strings)."""
-        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        return {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in data.items()}
+        """JSON-ready (:func:`mailpipe.serialization.to_jsonable`: ISO 8601 datetimes)."""
+        return to_jsonable({name: getattr(self, name) for name in self.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -109,239 +104,6 @@ class AlertPlan:
     to_refresh: list[tuple[int, Evaluation]]
     to_resolve: list[int]
     escalated: set[int]
-
-
-# ---------------------------------------------------------------------------- rules
-
-
-def required_windows(settings: Settings | None = None) -> list[str]:
-    """The metric windows: configured ones plus those the rules read, shortest first."""
-    settings = settings or get_settings()
-    return parse_windows(
-        ",".join(
-            [
-                settings.metrics_windows,
-                settings.alert_reputation_window,
-                settings.alert_failure_window,
-                settings.alert_rate_limit_window,
-            ]
-        )
-    )
-
-
-def grade(
-    value: float | None, warning: float | None, critical: float | None
-) -> tuple[str, float] | None:
-    """``(severity, threshold)`` of the highest threshold ``value`` reaches, else None."""
-    if value is None:
-        return None
-    if critical is not None and value >= critical:
-        return "critical", critical
-    if warning is not None and value >= warning:
-        return "warning", warning
-    return None
-
-
-def evaluate_rules(
-    metrics: ProductionMetrics, settings: Settings | None = None
-) -> list[Evaluation]:
-    """Every rule's verdict on every scope it covers, from one metrics run."""
-    s = settings or get_settings()
-    reputation, failure = s.alert_reputation_window, s.alert_failure_window
-    evaluations: list[Evaluation] = []
-    evaluations += _rate_rule(
-        metrics,
-        "bounce_rate",
-        reputation,
-        lambda w: w.bounce_rate,
-        lambda w: w.sent + w.bounced,
-        "bounce rate",
-        s.alert_bounce_rate_warning,
-        s.alert_bounce_rate_critical,
-        s.alert_min_volume,
-        lambda w: {"bounced": w.bounced, "sent": w.sent},
-    )
-    evaluations += _rate_rule(
-        metrics,
-        "complaint_rate",
-        reputation,
-        lambda w: w.complaint_rate,
-        lambda w: w.sent,
-        "complaint rate",
-        s.alert_complaint_rate_warning,
-        s.alert_complaint_rate_critical,
-        s.alert_min_volume,
-        lambda w: {"complaints": w.complaints, "sent": w.sent},
-    )
-    evaluations += _rate_rule(
-        metrics,
-        "failure_rate",
-        failure,
-        lambda w: w.failure_rate,
-        lambda w: w.attempts,
-        "failure rate",
-        s.alert_failure_rate_warning,
-        s.alert_failure_rate_critical,
-        s.alert_min_volume,
-        lambda w: {
-            "attempts": w.attempts,
-            "retries": w.retries,
-            "failed": w.failed,
-            "bounced": w.bounced,
-            "failovers": w.failovers,
-        },
-    )
-    evaluations.append(_queue_lag(metrics, s))
-    evaluations.append(_all_providers_down(metrics))
-    rate_limit = _rate_limit(metrics, s)
-    if rate_limit is not None:
-        evaluations.append(rate_limit)
-    return evaluations
-
-
-def _rate_rule(
-    metrics: ProductionMetrics,
-    rule: str,
-    window: str,
-    rate: Callable[[WindowMetrics], float | None],
-    volume: Callable[[WindowMetrics], int],
-    label: str,
-    warning: float | None,
-    critical: float | None,
-    min_volume: int,
-    figures: Callable[[WindowMetrics], dict[str, Any]],
-) -> list[Evaluation]:
-    results = []
-    for w in metrics.scopes(window):
-        details = {"window": window, "volume": volume(w), **figures(w)}
-        if volume(w) < min_volume:
-            results.append(
-                Evaluation(
-                    rule,
-                    w.scope,
-                    "no_data",
-                    message=f"{volume(w)} messages over {window}, "
-                    f"fewer than the {min_volume} needed to judge the {label}",
-                    details=details,
-                )
-            )
-            continue
-        value = rate(w)
-        verdict = grade(value, warning, critical)
-        text = f"{label} {_pct(value)} over {window} ({volume(w)} messages)"
-        if verdict is None:
-            results.append(
-                Evaluation(rule, w.scope, "ok", value=value, message=text, details=details)
-            )
-        else:
-            severity, threshold = verdict
-            results.append(
-                Evaluation(
-                    rule,
-                    w.scope,
-                    "firing",
-                    severity,
-                    value,
-                    threshold,
-                    f"{text} >= {severity} threshold {_pct(threshold)}",
-                    details,
-                )
-            )
-    return results
-
-
-def _queue_lag(metrics: ProductionMetrics, s: Settings) -> Evaluation:
-    q = metrics.queue
-    value = q.queue_lag_seconds
-    details = {
-        "due": q.due,
-        "queued": q.queued,
-        "retry_backlog": q.retry_backlog,
-        "stuck": q.stuck,
-        "oldest_due_at": q.oldest_due_at,
-    }
-    verdict = grade(value, s.alert_queue_lag_warning_seconds, s.alert_queue_lag_critical_seconds)
-    text = f"oldest due event has waited {value:.0f}s ({q.due} due, {q.stuck} stuck)"
-    if verdict is None:
-        return Evaluation("queue_lag", ALL, "ok", value=value, message=text, details=details)
-    severity, threshold = verdict
-    return Evaluation(
-        "queue_lag",
-        ALL,
-        "firing",
-        severity,
-        value,
-        threshold,
-        f"{text} >= {severity} threshold {threshold:.0f}s",
-        details,
-    )
-
-
-def _all_providers_down(metrics: ProductionMetrics) -> Evaluation:
-    configured = [p for p in metrics.providers if p.status != "disabled"]
-    up = metrics.providers_up
-    details = {
-        "providers": [
-            {
-                "name": p.name,
-                "status": p.status,
-                "last_result": p.last_result,
-                "suspended_until": p.suspended_until,
-            }
-            for p in configured
-        ]
-    }
-    if up > 0:
-        return Evaluation(
-            "all_providers_down",
-            ALL,
-            "ok",
-            value=up,
-            message=f"{up} of {len(configured)} providers up",
-            details=details,
-        )
-    if not configured:
-        text = "no SMTP provider is configured (or all are disabled): nothing can be sent"
-    else:
-        text = "no SMTP provider is up: " + "; ".join(
-            f"{p.name} {p.status}" + (f", last probe {p.last_result}" if p.last_result else "")
-            for p in configured
-        )
-    return Evaluation("all_providers_down", ALL, "firing", "critical", 0, 1, text, details)
-
-
-def _rate_limit(metrics: ProductionMetrics, s: Settings) -> Evaluation | None:
-    window = s.alert_rate_limit_window
-    total = metrics.window(window)
-    if total is None or total.limit_windows_exceeded is None:
-        return None
-    value = total.limit_windows_exceeded
-    offenders = metrics.rate_limit_windows.get(window, [])
-    details = {
-        "window": window,
-        "deferred_attempts": total.deferred,
-        "limit_windows": offenders[:20],
-    }
-    verdict = grade(value, s.alert_rate_limit_warning, s.alert_rate_limit_critical)
-    text = f"{value} rate-limit windows deferred sends in the last {window}"
-    if offenders:
-        text += ": " + ", ".join(
-            f"{o['scope']} {o['key']} per {o['window']} ({o['deferred']} deferred, "
-            f"limit {o['limit']})"
-            for o in offenders[:5]
-        )
-    if verdict is None:
-        return Evaluation(
-            "rate_limit_violations", ALL, "ok", value=value, message=text, details=details
-        )
-    severity, threshold = verdict
-    return Evaluation(
-        "rate_limit_violations", ALL, "firing", severity, value, threshold, text, details
-    )
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value * 100:.3g}%"
 
 
 # ---------------------------------------------------------------------------- lifecycle
@@ -412,7 +174,6 @@ async def apply_alerts(db: Database, evaluations: Sequence[Evaluation]) -> list[
 
 
 def _columns(evaluations: Sequence[Evaluation]) -> dict[str, list[Any]]:
-    dumps = functools.partial(json.dumps, default=_json_default)
     return {
         "rules": [e.rule for e in evaluations],
         "scopes": [e.scope for e in evaluations],
@@ -423,12 +184,6 @@ def _columns(evaluations: Sequence[Evaluation]) -> dict[str, list[Any]]:
         "messages": [e.message for e in evaluations],
         "details": [Jsonb(e.details, dumps=dumps) for e in evaluations],
     }
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    return str(value)
 
 
 async def recent_alerts(db: Database, window: dt.timedelta | str = "24h") -> list[Alert]:
@@ -484,10 +239,7 @@ async def post_alert_webhook(
     delivered = 0
     host = urlsplit(url).hostname or "?"
     for t in transitions:
-        body = json.dumps(
-            {"text": t.text(), "event": t.event_name, "alert": t.alert.as_dict()},
-            default=_json_default,
-        ).encode()
+        body = dumps({"text": t.text(), "event": t.event_name, "alert": t.alert.as_dict()}).encode()
         try:
             status = await asyncio.to_thread(_post_json, url, body, timeout)
         except Exception as exc:

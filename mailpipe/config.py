@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mailpipe.errors import ConfigError
 
 
 class Settings(BaseSettings):
@@ -151,3 +154,16 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment and ``.env``."""
     return Settings()
+
+
+def resolve_timezone(name: str | None = None) -> str:
+    """The IANA timezone to cut days in (``MAILPIPE_TIMEZONE`` by default), checked."""
+    name = name or get_settings().timezone
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"unknown timezone {name!r}: set MAILPIPE_TIMEZONE to an IANA name "
+            "such as 'UTC' or 'Europe/Paris'"
+        ) from None
+    return name

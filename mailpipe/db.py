@@ -150,19 +150,6 @@ class Transaction:
             async with self._conn.cursor() as cur:
                 await cur.executemany(sql, params_seq)
 
-    async def copy_rows(
-        self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
-    ) -> None:
-        """Bulk-insert rows with COPY (table and columns are identifiers from our code)."""
-        cols = ", ".join(columns)
-        with _translated_errors():
-            async with (
-                self._conn.cursor() as cur,
-                cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy,
-            ):
-                for row in rows:
-                    await copy.write_row(row)
-
 
 class Listener(Transaction):
     """A dedicated session (not pooled) that LISTENs on channels and runs queries.

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailpipe.config import Settings, get_settings
 from mailpipe.db import Database, Jsonb
 from mailpipe.migrations import migrate
 from mailpipe.suppressions import add_suppressions
@@ -115,8 +114,3 @@ async def seed_demo(
             rows,
         )
     return setup
-
-
-def demo_settings() -> Settings:
-    """The settings the demo runs with (the embedded Postgres unless DATABASE_URL is set)."""
-    return get_settings()

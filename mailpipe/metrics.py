@@ -9,7 +9,6 @@ properties of :class:`WindowMetrics` and in README "Monitoring".
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,18 +16,15 @@ from mailpipe.config import Settings, get_settings
 from mailpipe.db import Database
 from mailpipe.errors import ConfigError, DatabaseError
 from mailpipe.queries import query
+from mailpipe.values import parse_duration
 
 ALL = "all"  # the scope of figures over every provider
-_WINDOW = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_window(text: str) -> dt.timedelta:
-    """``"5m"`` -> 5 minutes; units s, m, h, d. Raises :class:`ConfigError` otherwise."""
-    match = _WINDOW.match(text)
-    if not match or int(match.group(1)) <= 0:
-        raise ConfigError(f"window {text!r} is not a duration like 30s, 5m, 1h or 7d")
-    return dt.timedelta(seconds=int(match.group(1)) * _UNIT[match.group(2)])
+    """``"5m"`` -> 5 minutes (:func:`mailpipe.values.parse_duration`: units s, m, h, d, w);
+    raises :class:`ConfigError` naming the window otherwise."""
+    return parse_duration(text, "window")
 
 
 def parse_windows(text: str) -> list[str]:

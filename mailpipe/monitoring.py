@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import ipaddress
 import logging
-import socket
 import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import aiosmtplib
 
 from mailpipe.config import Settings, get_settings
 from mailpipe.db import Database
@@ -34,7 +30,7 @@ from mailpipe.providers import (
     resolve_password,
 )
 from mailpipe.queries import query
-from mailpipe.smtp import AUDIT_RESULTS, classify, make_client
+from mailpipe.smtp import ProbeSession, probe_session
 
 logger = logging.getLogger(__name__)
 
@@ -174,70 +170,22 @@ async def probe_provider(
     limit = timeout or settings.probe_timeout_seconds or provider.timeout_seconds
     attempted_at = dt.datetime.now(dt.UTC)
     started = time.perf_counter()
-    stage = "credentials"
-    password: str | None = None
-    peer: str | None = None
-    sock: socket.socket | None = None
-    handed_over = False
-    client: aiosmtplib.SMTP | None = None
-    result, error = "ok", None
     try:
         password = await resolve_password(provider)
-        async with asyncio.timeout(limit):
-            stage = "connect"
-            sock = await _connect_socket(provider.host, provider.port)
-            peer = _peer_address(sock)
-            client = make_client(provider, settings)
-            # The client takes over the connected socket: the peer is known even when the
-            # greeting, EHLO or TLS then fails. The port is already in the socket.
-            stage = "greeting and TLS"
-            handed_over = True
-            await client.connect(sock=sock, port=None)
-            if client.is_ehlo_or_helo_needed:  # STARTTLS already said EHLO; else say it now
-                stage = "EHLO"
-                await client.ehlo()
-            if provider.username and password is not None:
-                stage = "AUTH"
-                await client.login(provider.username, password)
-            stage = "NOOP"
-            await client.noop()
-            stage = "QUIT"
-            await client.quit()
     except CredentialsError as exc:
-        result, error = "config_error", str(exc)
-    except TimeoutError as exc:
-        # asyncio.timeout (whole probe) or aiosmtplib's own per-command timeout.
-        result = "timeout"
-        error = (
-            f"{stage}: no answer within {limit:g}s"
-            if type(exc) is TimeoutError
-            else f"{stage}: {classify(exc, stage='connect', secrets=(password,)).message}"
-        )
-    except Exception as exc:
-        failure = classify(exc, stage="connect", secrets=(password,))
-        result, error = failure.kind, f"{stage}: {failure.message}"
-    finally:
-        if client is not None and result != "ok":
-            client.close()  # no QUIT on a broken session: it would wait for another timeout
-        # Once a transport owns the socket, only the transport may close it: closing the fd
-        # under a transport that is still shutting down (after QUIT over TLS, say) frees the
-        # fd number while the event loop still maps it to that transport, and the next
-        # connection that gets the number fails ("File descriptor N is used by transport").
-        # (Once handed over, the transport, or asyncio when creating it fails, closes it.)
-        if sock is not None and not handed_over:
-            sock.close()
-    if result not in AUDIT_RESULTS:  # defensive: the audit CHECK would refuse the whole batch
-        result = "smtp_error"
+        session = ProbeSession("config_error", None, str(exc))
+    else:
+        session = await probe_session(provider, password, timeout=limit, settings=settings)
     latency_ms = (time.perf_counter() - started) * 1000.0
     return ProbeResult(
         provider.name,
         provider.host,
         provider.port,
         attempted_at,
-        result,
+        session.result,
         latency_ms,
-        peer,
-        _redact(error, password),
+        session.ip_address,
+        session.error,
     )
 
 
@@ -385,38 +333,3 @@ async def _scores(db: Database, names: list[str], settings: Settings) -> dict[st
             bad_ms=settings.health_latency_bad_ms,
         )
     return scores
-
-
-async def _connect_socket(host: str, port: int) -> socket.socket:
-    """A connected non-blocking TCP socket to the first address of ``host`` that answers."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    last_error: OSError | None = None
-    for family, type_, proto, _, address in infos:
-        sock = socket.socket(family, type_, proto)
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, address)
-            return sock
-        except OSError as exc:
-            sock.close()
-            last_error = exc
-        except BaseException:  # cancelled by the probe timeout
-            sock.close()
-            raise
-    raise last_error or OSError(f"no address for {host}")
-
-
-def _peer_address(sock: socket.socket) -> str | None:
-    """The remote IP of a connected socket, as Postgres ``inet`` accepts it."""
-    try:
-        address = sock.getpeername()[0]
-        return str(ipaddress.ip_address(address.split("%", 1)[0]))  # drop an IPv6 zone
-    except (OSError, ValueError):
-        return None
-
-
-def _redact(text: str | None, secret: str | None) -> str | None:
-    if text is None or not secret:
-        return text
-    return text.replace(secret, "***")

@@ -14,9 +14,9 @@ from mailpipe.db import Database, Jsonb, Row
 from mailpipe.errors import ConfigError, IntegrityViolation, MailpipeError
 from mailpipe.messages import InvalidMessage, check_header, validate_recipient
 from mailpipe.queries import query
+from mailpipe.values import is_int
 
 TLS_MODES = ("implicit", "starttls", "none")
-PROVIDER_STATUSES = ("active", "suspended", "disabled")
 
 
 class CredentialsError(MailpipeError):
@@ -127,13 +127,18 @@ async def resolve_password(provider: Provider) -> str | None:
 
 
 async def record_provider_failure(
-    db: Database, provider_name: str, settings: Settings | None = None
+    db: Database, provider_name: str, settings: Settings | None = None, *, run: str | None = None
 ) -> Row | None:
-    """Count a connection-level failure; suspends the provider past the threshold."""
+    """Count a connection-level failure; suspends the provider past the threshold.
+
+    With ``run`` (a delivery run's id, shared by all its drainers and processes) the failure
+    counts once per run: a later call with the same run changes nothing and returns None.
+    """
     settings = settings or get_settings()
     return await db.fetch_one(
         query("record_provider_failure"),
         {
+            "run": run,
             "provider_name": provider_name,
             "threshold": settings.provider_failure_threshold,
             "base_seconds": settings.suspension_base_seconds,
@@ -203,10 +208,6 @@ def credentials_reference(
     return None
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # True is an int in Python
-
-
 def validate_provider_settings(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Check a provider's complete settings; raises :class:`InvalidProvider` with the fix."""
     if not _PROVIDER_NAME.fullmatch(name or "") or len(name) > 100:
@@ -222,7 +223,7 @@ def validate_provider_settings(name: str, settings: dict[str, Any]) -> dict[str,
     ):
         raise InvalidProvider(f"host {host!r} is invalid: give a hostname or IP (--host)")
     port = settings.get("port")
-    if not _is_int(port) or not 1 <= port <= 65535:
+    if not is_int(port) or not 1 <= port <= 65535:
         raise InvalidProvider(
             f"port {port} is out of range: use 1-65535 (587 STARTTLS, 465 implicit TLS, 25 relay)"
         )
@@ -247,7 +248,7 @@ def validate_provider_settings(name: str, settings: dict[str, Any]) -> dict[str,
             ) from None
     for field_name, low, high in (("priority", -1_000_000, 1_000_000), ("max_connections", 1, 100)):
         value = settings.get(field_name)
-        if not _is_int(value) or not low <= value <= high:
+        if not is_int(value) or not low <= value <= high:
             raise InvalidProvider(
                 f"{field_name.replace('_', '-')} {value!r} is out of range ({low}-{high})"
             )
@@ -256,7 +257,7 @@ def validate_provider_settings(name: str, settings: dict[str, Any]) -> dict[str,
         raise InvalidProvider(f"timeout {timeout!r} is out of range: use 0-600 seconds")
     for window in ("minute", "hour", "day"):
         limit = settings.get(f"per_{window}_limit")
-        if limit is not None and (not _is_int(limit) or not 0 <= limit <= 2_147_483_647):
+        if limit is not None and (not is_int(limit) or not 0 <= limit <= 2_147_483_647):
             raise InvalidProvider(
                 f"per-{window} limit {limit!r} must be 0 or more (or 'none' for no limit)"
             )

@@ -50,8 +50,3 @@ def query(name: str) -> str:
         return _all_queries()[name]
     except KeyError:
         raise KeyError(f"no query named {name!r} in {sql_dir() / 'queries'}") from None
-
-
-def query_names() -> list[str]:
-    """Every query name, for tests that check each one parses."""
-    return sorted(_all_queries())

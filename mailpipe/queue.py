@@ -10,8 +10,9 @@ from typing import Any
 
 from mailpipe.db import Database, Jsonb, Row
 from mailpipe.errors import MailpipeError
-from mailpipe.messages import InvalidMessage, validate_recipient
+from mailpipe.messages import InvalidMessage, check_header, sender_address, validate_recipient
 from mailpipe.queries import query
+from mailpipe.templates import TemplateCache, TemplateProblem
 
 STATUSES = ("queued", "processing", "sent", "failed", "cancelled", "suppressed")
 FINAL_STATUSES = ("sent", "failed", "cancelled", "suppressed")
@@ -46,7 +47,9 @@ async def enqueue(
     """Queue one email for ``to`` rendered from ``template`` with ``data``.
 
     Validates before writing (the database trigger would only mark a bad row failed): a bad
-    address, template key, priority or payload raises :class:`InvalidEvent`. With an
+    address, priority or payload, an unknown template, a variable the template needs and
+    ``data`` lacks, or a value that would put a line break into a header raises
+    :class:`InvalidEvent` (see :func:`check_renders`). With an
     ``idempotency_key``, a repeated call returns the first event instead of a second one.
     The Message-ID is fixed here, at creation, and reused by every retry.
     """
@@ -82,6 +85,12 @@ async def enqueue(
         raise InvalidEvent("data contains a NUL character, which Postgres cannot store")
     if at is not None and at.tzinfo is None:
         raise InvalidEvent("at must be timezone-aware (e.g. 2026-01-01T09:00:00+00:00)")
+    if idempotency_key is not None:
+        # A repeat returns the first event as it is: nothing new to validate or write.
+        existing = await db.fetch_one(query("find_by_idempotency_key"), (idempotency_key,))
+        if existing is not None:
+            return Enqueued(existing["id"], existing["message_id"], existing["status"], False)
+    await check_renders(db, template, data)
     params = {
         "event_type": event_type or template,
         "recipient_email": to,
@@ -97,6 +106,22 @@ async def enqueue(
     existing = await db.fetch_one(query("find_by_idempotency_key"), (idempotency_key,))
     assert existing is not None  # the conflict that suppressed the insert is this row
     return Enqueued(existing["id"], existing["message_id"], existing["status"], False)
+
+
+async def check_renders(db: Database, template: str, data: dict[str, Any]) -> None:
+    """Render the active version of ``template`` with ``data`` as delivery will (sandboxed,
+    undefined variables refused) and check its headers; raises :class:`InvalidEvent` with
+    the reason delivery would give. A template changed after the enqueue is checked again
+    when the event is sent."""
+    cache = TemplateCache()
+    await cache.load(db, {template})
+    try:
+        rendered = cache.get(template).render(data)
+        check_header("Subject", rendered.subject)
+        if rendered.from_address:
+            sender_address(check_header("From", rendered.from_address))
+    except (TemplateProblem, InvalidMessage) as exc:
+        raise InvalidEvent(str(exc)) from None
 
 
 async def rescue_expired_leases(db: Database) -> list[int]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailpipe.errors import DatabaseUnavailable, TransientError
+from mailpipe.errors import TransientError
 
 
 def is_transient(exc: BaseException | None) -> bool:
-    """A lost database connection or a transient SMTP failure may succeed on a retry."""
-    return isinstance(exc, DatabaseUnavailable | TransientError)
+    """A :class:`~mailpipe.errors.TransientError` may succeed on a retry: a lost database
+    connection (``DatabaseUnavailable``), an SMTP 4xx, timeout or dropped connection. Bugs and
+    bad data (anything else) will not."""
+    return isinstance(exc, TransientError)
 
 
 def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:

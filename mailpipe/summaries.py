@@ -1,7 +1,8 @@
-"""What each flow run reports: its summary, log line, and artifact tables and markdown.
+"""What the monitoring and snapshot flow runs report: their summary and log lines.
 
-Built from the domain's results (a drain's counts, a health report, metrics and alerts, a
-snapshot run) so the flows only publish them; nothing here talks to Prefect.
+Built from the domain's results (a health report, metrics and alerts, a snapshot run) so the
+flows only publish them; nothing here talks to Prefect. A delivery run's report lives with
+delivery (:mod:`mailpipe.delivery.summary`).
 """
 
 from __future__ import annotations
@@ -16,46 +17,6 @@ if TYPE_CHECKING:
     from mailpipe.metrics import ProductionMetrics
     from mailpipe.monitoring import HealthReport
     from mailpipe.snapshots import SnapshotRun
-
-# The outcomes of a drain, in the order the artifacts list them.
-DRAIN_OUTCOMES = ("sent", "retried", "failed", "deferred", "suppressed", "rescued")
-
-
-# --- process_email_queue ----------------------------------------------------------------------
-
-
-def drain_changed_rows(summary: Mapping[str, Any]) -> bool:
-    """Whether the drain changed any row (only then is there something to check)."""
-    return any(summary[k] for k in DRAIN_OUTCOMES)
-
-
-def drain_log_line(summary: Mapping[str, Any]) -> str:
-    """One line for the run log."""
-    return (
-        "sent {sent:d}, retried {retried:d}, failed {failed:d}, deferred {deferred:d}, "
-        "suppressed {suppressed:d}, rescued {rescued:d} in {elapsed_seconds:.1f}s "
-        "({rate_per_second:.0f}/s, stopped by {stopped_by})"
-    ).format(**summary)
-
-
-def drain_outcome_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The outcome table: one row per outcome with its event count."""
-    return [{"outcome": k, "events": summary[k]} for k in DRAIN_OUTCOMES]
-
-
-def drain_markdown(summary: Mapping[str, Any]) -> str:
-    """The run's report: headline counts and a table of what each provider sent."""
-    providers = "\n".join(f"| {name} | {n} |" for name, n in summary["by_provider"].items())
-    return (
-        f"## process_email_queue\n\n**{summary['sent']} sent** in "
-        f"{summary['elapsed_seconds']:.1f} s ({summary['rate_per_second']:.0f}/s), "
-        f"{summary['retried']} retried, {summary['failed']} failed, "
-        f"{summary['deferred']} deferred, {summary['suppressed']} suppressed; "
-        f"{summary['rescued']} rescued from expired leases. "
-        f"Stopped by: {summary['stopped_by']}.\n\n"
-        f"| provider | sent |\n|---|---|\n{providers}\n"
-    )
-
 
 # --- monitor_smtp_health ----------------------------------------------------------------------
 

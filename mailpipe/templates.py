@@ -11,6 +11,7 @@ from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from mailpipe.db import Database, Row
 from mailpipe.errors import PermanentError
 from mailpipe.queries import query
+from mailpipe.values import is_int
 
 
 class TemplateProblem(PermanentError):
@@ -35,8 +36,8 @@ class _Sandbox(SandboxedEnvironment):
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if (
             operator == "**"
-            and _is_int(left)
-            and _is_int(right)
+            and is_int(left)
+            and is_int(right)
             and right > 0
             and abs(left) > 1
             and abs(left).bit_length() * right > MAX_POWER_BITS
@@ -46,7 +47,7 @@ class _Sandbox(SandboxedEnvironment):
             for sequence, times in ((left, right), (right, left)):
                 if (
                     isinstance(sequence, str | list | tuple)
-                    and _is_int(times)
+                    and is_int(times)
                     and len(sequence) * times > MAX_REPEAT_LENGTH
                 ):
                     raise SecurityError(
@@ -54,10 +55,6 @@ class _Sandbox(SandboxedEnvironment):
                         f"(over {MAX_REPEAT_LENGTH} items)"
                     )
         return super().call_binop(context, operator, left, right)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # Subjects and text bodies are not HTML: escaping them would show "&amp;" to the reader.

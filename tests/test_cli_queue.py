@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
 from mailpipe.db import Database
 from mailpipe.delivery import drain_queue
-from mailpipe.testing.smtpd import SMTPTestServer
+from mailpipe.testing.smtpd import SMTPTestServer, free_port
 from tests.cli_support import (
     add_local_provider,
     execute,
@@ -91,6 +94,7 @@ def rows_locked(url: str, ids: list[int]) -> Iterator[None]:
 
 
 def test_enqueue_validates_and_is_idempotent(env_database: str) -> None:
+    with_db(env_database, add_template)
     first = ok_json(
         "enqueue",
         "--to",
@@ -137,6 +141,36 @@ def test_enqueue_validates_and_is_idempotent(env_database: str) -> None:
     assert "neither an ISO 8601 time" in fails(
         "enqueue", "--to", "a@example.com", "--template", "w", "--at", "tomorrow"
     )
+    assert len(fetch(env_database, "SELECT id FROM communication_events")) == 1
+
+
+def test_enqueue_renders_the_template_first(env_database: str) -> None:
+    """What delivery would refuse is refused at enqueue, with its reason, and nothing is
+    queued: an unknown template, a missing variable, a line break in a header."""
+    with_db(env_database, add_template)
+    with_db(
+        env_database,
+        lambda db: add_template(
+            db, "order", subject="Order {{ ref }}", text_body="x", html_body=None
+        ),
+    )
+    assert "unknown template 'nope'" in fails(
+        "enqueue", "--to", "a@example.com", "--template", "nope"
+    )
+    assert "template 'welcome': 'name' is undefined" in fails(
+        "enqueue", "--to", "a@example.com", "--template", "welcome", "--data", '{"nam": "Ann"}'
+    )
+    assert "header injection refused: Subject contains a line break" in fails(
+        "enqueue",
+        "--to",
+        "a@example.com",
+        "--template",
+        "order",
+        "--data",
+        json.dumps({"ref": "42\r\nBcc: victim@example.org"}),
+    )
+    assert fetch(env_database, "SELECT id FROM communication_events") == []
+    ok("enqueue", "--to", "a@example.com", "--template", "order", "--data", '{"ref": "42"}')
     assert len(fetch(env_database, "SELECT id FROM communication_events")) == 1
 
 
@@ -424,3 +458,27 @@ def test_purge_deletes_old_finished_events_in_batches_and_keeps_history(
         ok("queue", "purge", "--status", "sent", "--older-than", "90d", "--yes").output.strip()
         == "nothing to purge"
     )
+
+
+def test_unreachable_postgres_is_one_line_unless_debugging() -> None:
+    """No psycopg.pool warnings (two lines per connection attempt) before the error line;
+    ``--debug`` shows them."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/mailpipe",
+        "MAILPIPE_CONNECT_TIMEOUT": "1.5",
+    }
+    command = [sys.executable, "-m", "mailpipe", "enqueue", "--to", "a@example.com"]
+    command += ["--template", "welcome"]
+    quiet = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert quiet.returncode == 1
+    assert quiet.stderr.splitlines() == [quiet.stderr.strip()], quiet.stderr
+    assert quiet.stderr.startswith("error: Postgres is unreachable at postgresql://nobody@")
+    debug = subprocess.run(
+        [sys.executable, "-m", "mailpipe", "--debug", *command[3:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert debug.returncode == 1 and "WARNING psycopg.pool: error connecting" in debug.stderr

@@ -20,6 +20,7 @@ from tests.cli_support import (
     ok_json,
     with_db,
 )
+from tests.factories import insert_events
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:
@@ -181,14 +182,19 @@ def test_render_fails_with_the_error_the_flow_records(
         "INSERT INTO email_templates (template_key, subject, text_body)"
         " VALUES ('broken', 'Hi', 'Hello {% if %}')",
     )
-    missing = ok_json("enqueue", "--to", "a@example.com", "--template", "welcome")
-    broken = ok_json("enqueue", "--to", "b@example.com", "--template", "broken")
-    unknown = ok_json("enqueue", "--to", "c@example.com", "--template", "nope")
+    # `mailpipe enqueue` renders first and refuses these; an application's plain INSERT
+    # queues them, and the flow fails them with the same reason.
+    queued = {}
+    for key in ("welcome", "broken", "nope"):
+        refused = fails("enqueue", "--to", "a@example.com", "--template", key)
+        [event_id] = with_db(
+            env_database, lambda db, key=key: insert_events(db, 1, template=key, payload={})
+        )
+        queued[key] = {"id": event_id, "refused": refused}
+    missing, broken, unknown = queued["welcome"], queued["broken"], queued["nope"]
 
-    lines = {
-        e["id"]: fails("template", "render", "--event", str(e["id"]))
-        for e in (missing, broken, unknown)
-    }
+    lines = {e["id"]: fails("template", "render", "--event", str(e["id"])) for e in queued.values()}
+    assert {e["id"]: e["refused"] for e in queued.values()} == lines
     with_db(env_database, lambda db: drain_queue(db, batch_size=10))
     recorded = {
         r["id"]: r["last_error"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import email
 import email.policy
@@ -12,6 +13,7 @@ import pytest
 from mailpipe.config import Settings
 from mailpipe.db import Database
 from mailpipe.delivery import Drainer, drain_queue
+from mailpipe.providers import Provider
 from mailpipe.queue import enqueue
 from mailpipe.testing.smtpd import Behaviour, SMTPTestServer, free_port
 from tests.factories import add_provider, add_template, insert_events, statuses
@@ -23,6 +25,31 @@ async def ready(db: Database, smtpd: SMTPTestServer) -> Database:
     await add_provider(db, "primary", smtpd)
     await add_template(db)
     return db
+
+
+def provider_for(host: str, port: int) -> Provider:
+    """A provider as loaded from the table, without a row (for SMTP-level tests)."""
+    return Provider(
+        id=0,
+        name="p",
+        host=host,
+        port=port,
+        tls_mode="none",
+        username=None,
+        credentials=None,
+        from_address=None,
+        priority=1,
+        timeout_seconds=5,
+        max_connections=1,
+        per_minute_limit=None,
+        per_hour_limit=None,
+        per_day_limit=None,
+        status="active",
+        suspended_until=None,
+        health_score=100,
+        consecutive_failures=0,
+        last_checked=None,
+    )
 
 
 async def events(db: Database) -> list[dict]:
@@ -125,7 +152,7 @@ async def test_4xx_is_retried_with_backoff(ready: Database) -> None:
     await insert_events(ready, 3)
     before = dt.datetime.now(dt.UTC)
     result = await drain_queue(ready)
-    assert result.counts["retried"] == 3
+    assert result.counts["retry"] == 3
     for row in await events(ready):
         assert row["status"] == "queued" and row["retry_count"] == 1
         assert row["error_class"] == "transient"
@@ -602,3 +629,241 @@ async def test_max_events_is_shared_by_the_drainers_of_a_run(ready: Database) ->
     result = await drain_queue(ready, batch_size=4, concurrency=3, max_events=10)
     assert result.counts["sent"] == 10
     assert await statuses(ready) == {"sent": 10, "queued": 20}
+
+
+# ------------------------------------------------------------------ defects of issue 15
+
+
+async def test_priority_holds_across_the_drainers_of_a_run(db: Database, smtpd_factory) -> None:
+    """While the drainer holding the priority-1 event is slowed down before it reserves its
+    sends (its domain's quota row is locked), the other drainer's priority-9 batch must not
+    take the last sends of the window. (Before claims and quota reservations were taken in
+    claim order across the drainers of a run, it did: 3 of 19 runs deferred the priority-1
+    event.)"""
+    server = smtpd_factory()
+    await add_provider(db, "limited", server, per_minute_limit=3)
+    await add_template(db)
+    [urgent] = await insert_events(db, 1, priority=1, domain="slow.example", prefix="urgent")
+    await insert_events(db, 8, priority=9, prefix="bulk")
+    settings = Settings(domain_limits={"slow.example": 100})
+    # The quota row is per minute: start well inside one, so the lock below is the one the
+    # drainer meets.
+    await wait_for(lambda: dt.datetime.now(dt.UTC).second < 40, "a fresh minute", timeout=25)
+    async with db.transaction() as tx:
+        await tx.execute(
+            "INSERT INTO rate_limit_counters (scope, key, window_size, window_start, count)"
+            " VALUES ('domain', 'slow.example', 'minute', date_trunc('minute', now()), 0)"
+        )
+        run = asyncio.create_task(drain_queue(db, batch_size=3, concurrency=2, settings=settings))
+        await wait_for(
+            lambda: db.fetch_value(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND query LIKE '%%reserve_send_quota%%'"
+            ),
+            "the priority-1 drainer waits for its domain quota",
+            timeout=30,
+        )
+        # The other drainer's chance to take the provider's quota first (it must not).
+        with contextlib.suppress(TimeoutError):
+            await wait_for(
+                lambda: db.fetch_value(
+                    "SELECT coalesce(sum(count), 0) >= 3 FROM rate_limit_counters"
+                    " WHERE scope = 'provider'"
+                ),
+                "the priority-9 batch took the provider's quota",
+                timeout=1,
+            )
+    result = await run
+    assert result.counts["sent"] == 3 and result.counts["deferred"] == 6
+    row = next(r for r in await events(db) if r["id"] == urgent)
+    assert row["status"] == "sent", row
+
+
+async def wait_for(check, what: str, *, timeout: float) -> None:
+    """Poll ``check`` (sync or async) until truthy; TimeoutError naming ``what`` after
+    ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"not within {timeout:g}s: {what}")
+        await asyncio.sleep(0.01)
+
+
+async def test_a_dead_provider_counts_one_failure_per_run(db: Database, smtpd_factory) -> None:
+    """Two drainers both meet the dead provider: one run, one failure (threshold 2 keeps it
+    active). Before, each drainer counted its own and the run suspended it."""
+    backup = smtpd_factory()
+    await add_provider(db, "dead", None, port=free_port(), priority=1)
+    await add_provider(db, "backup", backup, priority=2)
+    await add_template(db)
+    await insert_events(db, 8)
+    settings = Settings(provider_failure_threshold=2)
+    result = await drain_queue(db, batch_size=1, concurrency=2, settings=settings)
+    assert result.counts["sent"] == 8
+    dead = await db.fetch_one(
+        "SELECT consecutive_failures, status FROM smtp_provider_configs"
+        " WHERE provider_name = 'dead'"
+    )
+    assert dead == {"consecutive_failures": 1, "status": "active"}
+    # A second run is a second failure: now it is suspended.
+    await insert_events(db, 2, prefix="again")
+    await drain_queue(db, batch_size=1, concurrency=2, settings=settings)
+    assert (
+        await db.fetch_value(
+            "SELECT status FROM smtp_provider_configs WHERE provider_name = 'dead'"
+        )
+        == "suspended"
+    )
+
+
+async def test_provider_failures_count_once_per_run_id(db: Database) -> None:
+    """The database keeps the count to one per run, also across processes (same run id)."""
+    from mailpipe.providers import record_provider_failure
+
+    await add_provider(db, "p", None, port=free_port())
+    settings = Settings(provider_failure_threshold=10)
+    for run in ("run-a", "run-a", "run-b", None, None):
+        await record_provider_failure(db, "p", settings, run=run)
+    assert await db.fetch_value("SELECT consecutive_failures FROM smtp_provider_configs") == 4
+
+
+async def test_failed_on_every_provider_records_the_last_one_tried(
+    db: Database, smtpd_factory
+) -> None:
+    await add_provider(db, "first", None, port=free_port(), priority=1)
+    await add_provider(db, "second", None, port=free_port(), priority=2)
+    await add_template(db)
+    await insert_events(db, 1)
+    result = await drain_queue(db)
+    assert result.counts["retry"] == 1
+    row = (await events(db))[0]
+    assert (row["status"], row["error_class"], row["provider_name"]) == (
+        "queued",
+        "transient",
+        "second",
+    )
+    attempts = await db.fetch_all(
+        "SELECT provider_name, outcome FROM delivery_attempts ORDER BY id"
+    )
+    assert attempts == [
+        {"provider_name": "first", "outcome": "failover"},
+        {"provider_name": "second", "outcome": "failover"},
+        {"provider_name": "second", "outcome": "retry"},
+    ]
+
+
+@pytest.mark.parametrize(("given", "stored"), [(42, 9), (-1, 0), (10, 9)])
+async def test_an_out_of_range_priority_is_failed_at_insert(
+    ready: Database, smtpd: SMTPTestServer, given: int, stored: int
+) -> None:
+    """An application's plain INSERT: the trigger fails the row with the reason and stores
+    a priority in range, so the table invariant (and the suite's priority_in_range) holds."""
+    [event_id] = await insert_events(ready, 1, priority=given)
+    row = await ready.fetch_one(
+        "SELECT status, priority, error_class, last_error FROM communication_events"
+    )
+    assert row == {
+        "status": "failed",
+        "priority": stored,
+        "error_class": "invalid",
+        "last_error": f"Invalid priority {given}: use 0 (first) to 9 (stored as {stored})",
+    }
+    assert (await drain_queue(ready)).counts["sent"] == 0 and smtpd.accepted == []
+    # A later UPDATE cannot bring an out-of-range priority in either.
+    await insert_events(ready, 1, prefix="fine")
+    await ready.execute("UPDATE communication_events SET priority = 99 WHERE id <> %s", (event_id,))
+    assert (
+        await ready.fetch_value(
+            "SELECT count(*) FROM communication_events WHERE priority NOT BETWEEN 0 AND 9"
+        )
+        == 0
+    )
+
+
+async def test_the_retry_condition_reads_real_errors(smtpd_factory) -> None:
+    """The flow task's retry condition fires on what a retry can fix, from real failures."""
+    from prefect.states import Failed
+
+    from mailpipe.errors import DatabaseUnavailable
+    from mailpipe.messages import InvalidMessage
+    from mailpipe.retries import retry_on_transient
+    from mailpipe.smtp import (
+        MessageDeferred,
+        MessageRejected,
+        ProviderUnavailable,
+        RecipientRefused,
+        open_connection,
+        send_message,
+    )
+
+    def retried(exc: BaseException) -> bool:
+        return retry_on_transient(None, None, Failed(data=exc))
+
+    lost = None
+    try:
+        async with Database(f"postgresql://nobody@127.0.0.1:{free_port()}/x", min_size=1):
+            pass
+    except DatabaseUnavailable as exc:
+        lost = exc
+    assert lost is not None and retried(lost) and isinstance(lost, ConnectionError)
+
+    with pytest.raises(ProviderUnavailable) as refused:
+        await open_connection(provider_for("127.0.0.1", free_port()), None, Settings())
+    assert retried(refused.value) and isinstance(refused.value, ConnectionError)
+    assert refused.value.kind == "refused" and refused.value.stage == "connect"
+
+    async def failure(behaviour: Behaviour) -> BaseException:
+        server = smtpd_factory(behaviour)
+        client = await open_connection(provider_for(server.host, server.port), None, Settings())
+        try:
+            await send_message(client, "a@example.com", "b@example.com", b"Subject: x\r\n\r\nx")
+        except Exception as exc:
+            return exc
+        finally:
+            client.close()
+        raise AssertionError("the server accepted the message")
+
+    busy = await failure(Behaviour(data_reply="451 4.3.0 try later"))
+    assert isinstance(busy, MessageDeferred) and (busy.code, busy.stage) == (451, "data")
+    assert retried(busy)
+    spam = await failure(Behaviour(data_reply="554 5.7.1 spam"))
+    assert isinstance(spam, MessageRejected) and spam.code == 554 and not retried(spam)
+    gone = await failure(Behaviour(rcpt_reply="550 5.1.1 no such user"))
+    assert isinstance(gone, RecipientRefused) and gone.stage == "rcpt" and not retried(gone)
+    assert not retried(InvalidMessage("Invalid recipient_email: empty"))
+    assert not retried(ValueError("a bug"))
+
+
+async def test_the_summary_uses_the_stored_outcome_words(ready: Database) -> None:
+    """One set of words from the database to the log line: sent, retry, failed (with the
+    error_class), deferred, suppressed."""
+    from mailpipe.delivery import OUTCOMES
+    from mailpipe.delivery import summary as run_summary
+
+    await insert_events(ready, 2)
+    await insert_events(ready, 1, template="nope", prefix="bad")
+    summary = (await drain_queue(ready)).summary()
+    assert OUTCOMES == ("sent", "retry", "failed", "deferred", "suppressed")
+    assert {k: summary[k] for k in OUTCOMES} == {
+        "sent": 2,
+        "retry": 0,
+        "failed": 1,
+        "deferred": 0,
+        "suppressed": 0,
+    }
+    assert summary["failed_by_reason"] == {"template": 1}
+    assert run_summary.log_line(summary).startswith(
+        "sent 2, retry 0, failed 1 (template 1), deferred 0, suppressed 0, rescued 0 in "
+    )
+    stored = await ready.fetch_all(
+        "SELECT DISTINCT status, error_class FROM communication_events ORDER BY status"
+    )
+    assert stored == [
+        {"status": "failed", "error_class": "template"},
+        {"status": "sent", "error_class": None},
+    ]

@@ -120,8 +120,9 @@ def test_windows_parse() -> None:
     assert parse_window("5m") == dt.timedelta(minutes=5)
     assert parse_window(" 24h ") == dt.timedelta(hours=24)
     assert parse_window("30s") == dt.timedelta(seconds=30)
+    assert parse_window("2w") == dt.timedelta(days=14)  # the one duration grammar of mailpipe
     assert parse_windows("24h,5m,1h,60m") == ["5m", "1h", "24h"]
-    for bad in ("", "5", "0m", "1w", "-5m", "m5"):
+    for bad in ("", "5", "0m", "1y", "-5m", "m5", "5 minutes"):
         with pytest.raises(ConfigError):
             parse_window(bad)
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from typer.testing import CliRunner
 
-from mailpipe import quality
+from mailpipe import quality, quality_checks
 from mailpipe.config import get_settings
 from mailpipe.db import Database, Jsonb
 from mailpipe.delivery import drain_queue
@@ -333,7 +333,7 @@ async def test_audit_violations(db: Database, database_url: str) -> None:
         "smtp_connection_audit.latency_non_negative": {negative},
     }
     assert report.warnings and not report.failures  # policy warn
-    quality.enforce_policy(report)  # warn never raises
+    quality_checks.enforce_policy(report)  # warn never raises
 
 
 async def test_rate_limit_violations(db: Database, database_url: str) -> None:
@@ -452,21 +452,23 @@ async def test_flow_check_fails_on_fail_policy_and_warns_otherwise(
     assert [s.name for s in report.failures] == ["communication_events"]
     assert [s.name for s in report.warnings] == ["rate_limit_counters"]
     assert "communication_events.priority_in_range" in markdown and "| 42 |" in markdown
-    with pytest.raises(quality.DataQualityError, match="communication_events.priority_in_range"):
-        quality.enforce_policy(report)
-    transitions = await quality.raise_quality_alerts(db, report)
+    with pytest.raises(
+        quality_checks.DataQualityError, match="communication_events.priority_in_range"
+    ):
+        quality_checks.enforce_policy(report)
+    transitions = await quality_checks.raise_quality_alerts(db, report)
     firing = await db.fetch_all(
         "SELECT scope FROM alerts WHERE rule = 'data_quality' AND status = 'firing'"
     )
     assert [r["scope"] for r in firing] == ["rate_limit_counters"]
     assert [(t.kind, t.alert.scope) for t in transitions] == [("opened", "rate_limit_counters")]
     # Still broken on the next run: the alert stays open, no new one.
-    assert await quality.raise_quality_alerts(db, report) == []
+    assert await quality_checks.raise_quality_alerts(db, report) == []
 
     # MAILPIPE_QUALITY_POLICIES made the suite fail-policy: the run fails instead, and its
     # warning alert resolves rather than staying open forever.
     next(s for s in report.suites if s.name == "rate_limit_counters").policy = "fail"
-    transitions = await quality.raise_quality_alerts(db, report)
+    transitions = await quality_checks.raise_quality_alerts(db, report)
     assert [(t.kind, t.alert.scope) for t in transitions] == [("resolved", "rate_limit_counters")]
 
 
@@ -540,3 +542,41 @@ def test_only_the_quality_module_imports_great_expectations(project_root: Path) 
         timeout=240,
     ).stdout.split()
     assert int(out[0]) > 20 and out[1:] == ["[]"]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at its top or inside a function."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found |= {f"{node.module}.{alias.name}" for alias in node.names} | {node.module}
+    return found
+
+
+def test_data_quality_is_a_leaf_with_one_gx_module(project_root: Path) -> None:
+    package = project_root / "mailpipe" / "quality"
+    imports = {p.stem: imported_modules(p) for p in sorted(package.glob("*.py"))}
+    leaf_may_use = ("mailpipe.config", "mailpipe.errors", "mailpipe.redaction")
+    leaf_may_use += ("mailpipe.serialization", "mailpipe.db.", "mailpipe.quality.")
+
+    def roots(modules: set[str], prefix: str) -> set[str]:
+        return {m for m in modules if m == prefix or m.startswith(prefix + ".")}
+
+    for stem, modules in imports.items():
+        mailpipe = {m for m in roots(modules, "mailpipe") if m != "mailpipe.db"}
+        assert all(m.startswith(leaf_may_use) for m in mailpipe), (stem, mailpipe)
+        assert not roots(modules, "prefect"), stem
+        assert bool(roots(modules, "great_expectations")) == (stem == "gx"), stem
+    # Inside the package, siblings by their own names: `mailpipe.quality` (the facade) is
+    # imported by no module of it, so the facade's imports cannot close a cycle.
+    assert not any("mailpipe.quality" in modules for modules in imports.values())
+    # The coordination uses the leaf; the leaf never uses it, nor the worker.
+    for stem in ("quality_checks", "quality_worker"):
+        modules = imported_modules(project_root / "mailpipe" / f"{stem}.py")
+        assert not roots(modules, "prefect") and not roots(modules, "great_expectations")
+    assert not any(roots(m, "mailpipe.quality_checks") for m in imports.values())
+    assert not any(roots(m, "mailpipe.quality_worker") for m in imports.values())

@@ -1,7 +1,7 @@
 """The post-run check through ``mailpipe check worker``: answered once, never lost.
 
 A worker runs in this process as a task (Great Expectations is imported once per test
-session); flow runs are played by :func:`quality_worker.post_run_check`. Fake workers are
+session); flow runs are played by :func:`quality_checks.post_run_check`. Fake workers are
 plain sessions holding the worker's liveness lock, so a test decides exactly when a worker
 claims, answers or dies.
 """
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 from typer.testing import CliRunner
 
-from mailpipe import quality, quality_worker
+from mailpipe import quality, quality_checks
 from mailpipe.config import Settings, get_settings
 from mailpipe.db import Database
 from mailpipe.errors import MailpipeError
@@ -43,7 +43,7 @@ async def test_worker_answers_the_flow_run_with_its_report(db: Database, databas
     await plant_quality_violations(db)
 
     async with worker(database_url) as task:
-        report = await quality_worker.post_run_check(
+        report = await quality_checks.post_run_check(
             db, "process_email_queue", started, flow_run_id="5f0c3c1e-0000-4000-8000-000000000001"
         )
     assert await task.task == 1
@@ -53,8 +53,10 @@ async def test_worker_answers_the_flow_run_with_its_report(db: Database, databas
     assert "communication_events.priority_in_range" in report.broken_invariants("fail")
     assert "| 42 |" in report.markdown()
     assert f"by {report.checked_by}." in report.markdown()  # the artifact says who checked
-    with pytest.raises(quality.DataQualityError, match="communication_events.priority_in_range"):
-        quality.enforce_policy(report)
+    with pytest.raises(
+        quality_checks.DataQualityError, match="communication_events.priority_in_range"
+    ):
+        quality_checks.enforce_policy(report)
     [row] = await check_rows(db)
     assert row["status"] == "failed" and str(row["checked_by"]).startswith("worker ")
     assert row["failed_suites"] == ["communication_events"]
@@ -81,8 +83,8 @@ async def test_report_round_trips_through_the_table(db: Database, database_url: 
 async def test_without_a_worker_the_flow_run_checks_itself_and_records_it(
     db: Database, database_url: str
 ) -> None:
-    assert await quality_worker.workers_alive(db) == 0
-    report = await quality_worker.post_run_check(db, "monitor_smtp_health", None)
+    assert await quality_checks.workers_alive(db) == 0
+    report = await quality_checks.post_run_check(db, "monitor_smtp_health", None)
 
     assert report.success and {s.name for s in report.suites} == {
         "smtp_connection_audit",
@@ -99,9 +101,9 @@ async def test_a_request_no_worker_claims_is_checked_by_the_flow_run(
     # A "worker" that holds the liveness lock but never claims (stuck, or busy elsewhere).
     async with db.listen() as stuck:
         await stuck.fetch_one(query("hold_quality_worker_lock"))
-        assert await quality_worker.workers_alive(db) == 1
-        with caplog.at_level(logging.WARNING, logger="mailpipe.quality_worker"):
-            report = await quality_worker.post_run_check(
+        assert await quality_checks.workers_alive(db) == 1
+        with caplog.at_level(logging.WARNING, logger="mailpipe.quality_checks"):
+            report = await quality_checks.post_run_check(
                 db, "monitor_smtp_health", None, settings=settings(quality_claim_seconds=0.3)
             )
 
@@ -118,7 +120,7 @@ async def test_a_check_whose_worker_dies_is_taken_over(
         lock = await doomed.fetch_one(query("hold_quality_worker_lock"))
         assert lock is not None
         flow_run = asyncio.create_task(
-            quality_worker.post_run_check(
+            quality_checks.post_run_check(
                 db, "monitor_smtp_health", None, settings=settings(quality_claim_seconds=60)
             )
         )
@@ -129,7 +131,7 @@ async def test_a_check_whose_worker_dies_is_taken_over(
         )
         assert claimed is not None and claimed["flow_name"] == "monitor_smtp_health"
     # The session closed: the worker "died" mid-check, its lock went with it.
-    with caplog.at_level(logging.WARNING, logger="mailpipe.quality_worker"):
+    with caplog.at_level(logging.WARNING, logger="mailpipe.quality_checks"):
         report = await asyncio.wait_for(flow_run, 60)
 
     assert report.success
@@ -161,7 +163,7 @@ async def test_a_check_the_worker_cannot_run_fails_the_flow_run_with_the_reason(
             MailpipeError,
             match="could not run: QualityConfigError: no suite lists flow 'not_a_flow'",
         ):
-            await quality_worker.post_run_check(db, "not_a_flow", None)
+            await quality_checks.post_run_check(db, "not_a_flow", None)
     [row] = await check_rows(db)
     assert row["status"] == "error" and "not_a_flow" in str(row["error"])
 
@@ -170,9 +172,9 @@ async def test_two_workers_answer_each_request_exactly_once(
     db: Database, database_url: str
 ) -> None:
     async with worker(database_url) as first, worker(database_url) as second:
-        assert await quality_worker.workers_alive(db) == 2
+        assert await quality_checks.workers_alive(db) == 2
         reports = await asyncio.gather(
-            *(quality_worker.post_run_check(db, "monitor_smtp_health", None) for _ in range(3))
+            *(quality_checks.post_run_check(db, "monitor_smtp_health", None) for _ in range(3))
         )
     assert all(r.success for r in reports)
     assert await first.task + await second.task == 3
@@ -182,7 +184,7 @@ async def test_two_workers_answer_each_request_exactly_once(
 
 
 async def test_history_lists_the_checks(db: Database, env_database: str) -> None:
-    await quality_worker.post_run_check(db, "monitor_smtp_health", None)
+    await quality_checks.post_run_check(db, "monitor_smtp_health", None)
     from mailpipe.cli import app
 
     result = await asyncio.to_thread(CliRunner().invoke, app, ["check", "history", "--json"])
@@ -203,7 +205,7 @@ async def test_history_older_than_the_retention_is_pruned(db: Database, database
         " 'passed', now() - interval '29 days', now() - interval '29 days', '{}')"
     )
 
-    await quality_worker.post_run_check(
+    await quality_checks.post_run_check(
         db, "monitor_smtp_health", None, settings=settings(quality_keep_days=30)
     )
 
@@ -220,7 +222,7 @@ async def test_the_flow_runs_policies_apply_to_a_workers_answer(
     await plant_quality_violations(db)
 
     async with worker(database_url):
-        report = await quality_worker.post_run_check(
+        report = await quality_checks.post_run_check(
             db,
             "process_email_queue",
             started,
@@ -229,7 +231,7 @@ async def test_the_flow_runs_policies_apply_to_a_workers_answer(
 
     assert report.failures == []
     assert {s.name for s in report.warnings} == {"communication_events", "rate_limit_counters"}
-    quality.enforce_policy(report)  # nothing with policy fail broke: the run stays Completed
+    quality_checks.enforce_policy(report)  # nothing with policy fail broke: the run stays Completed
 
 
 async def test_a_database_behind_the_code_says_to_migrate(db: Database) -> None:
@@ -240,12 +242,12 @@ async def test_a_database_behind_the_code_says_to_migrate(db: Database) -> None:
         match=r'relation "quality_checks" does not exist.*'
         r"run `mailpipe db migrate`",
     ):
-        await quality_worker.post_run_check(db, "monitor_smtp_health", None)
+        await quality_checks.post_run_check(db, "monitor_smtp_health", None)
 
 
 async def test_worker_outlives_its_database_connections(db: Database, database_url: str) -> None:
     async with worker(database_url) as task:
-        first = await quality_worker.post_run_check(db, "monitor_smtp_health", None)
+        first = await quality_checks.post_run_check(db, "monitor_smtp_health", None)
         # The server drops every connection of the worker (restart, idle timeout, an admin).
         task.clear()
         killed = await db.fetch_value(
@@ -255,7 +257,7 @@ async def test_worker_outlives_its_database_connections(db: Database, database_u
         )
         assert killed >= 2  # its listening session and Great Expectations' pooled connection
         await asyncio.wait_for(task.wait(), 60)  # back: reconnected, holding its lock again
-        second = await quality_worker.post_run_check(db, "monitor_smtp_health", None)
+        second = await quality_checks.post_run_check(db, "monitor_smtp_health", None)
     assert await task.task == 2
 
     assert first.success and second.success, second.markdown()

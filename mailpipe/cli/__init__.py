@@ -7,22 +7,26 @@ import logging
 import typer
 
 from mailpipe.cli import (
+    adoption,
     check,
     db,
     demo,
     health,
+    metrics,
     orchestration,
     providers,
     queue,
+    report,
     run,
     snapshot,
     suppressions,
     templates,
 )
-from mailpipe.cli.output import state
+from mailpipe.cli.output import OneLineErrors, state
 
 app = typer.Typer(
     name="mailpipe",
+    cls=OneLineErrors,
     help="Transactional email on PostgreSQL: queue, deliver, monitor and report.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -36,15 +40,16 @@ app.command("up")(orchestration.up_command)
 app.command("demo")(demo.demo)
 app.command("smtp-capture")(demo.smtp_capture)
 app.add_typer(snapshot.app, name="snapshot")
-app.command("report")(snapshot.report_command)
+app.command("report")(report.report_command)
 app.add_typer(health.app, name="health")
-app.command("metrics")(health.metrics_command)
+app.command("metrics")(metrics.metrics_command)
 app.add_typer(providers.app, name="provider")
 app.add_typer(templates.app, name="template")
 app.add_typer(queue.app, name="queue")
 app.add_typer(suppressions.app, name="suppression")
 app.command("run")(run.run_command)
 app.command("enqueue")(run.enqueue_command)
+adoption.register(app, db.app)
 
 
 @app.callback()
@@ -57,3 +62,6 @@ def main(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The pool warns on every failed connection attempt (two lines each) before the command
+    # prints its one-line error: noise, unless debugging.
+    logging.getLogger("psycopg.pool").setLevel(logging.DEBUG if debug else logging.ERROR)

@@ -196,7 +196,7 @@ def history_command(
     """The latest post-run checks: who answered, how long, which suites failed."""
     from mailpipe.cli.output import run
     from mailpipe.db import Database
-    from mailpipe.quality_worker import workers_alive
+    from mailpipe.quality_checks import workers_alive
     from mailpipe.queries import query
 
     async def fetch() -> tuple[int, list[dict[str, object]]]:

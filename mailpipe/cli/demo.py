@@ -119,7 +119,7 @@ def demo(
         print_table(
             [
                 {"outcome": k, "events": summary[k]}
-                for k in ("sent", "retried", "failed", "deferred", "suppressed", "rescued")
+                for k in ("sent", "retry", "failed", "deferred", "suppressed", "rescued")
             ],
             title="process_email_queue",
         )

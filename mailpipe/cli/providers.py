@@ -1,4 +1,8 @@
-"""``mailpipe provider``: add, change, list, show, suspend, resume and remove SMTP providers."""
+"""``mailpipe provider``: add, change, list, show, suspend, resume and remove SMTP providers.
+
+Seven commands of one group share their option declarations, so they stay in one module a
+little over 400 lines: each command is short and reads on its own.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``mailpipe snapshot`` (compute, backfill, export) and ``mailpipe report`` (HTML report)."""
+"""``mailpipe snapshot``: compute, backfill and export the daily health snapshots."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mailpipe.cli.output import command, console, err_console, print_json, print_table, run
 from mailpipe.db import Database
 from mailpipe.errors import MailpipeError
-from mailpipe.report import write_report
 from mailpipe.snapshots import ALL_PROVIDERS, DaySnapshot, aload, run_snapshots
 
 # The group's help is snapshot_command's docstring: `mailpipe snapshot` itself computes.
@@ -160,19 +159,3 @@ def export_command(
     except OSError as exc:
         raise MailpipeError(f"cannot write {path}: {exc.strerror}; pick another --out") from exc
     console.print(f"wrote {len(frame)} rows ({frame['snapshot_date'].nunique()} days) to {path}")
-
-
-@command
-def report_command(
-    days: int = typer.Option(
-        30, "--days", min=1, max=3660, help="Days to cover, ending yesterday (MAILPIPE_TIMEZONE)."
-    ),
-    out: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write."),
-) -> None:
-    """Write a self-contained HTML report of the daily health snapshots (plots + tables)."""
-    report = run(write_report(out, days))
-    console.print(
-        f"wrote {report.path} ({report.start} to {report.end}: "
-        f"{report.days_with_data} day(s) with data, "
-        f"{len(report.providers)} provider(s))"
-    )

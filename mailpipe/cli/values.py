@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from mailpipe.errors import MailpipeError
-
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+from mailpipe.values import is_duration, parse_duration
 
 
 class BadOption(MailpipeError):
@@ -19,22 +16,15 @@ class BadOption(MailpipeError):
 
 
 def duration(option: str, text: str) -> dt.timedelta:
-    """``"90d"`` -> 90 days (units s, m, h, d, w)."""
-    match = _DURATION.match(text or "")
-    if not match or int(match.group(1)) == 0:
-        raise BadOption(
-            f"{option} {text!r} is not a duration: use a number and a unit, like 30m, 1h, 7d or 2w"
-        )
-    try:
-        return dt.timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
-    except OverflowError:
-        raise BadOption(f"{option} {text!r} is too long a duration") from None
+    """``"90d"`` -> 90 days (units s, m, h, d, w), by :func:`mailpipe.values.parse_duration`;
+    an error names ``option``."""
+    return parse_duration(text, option)
 
 
 def moment(option: str, text: str) -> dt.datetime:
     """A time: ISO 8601 with a timezone (2026-01-01T09:00:00+00:00, ...Z), or a delay from
     now (``10m``)."""
-    if _DURATION.match(text or ""):
+    if is_duration(text):
         try:
             return dt.datetime.now(dt.UTC) + duration(option, text)
         except OverflowError:

@@ -69,7 +69,7 @@ async def setup_prefect(
     - the variables ``mailpipe_timezone`` and ``mailpipe_database_url_block`` that
       ``prefect.yaml`` reads at deploy time.
     """
-    from mailpipe.snapshots import resolve_timezone
+    from mailpipe.config import resolve_timezone
 
     settings = settings or get_settings()
     timezone = resolve_timezone(settings.timezone)

@@ -7,7 +7,7 @@ SELECT id, provider_name, host, port, tls_mode, username, credentials, from_addr
  ORDER BY priority, health_score DESC, provider_name;
 
 -- record_provider_failure --
--- Count a connection-level failure; suspend with capped exponential backoff past the threshold
+-- Count a connection-level failure, once per delivery run (run NULL: always, e.g. a probe); suspend with capped exponential backoff past the threshold
 UPDATE smtp_provider_configs
    SET consecutive_failures = consecutive_failures + 1,
        status = CASE WHEN status <> 'disabled'
@@ -19,8 +19,10 @@ UPDATE smtp_provider_configs
                                        %(base_seconds)s * power(2, consecutive_failures + 1 - %(threshold)s),
                                        %(max_seconds)s))
                               ELSE suspended_until END,
+       last_failure_run = coalesce(%(run)s::text, last_failure_run),
        updated_at = now()
  WHERE provider_name = %(provider_name)s
+   AND (%(run)s::text IS NULL OR last_failure_run IS DISTINCT FROM %(run)s::text)
 RETURNING provider_name, status, suspended_until, consecutive_failures;
 
 -- record_provider_success --

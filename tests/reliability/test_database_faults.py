@@ -12,18 +12,20 @@ answer or its connection is gone, so each of its transactions is committed or ro
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 
 import pytest
 
 from mailpipe.db import Database
-from mailpipe.delivery import drain_in_processes, drain_queue
+from mailpipe.delivery import drain_in_processes, drain_queue, drain_run
 from mailpipe.errors import DatabaseUnavailable, MailpipeError
 from mailpipe.testing.smtpd import Behaviour, SMTPTestServer
 from tests.factories import add_provider, add_template, insert_events
 from tests.reliability.support import (
     ENGINE,
     Figures,
+    expire_leases,
     recorded_message_ids,
     recover_and_reconcile,
     wait_for,
@@ -167,3 +169,33 @@ async def test_one_lost_connection_stops_the_run_after_the_others_record_their_b
         error=type(info.value).__name__,
         **numbers,
     )
+
+
+async def test_a_retried_run_counts_every_attempt(
+    db: Database,
+    database_url: str,
+    queue: tuple[SMTPTestServer, list[int]],
+) -> None:
+    """process_email_queue's task is retried by Prefect after a lost connection: the run's
+    summary counts what the failed attempt recorded plus what the retry did (before, only the
+    retry: ``sent=2200`` while 2,600 were recorded)."""
+    key = f"flow-run-{uuid.uuid4()}"
+    first = asyncio.create_task(drain_run(key, url=database_url, batch_size=BATCH, concurrency=2))
+    await wait_for(
+        lambda: recorded_message_ids(db), timeout=60, what="the first batches are recorded"
+    )
+    await terminate_drainers(db)
+    with pytest.raises(MailpipeError) as info:
+        await first
+    assert_clear(info.value)
+    recorded_before_retry = len(await recorded_message_ids(db))
+    assert 0 < recorded_before_retry < COUNT
+    leased = await db.fetch_value(
+        "SELECT count(*) FROM communication_events WHERE status = 'processing'"
+    )
+    # The retry (the leases of the failed attempt run out meanwhile, as in a later run).
+    await expire_leases(db)
+    result = await drain_run(key, url=database_url, batch_size=BATCH, concurrency=2)
+    assert result.attempts == 2 and result.rescued == leased
+    assert result.counts["sent"] == COUNT == len(await recorded_message_ids(db))
+    assert result.summary()["sent"] == COUNT

@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from mailpipe import quality_worker
+from mailpipe import quality_checks
 from mailpipe.config import get_settings
 from mailpipe.db import Database
 from tests.reliability.support import Rollback, wait_for, waiting_on_a_lock
@@ -41,7 +41,7 @@ async def test_kill_9_of_the_check_worker_mid_check_loses_no_check(
     )
     try:
         await wait_for(
-            lambda: quality_worker.workers_alive(db),
+            lambda: quality_checks.workers_alive(db),
             timeout=120,
             what="the worker holds its liveness lock",
         )
@@ -50,7 +50,7 @@ async def test_kill_9_of_the_check_worker_mid_check_loses_no_check(
             async with db.transaction() as tx:
                 await tx.execute("LOCK TABLE smtp_connection_audit IN ACCESS EXCLUSIVE MODE")
                 flow_run = asyncio.create_task(
-                    quality_worker.post_run_check(
+                    quality_checks.post_run_check(
                         db, "monitor_smtp_health", None, settings=settings
                     )
                 )
@@ -69,7 +69,7 @@ async def test_kill_9_of_the_check_worker_mid_check_loses_no_check(
                 worker.send_signal(signal.SIGKILL)
                 worker.wait(10)
                 raise Rollback  # the flow run's own check may read the table again
-        with caplog.at_level(logging.WARNING, logger="mailpipe.quality_worker"):
+        with caplog.at_level(logging.WARNING, logger="mailpipe.quality_checks"):
             report = await asyncio.wait_for(flow_run, 120)
     finally:
         if worker.poll() is None:
@@ -81,4 +81,4 @@ async def test_kill_9_of_the_check_worker_mid_check_loses_no_check(
     assert f"its worker ({running['checked_by']}) stopped" in caplog.text
     rows = await db.fetch_all("SELECT status, checked_by FROM quality_checks")
     assert rows == [{"status": "passed", "checked_by": report.checked_by}]
-    assert await quality_worker.workers_alive(db) == 0
+    assert await quality_checks.workers_alive(db) == 0

@@ -254,7 +254,7 @@ async def test_events_a_failing_provider_never_tried_fail_over_unflagged(
     await insert_events(db, 5)
     result = await drain_queue(db, settings=Settings(provider_failure_threshold=1))
     assert len(dropping.messages) == 1  # only the first event reached DATA there
-    assert result.counts["sent"] == 4 and result.counts["retried"] == 1
+    assert result.counts["sent"] == 4 and result.counts["retry"] == 1
     rows = await events(db)
     flagged = [r for r in rows if r["may_be_duplicate"]]
     assert [r["message_id"] for r in flagged] == [dropping.messages[0].message_id]

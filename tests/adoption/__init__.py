@@ -1,0 +1,1 @@
+"""Adopting an existing database: preflight and cutover from pg_cron (issue 16)."""
