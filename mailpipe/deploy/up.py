@@ -110,7 +110,8 @@ def up(
     api_url = ""
 
     def stop_on(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan them
+        for sig in previous:  # a second signal must not interrupt the stopping
+            signal.signal(sig, signal.SIG_IGN)
         raise _Stop
 
     # Installed explicitly: a shell that starts `up` in the background ignores SIGINT.
@@ -178,7 +179,9 @@ def up(
             raise KeyboardInterrupt from None  # interrupted while starting
         return report  # Ctrl-C is how `up` is meant to end
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # A second Ctrl-C or SIGTERM must not cut the stopping short and orphan the children.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
         if children and api_url:
             with temporary_settings({PREFECT_API_URL: api_url}), contextlib.suppress(Exception):
                 # Best effort: with the server gone, nothing is being submitted either.
