@@ -2,8 +2,7 @@
 
 Daily after midnight (it replaces the pg_cron job of the same name). With no parameters it
 computes yesterday in MAILPIPE_TIMEZONE; with ``start``/``end`` it computes (or recomputes)
-every day of the range, a backfill. Each day is one SQL aggregation over that day's rows of
-communication_events, smtp_delivery_confirmations, delivery_attempts and smtp_connection_audit,
+every day of the range, a backfill. Each day is one SQL aggregation over that day's rows,
 replacing the day's rows of email_health_snapshots in one transaction (so re-runs are safe).
 Publishes the table artifact "email-health-snapshot" (the last day's rows, one per provider
 plus '*' for all) and the markdown artifact "email-health-summary" (headline numbers and their
@@ -18,11 +17,12 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from mailpipe import summaries
 from mailpipe.quality_checks import check_flow_run
+from mailpipe.runtime import publish_markdown_artifact, publish_table_artifact, run_logger
 from mailpipe.snapshots import SnapshotRun, artifact_table, headline_markdown, run_snapshots
 
 
@@ -41,33 +41,20 @@ async def snapshot_email_health(
     One bound alone computes that single day. Returns the days computed and the rows written.
     """
     started = datetime.now(UTC)  # the data-quality window: rows changed from here
-    logger = get_run_logger()
     run = await compute_snapshots(start, end)
     last = run.last
-    await acreate_table_artifact(
-        key="email-health-snapshot",
-        table=artifact_table(last.rows),
-        description=f"Email health on {last.day} ({run.timezone}): one row per provider, "
-        "'*' = all providers",
+    day = f"Email health on {last.day}"
+    await publish_table_artifact(
+        "email-health-snapshot",
+        artifact_table(last.rows),
+        f"{day} ({run.timezone}): one row per provider, '*' = all providers",
     )
-    await acreate_markdown_artifact(
-        key="email-health-summary",
-        markdown=headline_markdown(last.rows[0], run.previous),
-        description=f"Email health on {last.day} versus the 7 days before",
+    markdown = headline_markdown(last.rows[0], run.previous)
+    await publish_markdown_artifact(
+        "email-health-summary", markdown, f"{day} versus the 7 days before"
     )
-    summary = {
-        "start": run.start.isoformat(),
-        "end": run.end.isoformat(),
-        "timezone": run.timezone,
-        "days": len(run.days),
-        "rows": sum(len(d.rows) for d in run.days),
-        "seconds": round(sum(d.seconds for d in run.days), 3),
-    }
-    logger.info(
-        "snapshotted %(days)s day(s) %(start)s..%(end)s (%(timezone)s): %(rows)s rows "
-        "in %(seconds)s s",
-        summary,
-    )
+    summary = summaries.snapshot_summary(run)
+    run_logger().info(summaries.snapshot_log_line(summary))
     if check_quality:
         await check_flow_run("snapshot_email_health", started)
     return summary

@@ -1,4 +1,5 @@
-"""What a flow run needs from Prefect: Secret blocks, events, artifacts, the run's logger and id.
+"""What a flow run needs from Prefect: Secret blocks, events, artifacts, the run's logger and id,
+and the late-run guard.
 
 The one module of the domain's side that imports Prefect, always lazily inside a function, so
 ``mailpipe`` stays importable (and fast to import) without it. Deployment machinery (the project
@@ -135,6 +136,35 @@ def current_flow_run_id() -> str | None:
 
     run_id = flow_run.id
     return str(run_id) if run_id else None
+
+
+# --- late runs --------------------------------------------------------------------------------
+
+
+def run_lateness(now: dt.datetime | None = None) -> dt.timedelta:
+    """How long after its scheduled time the current flow run is running (zero outside runs)."""
+    from prefect.runtime import flow_run
+
+    now = now or dt.datetime.now(dt.UTC)
+    scheduled = flow_run.scheduled_start_time
+    return max(now - scheduled, dt.timedelta(0))
+
+
+def skip_if_late(max_late: dt.timedelta, *, now: dt.datetime | None = None) -> str | None:
+    """Why the current run should not do its work, or None to go on.
+
+    For flows whose work is only worth doing now (the monitors): a run that starts more than
+    ``max_late`` after its slot (a worker came back after downtime and found old scheduled runs)
+    returns early, and the next on-time run measures the present instead. The flow logs the
+    reason and returns it; the run still completes. Runs started by hand are never late.
+    """
+    late = run_lateness(now)
+    if late <= max_late:
+        return None
+    return (
+        f"skipped: started {late.total_seconds():.0f} s after its scheduled time "
+        f"(more than {max_late.total_seconds():.0f} s late); the next run catches up"
+    )
 
 
 def now_utc() -> dt.datetime:

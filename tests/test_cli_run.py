@@ -120,3 +120,78 @@ def test_bad_flow_names_and_parameters_are_refused_before_running(env_database: 
     assert "is not key=value" in fails("run", "process_email_queue", "--param", "batch_size")
     result = invoke("run", "--help")
     assert result.exit_code == 0 and "snapshot_email_health" in result.output
+
+
+def test_without_a_prefect_api_runs_reuse_one_kept_local_server(
+    env_database: str, project_root: Path, tmp_path: Path
+) -> None:
+    import contextlib
+    import json
+
+    from mailpipe.deploy.processes import pid_is_alive
+
+    # No PREFECT_API_URL and an empty Prefect profile: mailpipe starts its own server.
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(
+        DATABASE_URL=env_database,
+        MAILPIPE_DATA_DIR=str(tmp_path / "data"),
+        PREFECT_HOME=str(tmp_path / "client-home"),
+    )
+    state = tmp_path / "data" / "prefect" / "local" / "server.json"
+
+    def mailpipe(*args: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "mailpipe", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            cwd=project_root,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+        return proc
+
+    def servers() -> list[int]:
+        # Processes running in the kept server's home: the server, and only one of it.
+        home = state.parent.resolve()
+        found = []
+        for proc in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                if proc.name.isdigit() and (proc / "cwd").resolve() == home:
+                    found.append(int(proc.name))
+        return found
+
+    try:
+        # Two commands at once, no server yet: one starts it, the other waits and reuses it.
+        started = [
+            subprocess.Popen(
+                [sys.executable, "-m", "mailpipe", "run", "process_email_queue", "--json"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=project_root,
+            )
+            for _ in range(2)
+        ]
+        for proc in started:
+            out, err = proc.communicate(timeout=240)
+            assert proc.returncode == 0 and "Traceback" not in out + err, out + err
+            assert json.loads(out)["stopped_by"] == "empty"
+        server = json.loads(state.read_text())
+        assert servers() == [server["pid"]]  # kept after the commands ended, and only one
+
+        second = mailpipe("run", "monitor_email_production", "--json")
+        assert "queue" in json.loads(second.stdout)
+        assert json.loads(state.read_text()) == server  # the same server, not a second one
+        status = json.loads(mailpipe("server", "status", "--json").stdout)
+        assert (status["running"], status["healthy"], status["pid"]) == (True, True, server["pid"])
+        assert status["api_url"] == f"http://127.0.0.1:{server['port']}/api"
+        log = (state.parent / "server.log").read_text(errors="replace")
+        assert "database is locked" not in log
+    finally:
+        stopped = mailpipe("server", "stop")
+    assert f"pid {server['pid']}" in stopped.stdout
+    assert not pid_is_alive(server["pid"]) and not state.exists()
+    assert mailpipe("server", "stop").stdout.strip() == "not running"

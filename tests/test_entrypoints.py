@@ -15,13 +15,13 @@ import pytest
 import yaml
 
 from mailpipe.config import get_settings
-from mailpipe.errors import ConfigError
-from mailpipe.orchestration import (
+from mailpipe.deploy.project import (
     DeploymentSpec,
     enter_project_directory,
     load_deployment_specs,
     project_dir,
 )
+from mailpipe.errors import ConfigError
 
 PROJECT = Path(__file__).resolve().parent.parent
 SPECS = load_deployment_specs(PROJECT / "prefect.yaml")
@@ -88,7 +88,7 @@ def test_process_email_queue_parameters_are_bounded() -> None:
 def test_prefect_yaml_policy() -> None:
     """Schedules carry the configurable timezone; overlap and late-run policy; portable pull."""
     document = yaml.safe_load((PROJECT / "prefect.yaml").read_text())
-    assert document["pull"] == [{"mailpipe.orchestration.enter_project_directory": {}}]
+    assert document["pull"] == [{"mailpipe.deploy.project.enter_project_directory": {}}]
     assert not _absolute_paths(document)
     for spec in SPECS:
         assert spec.description and "mailpipe" in spec.tags
@@ -110,10 +110,19 @@ def _absolute_paths(value: Any) -> list[str]:
     return [value] if isinstance(value, str) and value.startswith(("/", "~")) else []
 
 
-def test_pull_step_enters_the_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "address",
+    [
+        "mailpipe.deploy.project.enter_project_directory",  # prefect.yaml's
+        "mailpipe.orchestration.enter_project_directory",  # older deployments (the shim)
+    ],
+)
+def test_pull_step_enters_the_project(
+    address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from prefect.utilities.importtools import import_object
 
-    step = import_object("mailpipe.orchestration.enter_project_directory")  # as a worker does
+    step = import_object(address)  # as a worker does
     monkeypatch.chdir(tmp_path)
     assert step() == {"directory": str(PROJECT)}
     assert Path.cwd() == PROJECT
@@ -135,6 +144,15 @@ def test_domain_modules_import_without_heavy_libraries() -> None:
     modules = [
         "mailpipe.cli",
         "mailpipe.orchestration",
+        "mailpipe.deploy.project",
+        "mailpipe.deploy.setup",
+        "mailpipe.deploy.serve",
+        "mailpipe.deploy.up",
+        "mailpipe.deploy.kept",
+        "mailpipe.deploy.recovery",
+        "mailpipe.deploy.database",
+        "mailpipe.runtime",
+        "mailpipe.summaries",
         "mailpipe.db",
         "mailpipe.delivery",
         "mailpipe.monitoring",
@@ -178,3 +196,10 @@ def test_setup_without_a_prefect_api_says_so_in_one_line(monkeypatch: pytest.Mon
         assert "hunter2" not in result.output
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_flows_are_thin(spec: DeploymentSpec) -> None:
+    # A flow reads like a table of contents; what it builds belongs in mailpipe/ (issue 15).
+    path = PROJECT / spec.entrypoint.partition(":")[0]
+    assert len(path.read_text(encoding="utf-8").splitlines()) <= 60

@@ -28,17 +28,19 @@ import pytest
 from typer.testing import CliRunner
 
 import mailpipe.db
-from mailpipe import orchestration
+from mailpipe import runtime
 from mailpipe.cli import app
 from mailpipe.config import get_settings
 from mailpipe.db import Database
+from mailpipe.deploy import OrchestrationError, processes
+from mailpipe.deploy.project import load_deployment_specs
+from mailpipe.deploy.server import LocalPrefectServer
 from mailpipe.errors import ConfigError
-from mailpipe.orchestration import LocalPrefectServer, OrchestrationError
 from mailpipe.testing.smtpd import Behaviour, SMTPTestServer, free_port
 from tests.factories import add_provider, add_template, insert_events, run_artifacts, statuses
 
 PROJECT = Path(__file__).resolve().parent.parent
-SPECS = orchestration.load_deployment_specs(PROJECT / "prefect.yaml")
+SPECS = load_deployment_specs(PROJECT / "prefect.yaml")
 CRONS = {
     "process_email_queue": "* * * * *",
     "monitor_smtp_health": "*/5 * * * *",
@@ -93,7 +95,7 @@ def child_env(server: LocalPrefectServer, **extra: str) -> dict[str, str]:
 
 def prefect(*args: str, env: dict[str, str], timeout: float = 120) -> str:
     result = subprocess.run(
-        [orchestration.prefect_executable(), *args],
+        [processes.prefect_executable(), *args],
         cwd=PROJECT,
         env=env,
         capture_output=True,
@@ -292,7 +294,7 @@ def deployed(prefect_server: LocalPrefectServer, template_url: str) -> dict[str,
     with pytest.MonkeyPatch.context() as monkeypatch:
         steps = setup_cli(monkeypatch, DATABASE_URL=template_url, MAILPIPE_TIMEZONE=TIMEZONE)
     started = time.monotonic()
-    orchestration.deploy_all(
+    processes.deploy_all(
         api_url=prefect_server.api_url, project=PROJECT, env=child_env(prefect_server)
     )
     deploy_seconds = time.monotonic() - started
@@ -418,7 +420,7 @@ def test_deploy_registers_the_four_deployments(deployed: dict[str, Any]) -> None
             (CRONS[spec.name], TIMEZONE, True)
         ]
         assert d.entrypoint == spec.entrypoint and d.work_pool_name == "mailpipe"
-        assert d.pull_steps == [{"mailpipe.orchestration.enter_project_directory": {}}]
+        assert d.pull_steps == [{"mailpipe.deploy.project.enter_project_directory": {}}]
         assert d.job_variables["env"] == {
             "MAILPIPE_DATABASE_URL_BLOCK": "mailpipe-database-url",
             "MAILPIPE_TIMEZONE": TIMEZONE,
@@ -475,7 +477,7 @@ def test_deployment_run_is_drained_by_a_worker(
 
     started = time.monotonic()
     worker = subprocess.run(
-        [orchestration.prefect_executable(), "worker", "start", "--pool", "mailpipe", "--run-once"],
+        [processes.prefect_executable(), "worker", "start", "--pool", "mailpipe", "--run-once"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -543,7 +545,7 @@ def test_three_workers_three_runs_send_every_event_exactly_once(
         for name, log in zip(names, logs, strict=True):
             with log.open("wb") as out:
                 workers.append(
-                    orchestration.start_worker(
+                    processes.start_worker(
                         api_url=prefect_server.api_url,
                         pool="mailpipe",
                         name=name,
@@ -563,7 +565,7 @@ def test_three_workers_three_runs_send_every_event_exactly_once(
         elapsed = time.monotonic() - started
     finally:
         for worker in workers:
-            orchestration.stop_process(worker)
+            processes.stop_process(worker)
 
     assert [r.state.type.value for r in runs] == ["COMPLETED"] * 3, [r.state for r in runs]
     per_run = [sent_in(run_async(run_artifacts(r.id))) for r in runs]
@@ -809,9 +811,184 @@ def test_skip_if_late_inside_a_flow_run(prefect_server: LocalPrefectServer) -> N
     @flow
     def guarded(minutes_later: float) -> str | None:
         now = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=minutes_later)
-        return orchestration.skip_if_late(dt.timedelta(minutes=5), now=now)
+        return runtime.skip_if_late(dt.timedelta(minutes=5), now=now)
 
     assert guarded(0) is None
     reason = guarded(30)
     assert reason is not None and reason.startswith("skipped: started 18")
-    assert orchestration.skip_if_late(dt.timedelta(0)) is None  # outside a run: never late
+    assert runtime.skip_if_late(dt.timedelta(0)) is None  # outside a run: never late
+
+
+# --- runs left behind, and `up` stopped and started again --------------------------------------
+
+
+def _run(state: str, *, worker: str | None = None, pid: str | None = None, age: float = 1.0):
+    from types import SimpleNamespace
+
+    from prefect.client.schemas.objects import StateType
+
+    timestamp = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=age)
+    return SimpleNamespace(
+        state=SimpleNamespace(type=StateType(state), timestamp=timestamp),
+        labels={"prefect.worker.name": worker} if worker else {},
+        infrastructure_pid=pid,
+    )
+
+
+def test_which_runs_count_as_left_behind() -> None:
+    from mailpipe.deploy.recovery import abandoned_because, worker_name
+
+    ours, now = worker_name(1), dt.datetime.now(dt.UTC)
+
+    def judge(run: Any, online: bool = False) -> str | None:
+        return abandoned_because(
+            run, prefix=worker_name(1)[:-1], foreign_workers_online=online, now=now
+        )
+
+    gone = str(free_port() + 4_000_000)  # no such pid
+    assert "never started" in judge(_run("PENDING", worker=ours))
+    assert "is gone" in judge(_run("RUNNING", worker=ours, pid=gone))
+    assert judge(_run("RUNNING", worker=ours, pid=str(os.getpid()))) is None  # alive here
+    assert judge(_run("RUNNING", worker="mailpipe-elsewhere-1", pid=gone)) is None  # not ours
+    assert judge(_run("RUNNING")) is None  # no worker took it: someone may run it
+    assert "no worker that is still online" in judge(_run("PENDING"))
+    assert judge(_run("PENDING"), online=True) is None  # another worker may be submitting it
+    assert "PENDING for" in judge(_run("PENDING", age=600), online=True)
+
+
+async def _leave_pending_as_a_dead_worker_would(deployment: str) -> uuid.UUID:
+    """A run that a worker of this machine took (Pending: it holds a concurrency slot) and
+    then died before starting it. Scheduled an hour ahead first, so no live worker takes it."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Pending, Scheduled
+
+    from mailpipe.deploy.recovery import WORKER_LABEL, worker_name
+
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    async with get_client() as client:
+        target = await client.read_deployment_by_name(deployment)
+        run = await client.create_flow_run_from_deployment(
+            target.id, parameters={"check_quality": False}, state=Scheduled(scheduled_time=later)
+        )
+        result = await client.set_flow_run_state(run.id, Pending())  # as a worker does
+        assert result.state.type.value == "PENDING", result
+        await client.update_flow_run_labels(run.id, {WORKER_LABEL: worker_name(1)})
+    return run.id
+
+
+async def _wait_for_state(run_id: uuid.UUID, states: set[str], timeout: float = 120) -> Any:
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        while True:
+            run = await client.read_flow_run(run_id)
+            if run.state and run.state.type.value in states:
+                return run
+            assert time.monotonic() < deadline, f"{run.name} still {run.state} after {timeout} s"
+            await asyncio.sleep(0.05)
+
+
+def test_up_port_and_restart_after_ctrl_c_mid_submission(database_url: str, tmp_path: Path) -> None:
+    """`up --port P` on its own Prefect server (on Postgres): the UI is told the API is on P.
+    Ctrl-C while a run is being submitted stops everything in seconds, and after `up` again the
+    next run of that deployment completes. A run a dead worker of this machine left Pending
+    holds the deployment's slot (later runs are cancelled) until `up` starts again and crashes
+    it; the next run then completes."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MAILPIPE_PROJECT_DIR")
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        MAILPIPE_DATA_DIR=str(tmp_path / "data"),
+        PREFECT_HOME=str(tmp_path / "client-home"),
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        PREFECT_WORKER_PREFETCH_SECONDS="5",
+    )
+    # Daily at midnight: no scheduled run of it gets in the way; its limit is 1, CANCEL_NEW.
+    deployment = "snapshot_email_health/snapshot_email_health"
+
+    command = [sys.executable, "-m", "mailpipe", "up"]
+
+    def start_up(n: int) -> tuple[subprocess.Popen[bytes], Path]:
+        out_path = tmp_path / f"up-{n}.log"
+        with out_path.open("wb") as out:
+            process = subprocess.Popen(
+                [*command, "--port", str(port), "--prefect-db", "postgres", "--no-quality-worker"],
+                cwd=PROJECT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for_text(out_path, r"Prefect UI: http://", process, timeout=240)
+        return process, out_path
+
+    def ctrl_c(process: subprocess.Popen[bytes], out_path: Path) -> float:
+        started = time.monotonic()
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        rc = process.wait(60)
+        seconds = time.monotonic() - started
+        text = out_path.read_text(errors="replace")
+        assert rc == 0 and "Stopped" in text and "Traceback" not in text, text[-3000:]
+        return seconds
+
+    def run_to_the_end() -> Any:
+        run_id = run_async(start_run(deployment, check_quality=False))
+        return run_async(_wait_for_state(run_id, TERMINAL))
+
+    up, out_path = start_up(1)
+    try:
+        text = out_path.read_text()
+        assert f"Prefect UI: http://127.0.0.1:{port}" in text and "database: postgres" in text
+        ui = httpx.get(f"http://127.0.0.1:{port}/ui-settings", timeout=10).json()
+        assert ui["api_url"] == api_url  # the UI calls this server, not port 4200
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            first = run_async(start_run(deployment, check_quality=False))
+            run_async(_wait_for_state(first, {"PENDING"}, timeout=60))  # mid-submission
+            stop_seconds = ctrl_c(up, out_path)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+    print(f"up stopped {stop_seconds:.1f} s after Ctrl-C with a run mid-submission")
+    assert stop_seconds < 30
+
+    up, out_path = start_up(2)
+    try:
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            # The server restarted: the first run ended (or was crashed as left behind) ...
+            left = run_async(_wait_for_state(first, TERMINAL, timeout=60))
+            # ... and the next run of the deployment gets its slot.
+            second = run_to_the_end()
+            assert second.state.type.value == "COMPLETED", (left.state, second.state)
+            # Now a worker of this machine dies mid-submission: its run keeps the slot ...
+            third = run_async(_leave_pending_as_a_dead_worker_would(deployment))
+            refused = run_to_the_end()
+            assert refused.state.type.value == "CANCELLED", refused.state
+            assert "concurrency limit" in refused.state.message
+            stuck = run_async(_wait_for_state(third, {"PENDING"}, timeout=5))
+            stop_seconds = ctrl_c(up, out_path)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+    assert stop_seconds < 30
+
+    up, out_path = start_up(3)
+    try:
+        # ... until `up` starts again and crashes it, releasing the slot.
+        assert f"Crashed run {stuck.name} of {deployment}" in out_path.read_text()
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            crashed = run_async(_wait_for_state(third, {"CRASHED"}, timeout=5))
+            assert "left behind" in crashed.state.message
+            fourth = run_to_the_end()
+            assert fourth.state.type.value == "COMPLETED", fourth.state
+    finally:
+        if up.poll() is None:
+            ctrl_c(up, out_path)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(up.pid, 0)  # no child left behind

@@ -34,6 +34,7 @@ app = typer.Typer(
 app.add_typer(db.app, name="db")
 app.add_typer(check.app, name="check")
 app.add_typer(orchestration.setup_app, name="setup")
+app.add_typer(orchestration.server_app, name="server")
 app.command("serve")(orchestration.serve_command)
 app.command("up")(orchestration.up_command)
 app.command("demo")(demo.demo)

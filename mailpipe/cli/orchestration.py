@@ -9,18 +9,26 @@ from pathlib import Path
 
 import typer
 
-from mailpipe import orchestration
 from mailpipe.cli.output import command, console, print_json, print_table, run
+from mailpipe.config import get_settings
+from mailpipe.deploy import kept, serve, setup, up
+from mailpipe.deploy.database import PrefectDatabase
+from mailpipe.deploy.server import prefect_home
 from mailpipe.errors import ConfigError
 
 setup_app = typer.Typer(help="Prepare services mailpipe runs on.", no_args_is_help=True)
+server_app = typer.Typer(
+    help="The local Prefect server `mailpipe run` starts and keeps when no Prefect API is "
+    "configured (like the embedded Postgres).",
+    no_args_is_help=True,
+)
 
 
-def _secret_source(prompt: bool) -> orchestration.SecretSource:
+def _secret_source(prompt: bool) -> setup.SecretSource:
     """Values for Secret blocks: MAILPIPE_SECRET_<NAME>, else a hidden prompt on a terminal."""
 
     def source(block: str) -> str | None:
-        value = orchestration.env_secret_source(block)
+        value = setup.env_secret_source(block)
         if value or not (prompt and sys.stdin.isatty()):
             return value
         entered = typer.prompt(
@@ -34,7 +42,7 @@ def _secret_source(prompt: bool) -> orchestration.SecretSource:
     return source
 
 
-def _print_steps(steps: list[orchestration.SetupStep]) -> None:
+def _print_steps(steps: list[setup.SetupStep]) -> None:
     print_table(
         [dataclasses.asdict(s) for s in steps],
         title="Prefect setup",
@@ -75,7 +83,7 @@ def setup_prefect_command(
         except ValueError as exc:
             raise ConfigError(f"{base_job_template} is not JSON: {exc}") from None
     steps = run(
-        orchestration.setup_prefect(
+        setup.setup_prefect(
             secret_source=_secret_source(prompt and not as_json),
             pool_type=pool_type,
             base_job_template=template,
@@ -114,12 +122,17 @@ def serve_command(
     worker carries on.
     """
     console.print("Serving prefect.yaml's deployments; Ctrl-C stops (schedules stay active).")
-    orchestration.serve_project(names=only or None, limit=limit, quality_worker=quality_worker)
+    serve.serve_project(names=only or None, limit=limit, quality_worker=quality_worker)
 
 
 @command
 def up_command(
-    port: int = typer.Option(4200, "--port", help="Port of the local Prefect server and UI."),
+    port: int = typer.Option(
+        4200,
+        "--port",
+        help="Port of the local Prefect server; its UI and API are served there, and the UI "
+        "is told to call the API on it.",
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address the server listens on."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes to start."),
     quality_worker: bool = typer.Option(
@@ -127,21 +140,39 @@ def up_command(
         "--quality-worker/--no-quality-worker",
         help="Start a `mailpipe check worker` for the flows' post-run checks.",
     ),
+    prefect_db: PrefectDatabase = typer.Option(
+        PrefectDatabase.AUTO,
+        "--prefect-db",
+        help="The local server's database: auto (a `prefect` database on the embedded "
+        "Postgres when mailpipe uses it, else SQLite), postgres (a `prefect` database on "
+        "DATABASE_URL's server too), or sqlite.",
+    ),
 ) -> None:
     """The whole system on this machine: Prefect server, setup, deployments, a worker.
 
-    Starts `prefect server start` (unless PREFECT_API_URL or the Prefect profile names a
-    server), migrates the database, runs `mailpipe setup prefect`, `prefect deploy --all`, and
-    `prefect worker start --pool mailpipe`, then prints the UI address. Ctrl-C stops it all.
+    Starts `prefect server start` on --host/--port (unless PREFECT_API_URL or the Prefect
+    profile names a server), migrates the database, runs `mailpipe setup prefect`, `prefect
+    deploy --all`, crashes runs a dead worker of this machine left Pending or Running (their
+    concurrency slots are released), starts `prefect worker start --pool mailpipe`, then prints
+    the UI address. Ctrl-C (or SIGTERM) stops it all within seconds; a run being submitted
+    is let through first.
     """
 
-    def ready(report: orchestration.UpReport) -> None:
+    def ready(report: up.UpReport) -> None:
         where = (
             f"started in {report.server_seconds:.0f} s, log {report.server_log}"
             if report.started_server
             else "already running"
         )
-        console.print(f"Prefect server: {report.api_url} ({where})")
+        console.print(
+            f"Prefect server: {report.api_url} ({where}, database: {report.server_database})"
+        )
+        for crashed in report.crashed:
+            console.print(
+                f"Crashed run {crashed.name} of {crashed.deployment}, left behind: "
+                f"{crashed.reason}",
+                highlight=False,
+            )
         if report.migrations:
             console.print(f"Migrations applied: {', '.join(report.migrations)}")
         _print_steps(report.setup)
@@ -155,12 +186,55 @@ def up_command(
         )
 
     console.print("Starting mailpipe (the Prefect server takes about 20 s)...")
-    orchestration.up(
+    up.up(
         host=host,
         port=port,
         workers=workers,
         quality_worker=quality_worker,
+        prefect_db=prefect_db,
         on_ready=ready,
         secret_source=_secret_source(True),
     )
     console.print("Stopped: workers and server are down; schedules stay registered.")
+
+
+def _kept_home() -> Path:
+    return prefect_home(get_settings(), name="local")
+
+
+@server_app.command("status")
+@command
+def server_status_command(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Whether the kept local Prefect server runs, and where."""
+    status = kept.kept_server_status(_kept_home())
+    if as_json:
+        print_json(status)
+    elif status["running"]:
+        console.print(
+            f"running: {status['api_url']} (pid {status['pid']}, Prefect "
+            f"{status['prefect_version']}, log {status['log']})",
+            highlight=False,
+        )
+    else:
+        console.print(f"not running (home {status['home']})", highlight=False)
+
+
+@server_app.command("start")
+@command
+def server_start_command() -> None:
+    """Start the kept local Prefect server now (`mailpipe run` starts it when needed)."""
+    started = kept.ensure_kept_server(_kept_home())
+    console.print(f"running: {started.api_url} (pid {started.pid})", highlight=False)
+
+
+@server_app.command("stop")
+@command
+def server_stop_command() -> None:
+    """Stop the kept local Prefect server (its runs' history stays for the next start)."""
+    stopped = kept.stop_kept_server(_kept_home())
+    console.print(
+        f"stopped the Prefect server (pid {stopped.pid})" if stopped else "not running",
+        highlight=False,
+    )

@@ -6,7 +6,6 @@ import contextlib
 import importlib
 import inspect
 import logging
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from mailpipe.cli.output import (
 )
 from mailpipe.cli.values import BadOption, json_object, key_values, moment
 from mailpipe.db import Database
+from mailpipe.deploy.kept import kept_prefect_api
 from mailpipe.errors import MailpipeError
 from mailpipe.queue import Enqueued, enqueue
 
@@ -39,10 +39,15 @@ class FlowRunFailed(MailpipeError):
     """The flow run ended in a failed (or crashed, cancelled) state."""
 
 
-def load_flow(name: str) -> Any:
-    """The flow object ``flows.<name>.<name>``, imported only now (Prefect is slow to load)."""
+def check_flow_name(name: str) -> None:
+    """Refuse a name that is not one of the four flows (before anything slow starts)."""
     if name not in FLOWS:
         raise BadOption(f"unknown flow {name!r}: choose one of {', '.join(FLOWS)}")
+
+
+def load_flow(name: str) -> Any:
+    """The flow object ``flows.<name>.<name>``, imported only now (Prefect is slow to load)."""
+    check_flow_name(name)
     try:
         module = importlib.import_module(f"flows.{name}")
     except ModuleNotFoundError as exc:
@@ -82,9 +87,8 @@ async def run_flow(name: str, params: dict[str, Any] | None = None) -> Any:
     """Run one mailpipe flow once in this process and return its result.
 
     The flow goes through Prefect's flow engine, as a deployment's run does (run record,
-    task runs, logs, artifacts, retries), against the configured Prefect API, or a temporary
-    local one when PREFECT_API_URL is unset. Raises :class:`FlowRunFailed` with the state's
-    message when the run does not complete.
+    task runs, logs, artifacts, retries), against the Prefect API this process is set to.
+    Raises :class:`FlowRunFailed` with the state's message when the run does not complete.
     """
     flow = load_flow(name)
     params = check_parameters(flow, params or {})
@@ -143,6 +147,18 @@ def console_logs_without_tracebacks() -> Iterator[None]:
             del handler.format
 
 
+@contextlib.contextmanager
+def prefect_api(url: str | None) -> Iterator[None]:
+    """Point this process's Prefect client at ``url`` (no change when None)."""
+    if url is None:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: url}):
+        yield
+
+
 @command
 def run_command(
     flow: str = typer.Argument(..., help=f"One of: {', '.join(FLOWS)}."),
@@ -160,14 +176,19 @@ def run_command(
     Same code path as its deployment; exits 1 when the run fails. Useful without a
     scheduler (cron), to debug, and in scripts.
 
-    Needs a Prefect API (PREFECT_API_URL); without one Prefect starts a temporary local
-    server first, which takes a while.
+    Uses the configured Prefect API (PREFECT_API_URL or the Prefect profile); without one,
+    a local Prefect server that mailpipe starts on first use and keeps running for the next
+    commands (`mailpipe server status`, `mailpipe server stop`).
     """
     params = key_values("--param", param)
-    # Prefect's 20 s default for starting a temporary server is too short on small machines.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    check_flow_name(flow)
+    local_api = kept_prefect_api()  # the kept server boots while the flow is imported
     load_flow(flow)  # imports Prefect, which sets up its log handlers
-    with contextlib.nullcontext() if state["debug"] else console_logs_without_tracebacks():
+    api_url = local_api() if local_api else None
+    with (
+        prefect_api(api_url),
+        contextlib.nullcontext() if state["debug"] else console_logs_without_tracebacks(),
+    ):
         summary = run(run_flow(flow, params))
     if as_json:
         print_json(summary)
