@@ -10,6 +10,7 @@ from mailpipe.cli import (
     check,
     db,
     demo,
+    feedback,
     health,
     orchestration,
     providers,
@@ -42,6 +43,7 @@ app.add_typer(providers.app, name="provider")
 app.add_typer(templates.app, name="template")
 app.add_typer(queue.app, name="queue")
 app.add_typer(suppressions.app, name="suppression")
+app.add_typer(feedback.app, name="feedback")
 app.command("run")(run.run_command)
 app.command("enqueue")(run.enqueue_command)
 
