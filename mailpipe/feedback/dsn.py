@@ -100,10 +100,11 @@ def _original_headers(report: Message) -> Message | None:
 
 
 def _address(field: str | None) -> str | None:
-    # "rfc822; user@example.com" (address type; address)
+    # "rfc822; user@example.com" (address type; address), maybe in angle brackets
     if not field:
         return None
-    return text(field.partition(";")[2] if ";" in field else field)
+    value = text(field.partition(";")[2] if ";" in field else field)
+    return value.strip("<>") if value else None
 
 
 def _report_id(report: Message, raw: bytes) -> str:
@@ -188,9 +189,10 @@ def _parse_dsn(report: Message, raw: bytes, verp_prefix: str) -> list[FeedbackEv
             block.get("Final-Recipient")
         )
         action = str(block.get("Action", ""))
-        status = text(block.get("Status"))
+        # "5.0.0 (permanent failure)": the code, without its comment.
+        status = (text(block.get("Status")) or "").split(" ")[0] or None
         kind = dsn_kind(action, status)
-        diagnostic = text(block.get("Diagnostic-Code"))
+        diagnostic = " ".join(str(block.get("Diagnostic-Code", "")).split()) or None
         code_text = diagnostic.partition(";")[2] if diagnostic and ";" in diagnostic else diagnostic
         events.append(
             FeedbackEvent(
@@ -232,7 +234,8 @@ def _parse_arf(report: Message, raw: bytes, verp_prefix: str) -> list[FeedbackEv
     if not feedback_type:
         return [_kept("arf", report, raw, "ARF report without Feedback-Type")]
     original = _original_headers(report)
-    recipient = text(fields.get("Original-Rcpt-To"))
+    rcpt = getaddresses(fields.get_all("Original-Rcpt-To", []))
+    recipient = text(rcpt[0][1]) if rcpt else None
     if recipient is None and original is not None:
         found = getaddresses(original.get_all("To", []))
         recipient = text(found[0][1]) if found else None
