@@ -121,7 +121,8 @@ def list_command(
     limit: int = typer.Option(50, "--limit", help="At most this many, newest first."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Inbox events, newest first (recipients masked in the table, whole in --json)."""
+    """Inbox events, newest first (recipients masked in the table; --json gives every field:
+    matched event, confirmation, provider ids, effects and errors)."""
     from mailpipe.feedback.inbox import list_events
 
     wrong = [s for s in states or [] if s not in {v.value for v in FeedbackState}]
@@ -147,9 +148,8 @@ def list_command(
                 "kind": r["kind"] or r["provider_kind"],
                 "state": r["state"],
                 "recipient": mask_address(r["recipient"]),
-                "event": r["matched_event_id"],
-                "effect": ", ".join(r["effect"]) or None,
-                "error": r["error"],
+                # What applying it did, or why it was not applied.
+                "result": r["error"] or ", ".join(r["effect"]) or None,
             }
             for r in rows
         ],

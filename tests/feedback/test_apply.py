@@ -16,7 +16,7 @@ from mailpipe.queue import enqueue
 from mailpipe.testing.smtpd import SMTPTestServer
 from tests.factories import add_provider, add_template
 from tests.feedback.conftest import Receiver
-from tests.feedback.signing import SendGridKey
+from tests.feedback.signing import SendGridKey, SnsPki, ses_complaint, ses_delivery, sns_message
 from tests.feedback.support import add_sent_message, dumps, inbox
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -366,3 +366,21 @@ async def test_batches_are_bounded(db: Database) -> None:
         )
         == 7
     )
+
+
+async def test_ses_delivery_then_complaint_matched_by_ses_message_id(
+    receiver: Receiver, db: Database, sns_pki: SnsPki
+) -> None:
+    ses_id = "010f0191e2b1c3d4-5e6f7a8b-aaaa-bbbb-cccc-123456789abc-000000"
+    sent = await add_sent_message(db, "mo@example.com", provider_message_id=ses_id)
+    for payload in (
+        ses_delivery("mo@example.com", ses_id),
+        ses_complaint("mo@example.com", ses_id),
+    ):
+        body = sns_message(payload, sns_pki.key, version="2")
+        assert (await receiver.post("/feedback/ses", dumps(body))).status_code == 200
+    result = await apply_feedback(db)
+    assert (result.applied, result.status_changes, result.suppressions) == (2, 1, 1)
+    assert (await confirmation(db, sent["confirmation_id"]))["status"] == "complained"
+    assert [r["kind"] for r in await inbox(db)] == ["delivered", "complaint"]
+    assert (await suppressions(db))["mo@example.com"]["source"] == "feedback ses"
