@@ -88,6 +88,18 @@ def _params(settings: FeedbackSettings) -> dict[str, object]:
     }
 
 
+async def _apply_batch(
+    db: Database, batch_size: int, only_id: int | None, params: dict[str, object]
+) -> dict[str, int]:
+    async with db.transaction() as tx:
+        row = await tx.fetch_one(
+            query("apply_feedback_batch"),
+            {"batch_size": batch_size, "only_id": only_id, **params},
+        )
+    assert row is not None  # an aggregate always returns its row
+    return row
+
+
 async def apply_feedback(
     db: Database,
     *,
@@ -104,18 +116,8 @@ async def apply_feedback(
     result = FeedbackResult()
     started = time.perf_counter()
     while max_batches is None or result.batches < max_batches:
-        claimed: list[dict[str, object]] = []
         try:
-            async with db.transaction() as tx:
-                claimed = await tx.fetch_all(
-                    query("claim_feedback_batch"), {"batch_size": batch_size, "only_id": None}
-                )
-                if not claimed:
-                    break
-                ids = [r["id"] for r in claimed]
-                row = await tx.fetch_one(query("apply_feedback_batch"), {"ids": ids, **params})
-            assert row is not None
-            result.add(row)
+            row = await _apply_batch(db, batch_size, None, params)
         except DatabaseUnavailable:
             raise
         except DatabaseError as exc:
@@ -124,8 +126,11 @@ async def apply_feedback(
             if not await _one_by_one(db, batch_size, params, settings, result):
                 break
             continue
+        if not row["claimed"]:
+            break
+        result.add(row)
         result.batches += 1
-        if len(claimed) < batch_size:
+        if row["claimed"] < batch_size:
             break
     result.elapsed_seconds = time.perf_counter() - started
     return result
@@ -150,17 +155,7 @@ async def _one_by_one(
     ]
     for event_id in ids:
         try:
-            async with db.transaction() as tx:
-                claimed = await tx.fetch_all(
-                    query("claim_feedback_batch"), {"batch_size": 1, "only_id": event_id}
-                )
-                if not claimed:
-                    continue  # another worker has it
-                row = await tx.fetch_one(
-                    query("apply_feedback_batch"), {"ids": [event_id], **params}
-                )
-            assert row is not None
-            result.add(row)
+            result.add(await _apply_batch(db, 1, event_id, params))
         except DatabaseUnavailable:
             raise
         except DatabaseError as exc:

@@ -4,9 +4,10 @@ A bounce mailbox receives delivery status notifications (``multipart/report;
 report-type=delivery-status``: one block per recipient with Action, Status, Diagnostic-Code) and
 feedback-loop complaints (``multipart/report; report-type=feedback-report``). Both quote the
 original message (or its headers), whose Message-ID is ours. With a VERP return path
-(``bounces+<token>@bounce.example.com``, the token being our Message-ID's local part) a bounce
-maps to its message even when it quotes nothing. Parsed with the standard ``email`` package;
-anything else (an autoresponder, a non-standard bounce) is kept as invalid for inspection.
+(``bounces+<local>=<domain>@bounce.example.com``, our Message-ID ``<local@domain>`` encoded)
+a bounce maps to its message even when it quotes nothing. Parsed with the standard ``email``
+package; anything else (an autoresponder, a non-standard bounce) is kept as invalid for
+inspection.
 """
 
 from __future__ import annotations
@@ -42,15 +43,19 @@ _RECIPIENT_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelop
 
 
 def verp_return_path(message_id: str, domain: str, prefix: str = "bounces") -> str:
-    """The VERP return path of a message: ``<prefix>+<local part of its Message-ID>@domain``."""
+    """The VERP return path of a message: ``<prefix>+<local>=<msgid domain>@domain``, or
+    ``<prefix>+<local>@domain`` when that would be longer than an address's 64-character local
+    part (then the Message-ID domain is read from the database's
+    ``mailpipe.message_id_domain``, the one ``new_message_id()`` uses)."""
     normalised = normalise_message_id(message_id) or ""
-    local = normalised.strip("<>").partition("@")[0]
-    if not _TOKEN.match(local):
+    local, _, message_domain = normalised.strip("<>").partition("@")
+    if not _TOKEN.match(local) or "=" in local or not message_domain:
         raise ValueError(
             f"Message-ID {message_id!r} has a local part unfit for an address: VERP needs "
-            "letters, digits and . _ = -"
+            "letters, digits and . _ -"
         )
-    return f"{prefix}+{local}@{domain}"
+    full = f"{prefix}+{local}={message_domain}"
+    return f"{full if len(full) <= 64 else f'{prefix}+{local}'}@{domain}"
 
 
 def verp_token(address: str | None, prefix: str = "bounces") -> str | None:

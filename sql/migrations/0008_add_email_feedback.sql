@@ -98,10 +98,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS idx_email_feedback_events_replay_token
 ALTER TABLE smtp_delivery_confirmations ADD COLUMN IF NOT EXISTS provider_message_id text;
 CREATE INDEX IF NOT EXISTS idx_smtp_delivery_confirmations_provider_message_id
     ON smtp_delivery_confirmations (provider_message_id) WHERE provider_message_id IS NOT NULL;
--- VERP return paths carry the Message-ID's local part (bounces+<local>@domain): a bounce that
--- quotes nothing else is matched through this index.
-CREATE INDEX IF NOT EXISTS idx_smtp_delivery_confirmations_message_local
-    ON smtp_delivery_confirmations ((split_part(message_id, '@', 1)));
 
 -- ---------------------------------------------------------------- email_suppressions
 -- Soft bounces repeated N times in a window suppress the address for a while (Keila-style).
@@ -150,7 +146,7 @@ COMMENT ON COLUMN email_feedback_events.provider_kind IS 'The provider''s own ev
 COMMENT ON COLUMN email_feedback_events.recipient IS 'The recipient the event is about, lower-cased.';
 COMMENT ON COLUMN email_feedback_events.message_id IS 'Our Message-ID (<...@...>) when the event quotes it: matched against smtp_delivery_confirmations.message_id.';
 COMMENT ON COLUMN email_feedback_events.provider_message_id IS 'The provider''s id of the message (SES messageId, sg_message_id, Postmark MessageID, Resend email_id): matched against smtp_delivery_confirmations.provider_message_id.';
-COMMENT ON COLUMN email_feedback_events.verp_token IS 'The token of a VERP return path (bounces+<token>@domain) a bounce was addressed to: the local part of our Message-ID.';
+COMMENT ON COLUMN email_feedback_events.verp_token IS 'The token of the VERP return path (bounces+<token>@domain) a bounce was addressed to: our Message-ID as <local>=<domain>, or only <local> when the Message-ID domain is the database''s mailpipe.message_id_domain.';
 COMMENT ON COLUMN email_feedback_events.reason IS 'The provider''s diagnostic (bounce reason, SMTP reply), for operators.';
 COMMENT ON COLUMN email_feedback_events.smtp_code IS 'The remote SMTP reply code when reported (550, 421, ...).';
 COMMENT ON COLUMN email_feedback_events.enhanced_status IS 'The enhanced status code when reported (RFC 3463: 5.1.1, 4.2.2, ...).';

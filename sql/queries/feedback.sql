@@ -18,8 +18,8 @@ SELECT r.provider, r.provider_event_id, r.occurred_at, r.payload, r.raw, r.conte
 ON CONFLICT (provider, provider_event_id) DO NOTHING
 RETURNING id;
 
--- claim_feedback_batch --
--- Lock a batch of due inbox rows (or only one), count the attempt and match each to our confirmation
+-- apply_feedback_batch --
+-- Claim a batch of due inbox rows (or only one), match each to our message and apply it: confirmation status (never backwards), suppressions, attempt history, state
 WITH due AS (
     SELECT id FROM email_feedback_events
      WHERE next_attempt_at <= now()
@@ -27,15 +27,19 @@ WITH due AS (
      ORDER BY next_attempt_at, id
      LIMIT %(batch_size)s
        FOR UPDATE SKIP LOCKED
-), matched AS (
-    SELECT f.id, coalesce(p.id, m.id, v.id) AS confirmation_id,
+), batch AS (
+    SELECT f.id, f.provider, f.kind, f.smtp_code, f.reason, f.received_at,
+           f.attempts + 1 AS attempts,
+           coalesce(p.id, m.id, v.id) AS confirmation_id,
            coalesce(p.communication_event_id, m.communication_event_id,
-                    v.communication_event_id) AS event_id,
-           coalesce(p.recipient_email, m.recipient_email, v.recipient_email) AS recipient_email
+                    v.communication_event_id) AS matched_event_id,
+           coalesce(f.recipient,
+                    lower(coalesce(p.recipient_email, m.recipient_email, v.recipient_email)))
+               AS recipient
       FROM due
       JOIN email_feedback_events AS f ON f.id = due.id
-      -- One lookup per correlation key, each on its own index: the provider's id, our
-      -- Message-ID, the VERP token (the Message-ID's local part).
+      -- One lookup per correlation key, each on an index: the provider's id, our Message-ID,
+      -- the VERP token (our Message-ID again, encoded in the return path).
       LEFT JOIN LATERAL (
           SELECT c.id, c.communication_event_id, c.recipient_email
             FROM smtp_delivery_confirmations AS c
@@ -47,40 +51,28 @@ WITH due AS (
             FROM smtp_delivery_confirmations AS c
            WHERE p.id IS NULL AND f.message_id IS NOT NULL AND c.message_id = f.message_id
            LIMIT 1) AS m ON true
+      -- VERP token: <local>=<domain>, or <local> alone for this database's Message-ID domain.
       LEFT JOIN LATERAL (
           SELECT c.id, c.communication_event_id, c.recipient_email
             FROM smtp_delivery_confirmations AS c
            WHERE p.id IS NULL AND m.id IS NULL AND f.verp_token IS NOT NULL
-             AND split_part(c.message_id, '@', 1) = '<' || f.verp_token
-           ORDER BY c.id DESC LIMIT 1) AS v ON true
-)
-UPDATE email_feedback_events AS f
-   SET attempts = f.attempts + 1,
-       confirmation_id = matched.confirmation_id,
-       matched_event_id = matched.event_id,
-       recipient = coalesce(f.recipient, lower(matched.recipient_email))
-  FROM matched
- WHERE f.id = matched.id
-RETURNING f.id, f.confirmation_id IS NOT NULL AS matched;
-
--- apply_feedback_batch --
--- Apply a claimed batch: confirmation statuses (never backwards), suppressions, attempt history, states
-WITH batch AS (
-    SELECT f.id, f.provider, f.kind, f.recipient, f.confirmation_id, f.matched_event_id,
-           f.smtp_code, f.reason, f.received_at, f.attempts
-      FROM email_feedback_events AS f
-     WHERE f.id = ANY(%(ids)s)
+             AND c.message_id = '<' || split_part(f.verp_token, '=', 1) || '@'
+                 || coalesce(nullif(split_part(f.verp_token, '=', 2), ''),
+                             nullif(current_setting('mailpipe.message_id_domain', true), ''),
+                             'mailpipe.local') || '>'
+           LIMIT 1) AS v ON true
 ), target AS (
-    -- The strongest status the batch asks for, per confirmation:
-    -- accepted < delivered < bounced < complained.
-    SELECT DISTINCT ON (b.confirmation_id) b.confirmation_id,
+    -- The strongest status the batch asks for, per confirmation (accepted < delivered <
+    -- bounced < complained), and the event that asks for it (the first, on a tie).
+    SELECT DISTINCT ON (b.confirmation_id) b.confirmation_id, b.id AS event_id, b.provider,
+           b.smtp_code, b.reason,
            CASE b.kind WHEN 'delivered' THEN 'delivered' WHEN 'hard_bounce' THEN 'bounced'
                        WHEN 'complaint' THEN 'complained' END AS status,
            CASE b.kind WHEN 'delivered' THEN 1 WHEN 'hard_bounce' THEN 2
                        WHEN 'complaint' THEN 3 END AS rank
       FROM batch AS b
      WHERE b.confirmation_id IS NOT NULL AND b.kind IN ('delivered', 'hard_bounce', 'complaint')
-     ORDER BY b.confirmation_id, rank DESC
+     ORDER BY b.confirmation_id, rank DESC, b.id
 ), status_changes AS (
     UPDATE smtp_delivery_confirmations AS c
        SET status = t.status
@@ -88,16 +80,19 @@ WITH batch AS (
      WHERE c.id = t.confirmation_id
        AND t.rank > CASE c.status WHEN 'accepted' THEN 0 WHEN 'delivered' THEN 1
                                   WHEN 'bounced' THEN 2 ELSE 3 END
-    RETURNING c.id, c.status, c.communication_event_id, c.provider_name
+    RETURNING c.id, c.status, c.communication_event_id, c.provider_name, t.event_id,
+              t.provider, t.smtp_code, t.reason
 ), soft_counts AS (
     -- Soft bounces of each recipient in the window: applied ones plus this batch's.
     SELECT f.recipient, count(*) AS n
       FROM email_feedback_events AS f
-     WHERE f.kind = 'soft_bounce' AND f.recipient = ANY(
-               SELECT b.recipient FROM batch AS b
-                WHERE b.kind = 'soft_bounce' AND b.confirmation_id IS NOT NULL)
+     WHERE f.kind = 'soft_bounce'
+       AND f.recipient = ANY(SELECT b.recipient FROM batch AS b
+                              WHERE b.kind = 'soft_bounce' AND b.confirmation_id IS NOT NULL)
        AND f.received_at > now() - make_interval(secs => %(soft_window_seconds)s)
-       AND (f.state = 'applied' OR (f.id = ANY(%(ids)s) AND f.confirmation_id IS NOT NULL))
+       AND (f.state = 'applied'
+            OR f.id = ANY(SELECT b.id FROM batch AS b
+                           WHERE b.kind = 'soft_bounce' AND b.confirmation_id IS NOT NULL))
      GROUP BY f.recipient
 ), wanted AS (
     -- One suppression per address, the strongest reason first.
@@ -136,33 +131,34 @@ WITH batch AS (
     -- History: a hard bounce that bounced a confirmation is a bounced delivery attempt, read
     -- by monitoring (bounce rate) and the daily snapshot like a 5xx on RCPT.
     INSERT INTO delivery_attempts (communication_event_id, provider_name, outcome, smtp_code, error)
-    SELECT DISTINCT ON (sc.id) sc.communication_event_id, sc.provider_name, 'bounced',
-           b.smtp_code, left('feedback ' || b.provider || coalesce(': ' || b.reason, ''), 500)
+    SELECT sc.communication_event_id, sc.provider_name, 'bounced', sc.smtp_code,
+           left('feedback ' || sc.provider || coalesce(': ' || sc.reason, ''), 500)
       FROM status_changes AS sc
-      JOIN batch AS b ON b.confirmation_id = sc.id AND b.kind = 'hard_bounce'
      WHERE sc.status = 'bounced'
-     ORDER BY sc.id, b.id
     RETURNING communication_event_id
+), effects AS (
+    -- What each event changed (hash joins, not per-row lookups: batches are thousands).
+    SELECT b.id, array_remove(ARRAY[
+               CASE WHEN sc.status IS NOT NULL THEN 'status:' || sc.status END,
+               CASE WHEN x.reason = CASE b.kind WHEN 'complaint' THEN 'complaint'
+                                                WHEN 'hard_bounce' THEN 'hard_bounce'
+                                                WHEN 'unsubscribe' THEN 'unsubscribe'
+                                                WHEN 'soft_bounce' THEN 'soft_bounce' END
+                    THEN 'suppressed:' || x.reason END,
+               CASE WHEN sc.status = 'bounced' THEN 'attempt:bounced' END
+           ], NULL) AS effect
+      FROM batch AS b
+      LEFT JOIN status_changes AS sc ON sc.event_id = b.id
+      LEFT JOIN suppressed AS x ON b.confirmation_id IS NOT NULL AND x.address = b.recipient
 ), marked AS (
     UPDATE email_feedback_events AS f
-       SET state = CASE WHEN b.confirmation_id IS NOT NULL THEN 'applied' ELSE 'unmatched' END,
+       SET attempts = b.attempts,
+           confirmation_id = b.confirmation_id,
+           matched_event_id = b.matched_event_id,
+           recipient = b.recipient,
+           state = CASE WHEN b.confirmation_id IS NOT NULL THEN 'applied' ELSE 'unmatched' END,
            error = NULL,
-           effect = array_remove(ARRAY[
-               (SELECT 'status:' || sc.status FROM status_changes AS sc
-                 WHERE sc.id = b.confirmation_id
-                   AND sc.status = CASE b.kind WHEN 'delivered' THEN 'delivered'
-                                               WHEN 'hard_bounce' THEN 'bounced'
-                                               WHEN 'complaint' THEN 'complained' END),
-               (SELECT 'suppressed:' || x.reason FROM suppressed AS x
-                 WHERE b.confirmation_id IS NOT NULL AND x.address = b.recipient
-                   AND x.reason = CASE b.kind WHEN 'complaint' THEN 'complaint'
-                                              WHEN 'hard_bounce' THEN 'hard_bounce'
-                                              WHEN 'unsubscribe' THEN 'unsubscribe'
-                                              WHEN 'soft_bounce' THEN 'soft_bounce' END),
-               (SELECT 'attempt:bounced' FROM status_changes AS sc
-                 WHERE sc.id = b.confirmation_id AND sc.status = 'bounced'
-                   AND b.kind = 'hard_bounce')
-           ], NULL),
+           effect = e.effect,
            -- Unmatched: its confirmation may not be recorded yet; look again with backoff
            -- until the retry window is over, then keep it as unmatched for good.
            next_attempt_at = CASE
@@ -175,10 +171,12 @@ WITH batch AS (
                  OR b.received_at < now() - make_interval(secs => %(unmatched_seconds)s)
                THEN now() END
       FROM batch AS b
+      JOIN effects AS e ON e.id = b.id
      WHERE f.id = b.id
     RETURNING f.state
 )
-SELECT (SELECT count(*) FROM marked WHERE state = 'applied') AS applied,
+SELECT (SELECT count(*) FROM marked) AS claimed,
+       (SELECT count(*) FROM marked WHERE state = 'applied') AS applied,
        (SELECT count(*) FROM marked WHERE state = 'unmatched') AS unmatched,
        (SELECT count(*) FROM status_changes) AS status_changes,
        (SELECT count(*) FROM suppressed) AS suppressions,

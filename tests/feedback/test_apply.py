@@ -10,7 +10,7 @@ from pathlib import Path
 from mailpipe.db import Database
 from mailpipe.delivery import drain_queue
 from mailpipe.feedback.apply import apply_feedback
-from mailpipe.feedback.dsn import import_files, import_messages
+from mailpipe.feedback.dsn import import_files, import_messages, verp_return_path
 from mailpipe.feedback.settings import FeedbackSettings
 from mailpipe.queue import enqueue
 from mailpipe.testing.smtpd import SMTPTestServer
@@ -133,11 +133,12 @@ async def test_complaint_from_an_arf_report_suppresses(db: Database) -> None:
 
 
 async def test_postfix_bounce_matched_by_verp_token_alone(db: Database) -> None:
+    # The fixture's return path has no domain part: the database's Message-ID domain is used.
     token = "7d8f2c1e-0b9a-4f5e-9c3d-2a1b0c9d8e7f"
     sent = await add_sent_message(db, "nosuchuser@example.net")
     await db.execute(
         "UPDATE smtp_delivery_confirmations SET message_id = %s WHERE id = %s",
-        (f"<{token}@other.example>", sent["confirmation_id"]),
+        (f"<{token}@mailpipe.local>", sent["confirmation_id"]),
     )
     raw = (FIXTURES / "postfix-bounce.eml").read_bytes()
     raw = raw.replace(f"Message-ID: <{token}@mail.example.com>\n".encode(), b"")
@@ -146,6 +147,19 @@ async def test_postfix_bounce_matched_by_verp_token_alone(db: Database) -> None:
     assert stored["message_id"] is None and stored["verp_token"] == token
     result = await apply_feedback(db)
     assert result.applied == 1
+    assert (await confirmation(db, sent["confirmation_id"]))["status"] == "bounced"
+
+
+async def test_verp_token_with_the_message_id_domain(db: Database) -> None:
+    sent = await add_sent_message(db, "nosuchuser@example.net")
+    path = verp_return_path(sent["message_id"], "bounce.example.com")
+    raw = (FIXTURES / "postfix-bounce.eml").read_bytes()
+    raw = raw.replace(b"Message-ID: <7d8f2c1e-0b9a-4f5e-9c3d-2a1b0c9d8e7f@mail.example.com>\n", b"")
+    raw = raw.replace(
+        b"bounces+7d8f2c1e-0b9a-4f5e-9c3d-2a1b0c9d8e7f@bounce.example.com", path.encode()
+    )
+    await import_messages(db, [raw])
+    assert (await apply_feedback(db)).applied == 1
     assert (await confirmation(db, sent["confirmation_id"]))["status"] == "bounced"
 
 

@@ -89,9 +89,13 @@ def test_anything_else_is_kept_as_invalid_with_the_reason() -> None:
 
 def test_verp_return_path_round_trip() -> None:
     path = verp_return_path(f"<{POSTFIX_TOKEN}@mail.example.com>", "bounce.example.com")
-    assert path == f"bounces+{POSTFIX_TOKEN}@bounce.example.com"
-    assert verp_token(path) == POSTFIX_TOKEN
-    assert verp_token(f"<{path}>") == POSTFIX_TOKEN
+    assert path == f"bounces+{POSTFIX_TOKEN}=mail.example.com@bounce.example.com"
+    assert verp_token(path) == f"{POSTFIX_TOKEN}=mail.example.com"
+    assert verp_token(f"<{path}>") == f"{POSTFIX_TOKEN}=mail.example.com"
+    # Past 64 characters the Message-ID domain is left out (the database's own is assumed).
+    long_domain = "mail.a-rather-long-sending-domain.example.com"
+    path = verp_return_path(f"<{POSTFIX_TOKEN}@{long_domain}>", "b.example.com")
+    assert path == f"bounces+{POSTFIX_TOKEN}@b.example.com"
     assert verp_token("shop@example.com") is None
     assert verp_token(f"other+{POSTFIX_TOKEN}@bounce.example.com") is None
     with pytest.raises(ValueError, match="VERP needs"):

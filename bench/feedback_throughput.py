@@ -1,0 +1,409 @@
+"""Feedback throughput: verified webhook events stored per second, and inbox events applied per
+second, each against a plain INSERT baseline run beside it.
+
+Run by hand (not a test):
+
+    uv run python bench/feedback_throughput.py                  # 4,000 requests, 50,000 applied
+    uv run python bench/feedback_throughput.py --requests 1000 --apply 10000   # quicker
+
+(1) Receive: the receiver runs under uvicorn in its own process pinned to one core (the load
+    generator, a minimal keep-alive HTTP/1.1 client with pre-signed requests, on the other).
+    For Mailgun (HMAC), Resend (Svix HMAC), SES (RSA signature through the certificate cache)
+    one event per request, and SendGrid (ECDSA) batches of --batch events: each request is
+    verified, normalised and stored in one INSERT. Baseline: the same server stack answering
+    a bare route that INSERTs the raw body (no verification, no parsing).
+    Goal: >= 2,000 verified events stored per second on one core.
+(2) Apply: --apply inbox events matched to as many confirmations (half delivered, a quarter
+    hard bounces, a quarter complaints) applied by apply_feedback in batches of --apply-batch.
+    Baseline: the same number of rows INSERTed into a plain table in batches of the same size.
+    Goal: >= 20,000 events applied per second.
+
+Uses its own database on an embedded Postgres in a temporary folder, or on --database-url.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from _support import create_database, postgres_server  # noqa: E402
+
+from mailpipe.db import Database, Jsonb  # noqa: E402
+from mailpipe.testing.smtpd import free_port  # noqa: E402
+
+TOPIC = "arn:aws:sns:eu-west-1:123456789012:ses-feedback"
+CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-bench.pem"
+MAILGUN_KEY = "key-" + "b" * 32
+RESEND_SECRET = "whsec_" + base64.b64encode(b"bench resend secret 0123").decode()
+
+
+# ------------------------------------------------------------------ servers (child processes)
+
+
+def serve(kind: str, database_url: str, port: int) -> None:
+    """Child process: one uvicorn worker on core 0 serving the receiver or the baseline."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from mailpipe.feedback.receiver import create_app
+
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {0})
+    if kind == "mailpipe":
+        app = create_app(database_url)
+    else:
+        state: dict[str, Database] = {}
+
+        async def plain(request: Request) -> JSONResponse:
+            body = await request.body()
+            await state["db"].execute(
+                "INSERT INTO bench_plain_inbox (body) VALUES (%s)", (body.decode(),)
+            )
+            return JSONResponse({"stored": 1})
+
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            async with Database(database_url) as db:
+                state["db"] = db
+                yield
+
+        from contextlib import asynccontextmanager
+
+        app = Starlette(
+            routes=[Route("/plain", plain, methods=["POST"])],
+            lifespan=asynccontextmanager(lifespan),
+        )
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="info", access_log=False)
+
+
+def start_server(kind: str, database_url: str, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--serve",
+            kind,
+            "--database-url",
+            database_url,
+            "--port",
+            str(port),
+        ],
+        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    for line in process.stderr:
+        if "Uvicorn running on" in line:
+            return process, port
+    raise RuntimeError(f"{kind} server did not start (exit {process.wait()})")
+
+
+# ------------------------------------------------------------------ load generator
+
+
+async def send_all(port: int, requests: list[bytes], connections: int) -> float:
+    """Send pre-built HTTP/1.1 requests over keep-alive connections; seconds taken."""
+    queue = list(reversed(requests))
+    failures: list[str] = []
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while queue:
+            writer.write(queue.pop())
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = head.split(b" ", 2)[1]
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            body = await reader.readexactly(length)
+            if status != b"200":
+                failures.append(f"{status.decode()} {body[:200].decode()}")
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"{len(failures)} requests failed, e.g. {failures[0]}")
+    return elapsed
+
+
+def http_request(path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+# ------------------------------------------------------------------ signed requests
+
+
+class Signers:
+    """Keys for each provider, and the environment that configures the receiver with them."""
+
+    def __init__(self, folder: Path) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        sys.path.insert(0, str(ROOT))
+        from mailpipe.feedback.providers.ses import SigningCertificates
+        from tests.feedback.signing import make_sns_pki, pem
+
+        self.sendgrid = ec.generate_private_key(ec.SECP256R1())
+        der = self.sendgrid.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.pki = make_sns_pki(folder / "pki")
+        cache = folder / "sns-certs"
+        path = SigningCertificates(cache).cache_path(CERT_URL)
+        path.parent.mkdir(parents=True)
+        path.write_bytes(pem(self.pki.cert))
+        self.env = {
+            "MAILPIPE_FEEDBACK_MAILGUN_SIGNING_KEY": MAILGUN_KEY,
+            "MAILPIPE_FEEDBACK_RESEND_SECRET": RESEND_SECRET,
+            "MAILPIPE_FEEDBACK_SENDGRID_PUBLIC_KEY": base64.b64encode(der).decode(),
+            "MAILPIPE_FEEDBACK_SES_TOPIC_ARNS": json.dumps([TOPIC]),
+            "MAILPIPE_FEEDBACK_SES_CERT_CA_FILE": str(self.pki.ca_file),
+            "MAILPIPE_FEEDBACK_SES_CERT_CACHE_DIR": str(cache),
+            "MAILPIPE_FEEDBACK_MAX_BODY_BYTES": str(8 * 1024 * 1024),
+        }
+
+    def mailgun(self, n: int) -> list[tuple[str, bytes, dict[str, str]]]:
+        from tests.feedback.signing import mailgun_body
+
+        out = []
+        for i in range(n):
+            event = {
+                "event": "delivered",
+                "id": uuid.uuid4().hex,
+                "timestamp": time.time(),
+                "recipient": f"user{i}@example.com",
+                "message": {"headers": {"message-id": f"{uuid.uuid4()}@mailpipe.local"}},
+                "delivery-status": {"code": 250, "message": "OK"},
+            }
+            out.append(("/feedback/mailgun", mailgun_body(MAILGUN_KEY, event), {}))
+        return out
+
+    def resend(self, n: int) -> list[tuple[str, bytes, dict[str, str]]]:
+        from tests.feedback.signing import svix_headers
+
+        out = []
+        for i in range(n):
+            body = json.dumps(
+                {
+                    "type": "email.delivered",
+                    "created_at": "2026-12-05T20:01:00.000Z",
+                    "data": {"email_id": str(uuid.uuid4()), "to": [f"user{i}@example.com"]},
+                }
+            ).encode()
+            out.append(("/feedback/resend", body, svix_headers(RESEND_SECRET, body)))
+        return out
+
+    def ses(self, n: int) -> list[tuple[str, bytes, dict[str, str]]]:
+        from tests.feedback.signing import ses_delivery, sns_message
+
+        return [
+            (
+                "/feedback/ses",
+                json.dumps(
+                    sns_message(
+                        ses_delivery(f"user{i}@example.com", uuid.uuid4().hex),
+                        self.pki.key,
+                        cert_url=CERT_URL,
+                        version="2",
+                        topic=TOPIC,
+                    )
+                ).encode(),
+                {},
+            )
+            for i in range(n)
+        ]
+
+    def sendgrid_batches(self, n: int, batch: int) -> list[tuple[str, bytes, dict[str, str]]]:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        out = []
+        for _ in range(n):
+            body = json.dumps(
+                [
+                    {
+                        "email": f"user{i}@example.com",
+                        "timestamp": int(time.time()),
+                        "smtp-id": f"<{uuid.uuid4()}@mailpipe.local>",
+                        "event": "delivered",
+                        "sg_event_id": uuid.uuid4().hex,
+                        "sg_message_id": f"{uuid.uuid4().hex}.f0",
+                    }
+                    for i in range(batch)
+                ]
+            ).encode()
+            stamp = str(int(time.time()))
+            signature = self.sendgrid.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+            out.append(
+                (
+                    "/feedback/sendgrid",
+                    body,
+                    {
+                        "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(
+                            signature
+                        ).decode(),
+                        "X-Twilio-Email-Event-Webhook-Timestamp": stamp,
+                    },
+                )
+            )
+        return out
+
+
+def receive_bench(url: str, args: argparse.Namespace, folder: Path) -> None:
+    if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {1})
+    signers = Signers(folder)
+    n = args.requests
+    cases = [
+        ("mailgun (HMAC)", signers.mailgun(n), 1),
+        ("resend (Svix)", signers.resend(n), 1),
+        ("ses (SNS RSA v2)", signers.ses(n), 1),
+        (
+            f"sendgrid (ECDSA, {args.batch}/request)",
+            signers.sendgrid_batches(max(1, n // args.batch), args.batch),
+            args.batch,
+        ),
+    ]
+    baseline, port = start_server("plain", url, {})
+    try:
+        plain = [http_request("/plain", body, h) for _, body, h in cases[0][1]]
+        asyncio.run(send_all(port, plain[: n // 10], args.connections))  # warm-up
+        seconds = asyncio.run(send_all(port, plain, args.connections))
+        base_rate = len(plain) / seconds
+    finally:
+        baseline.terminate()
+        baseline.wait()
+    print(f"\n(1) receive, server on one core, {args.connections} keep-alive connections")
+    print(f"  baseline: bare route, one plain INSERT per request  {base_rate:8.0f} requests/s")
+    server, port = start_server("mailpipe", url, signers.env)
+    try:
+        warm = signers.mailgun(max(10, n // 10))
+        asyncio.run(send_all(port, [http_request(p, b, h) for p, b, h in warm], args.connections))
+        for name, requests, per_request in cases:
+            raw = [http_request(p, b, h) for p, b, h in requests]
+            seconds = asyncio.run(send_all(port, raw, args.connections))
+            rate = len(raw) / seconds
+            print(
+                f"  {name:<34} {rate:8.0f} requests/s  {rate * per_request:9.0f} events/s"
+                f"  ({rate / base_rate:.2f}x the baseline's requests/s)"
+            )
+    finally:
+        server.terminate()
+        server.wait()
+
+
+# ------------------------------------------------------------------ apply
+
+
+async def apply_bench(url: str, args: argparse.Namespace) -> None:
+    from mailpipe.feedback.apply import apply_feedback
+
+    n, batch = args.apply, args.apply_batch
+    async with Database(url, min_size=1, max_size=2) as db:
+        for statement in (
+            "ALTER TABLE communication_events DISABLE TRIGGER USER",
+            "INSERT INTO communication_events (event_type, recipient_email, template_key,"
+            " status, sent_at, provider_name)"
+            " SELECT 'welcome', 'user' || i || '@example.com', 'welcome', 'sent', now(), 'p'"
+            " FROM generate_series(1, %(n)s) AS i",
+            "ALTER TABLE communication_events ENABLE TRIGGER USER",
+            "INSERT INTO smtp_delivery_confirmations (communication_event_id, recipient_email,"
+            " provider_name, message_id, status, smtp_code, provider_message_id)"
+            " SELECT id, recipient_email, 'p', message_id, 'accepted', 250, 'pm-' || id"
+            " FROM communication_events",
+            # Half matched by our Message-ID, half by the provider's id; a quarter each of
+            # hard bounces and complaints (suppressions, attempts), the rest deliveries.
+            "INSERT INTO email_feedback_events (provider, provider_event_id, verification,"
+            " state, kind, recipient, message_id, provider_message_id, payload, next_attempt_at)"
+            " SELECT 'generic', 'e' || c.id, 'signature', 'received',"
+            " CASE WHEN c.id %% 4 = 0 THEN 'hard_bounce' WHEN c.id %% 4 = 1 THEN 'complaint'"
+            " ELSE 'delivered' END,"
+            " c.recipient_email, CASE WHEN c.id %% 2 = 0 THEN c.message_id END,"
+            " CASE WHEN c.id %% 2 = 1 THEN c.provider_message_id END,"
+            " jsonb_build_object('id', 'e' || c.id), now()"
+            " FROM smtp_delivery_confirmations AS c",
+            "CREATE TABLE bench_plain_apply (id bigint, kind text, recipient text, payload jsonb)",
+            "VACUUM ANALYZE",
+        ):
+            await db.execute(statement, {"n": n})
+        rows = [
+            {"id": i, "kind": "delivered", "recipient": f"user{i}@example.com", "payload": {"i": i}}
+            for i in range(n)
+        ]
+        started = time.perf_counter()
+        for i in range(0, n, batch):
+            await db.execute(
+                "INSERT INTO bench_plain_apply SELECT * FROM jsonb_to_recordset(%s::jsonb)"
+                " AS r(id bigint, kind text, recipient text, payload jsonb)",
+                (Jsonb(rows[i : i + batch]),),
+            )
+        base = time.perf_counter() - started
+        result = await apply_feedback(db, batch_size=batch)
+        assert result.applied == n, result.as_dict()
+        rate, base_rate = n / result.elapsed_seconds, n / base
+        print(f"\n(2) apply {n} events in batches of {batch}")
+        print(f"  baseline: plain INSERT of the same rows     {base_rate:9.0f} rows/s")
+        print(
+            f"  apply_feedback (match, status, suppress, history) {rate:9.0f} events/s"
+            f"  ({rate / base_rate:.2f}x the baseline)  {result.as_dict()}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=4000, help="Requests per provider.")
+    parser.add_argument("--batch", type=int, default=100, help="SendGrid events per request.")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--apply", type=int, default=50_000, help="Events to apply.")
+    parser.add_argument("--apply-batch", type=int, default=5000)
+    parser.add_argument("--database-url", help="A Postgres server (default: embedded).")
+    parser.add_argument("--serve", choices=["mailpipe", "plain"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.database_url, args.port)
+        return
+    with tempfile.TemporaryDirectory(prefix="mailpipe-bench-feedback-") as tmp:
+        folder = Path(tmp)
+        with postgres_server(args.database_url, folder / "pg") as admin:
+            url = create_database(admin, "mailpipe_bench_feedback")
+            asyncio.run(_plain_table(url))
+            receive_bench(url, args, folder)
+            url = create_database(admin, "mailpipe_bench_feedback_apply")
+            asyncio.run(apply_bench(url, args))
+
+
+async def _plain_table(url: str) -> None:
+    async with Database(url, min_size=1, max_size=1) as db:
+        await db.execute(
+            "CREATE TABLE bench_plain_inbox (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+            " body text NOT NULL, received_at timestamptz NOT NULL DEFAULT now())"
+        )
+
+
+if __name__ == "__main__":
+    main()
