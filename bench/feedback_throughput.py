@@ -278,42 +278,48 @@ def receive_bench(url: str, args: argparse.Namespace, folder: Path) -> None:
         os.sched_setaffinity(0, {1})
     signers = Signers(folder)
     n = args.requests
+    batches = max(1, n // args.batch)
     cases = [
-        ("mailgun (HMAC)", signers.mailgun(n), 1),
-        ("resend (Svix)", signers.resend(n), 1),
-        ("ses (SNS RSA v2)", signers.ses(n), 1),
+        ("mailgun (HMAC)", signers.mailgun, n, 1),
+        ("resend (Svix)", signers.resend, n, 1),
+        ("ses (SNS RSA v2)", signers.ses, n, 1),
         (
             f"sendgrid (ECDSA, {args.batch}/request)",
-            signers.sendgrid_batches(max(1, n // args.batch), args.batch),
+            lambda k: signers.sendgrid_batches(k, args.batch),
+            batches,
             args.batch,
         ),
     ]
-    baseline, port = start_server("plain", url, {})
-    try:
-        plain = [http_request("/plain", body, h) for _, body, h in cases[0][1]]
-        asyncio.run(send_all(port, plain[: n // 10], args.connections))  # warm-up
-        seconds = asyncio.run(send_all(port, plain, args.connections))
-        base_rate = len(plain) / seconds
-    finally:
-        baseline.terminate()
-        baseline.wait()
-    print(f"\n(1) receive, server on one core, {args.connections} keep-alive connections")
-    print(f"  baseline: bare route, one plain INSERT per request  {base_rate:8.0f} requests/s")
+    baseline, base_port = start_server("plain", url, {})
     server, port = start_server("mailpipe", url, signers.env)
+    print(
+        f"\n(1) receive: server on one core, {args.connections} keep-alive connections;"
+        f" best of {args.repeat}, each run right after a baseline run of as many requests"
+    )
+    print("    baseline: the same server stack, a bare route doing one plain INSERT per request")
     try:
         warm = signers.mailgun(max(10, n // 10))
         asyncio.run(send_all(port, [http_request(p, b, h) for p, b, h in warm], args.connections))
-        for name, requests, per_request in cases:
-            raw = [http_request(p, b, h) for p, b, h in requests]
-            seconds = asyncio.run(send_all(port, raw, args.connections))
-            rate = len(raw) / seconds
+        plain_warm = [http_request("/plain", b, {}) for _, b, _ in warm]
+        asyncio.run(send_all(base_port, plain_warm, args.connections))
+        for name, build, count, per_request in cases:
+            best = (0.0, 0.0)
+            for _ in range(args.repeat):
+                requests = build(count)  # fresh ids, tokens and timestamps for every run
+                plain = [http_request("/plain", b, {}) for _, b, _ in requests]
+                base_rate = len(plain) / asyncio.run(send_all(base_port, plain, args.connections))
+                raw = [http_request(p, b, h) for p, b, h in requests]
+                rate = len(raw) / asyncio.run(send_all(port, raw, args.connections))
+                best = max(best, (rate, base_rate))
+            rate, base_rate = best
             print(
-                f"  {name:<34} {rate:8.0f} requests/s  {rate * per_request:9.0f} events/s"
-                f"  ({rate / base_rate:.2f}x the baseline's requests/s)"
+                f"  {name:<34} {rate:7.0f} requests/s {rate * per_request:8.0f} verified"
+                f" events/s  (baseline {base_rate:5.0f} requests/s: {rate / base_rate:.2f}x)"
             )
     finally:
-        server.terminate()
-        server.wait()
+        for process in (server, baseline):
+            process.terminate()
+            process.wait()
 
 
 # ------------------------------------------------------------------ apply
@@ -378,6 +384,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4000, help="Requests per provider.")
     parser.add_argument("--batch", type=int, default=100, help="SendGrid events per request.")
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=2, help="Runs of each case (best kept).")
     parser.add_argument("--apply", type=int, default=50_000, help="Events to apply.")
     parser.add_argument("--apply-batch", type=int, default=5000)
     parser.add_argument("--database-url", help="A Postgres server (default: embedded).")

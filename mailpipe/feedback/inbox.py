@@ -24,45 +24,67 @@ class Stored:
     duplicates: int
 
 
-def _row(event: FeedbackEvent) -> dict[str, Any]:
-    return {
-        "provider": event.provider,
-        "provider_event_id": event.provider_event_id,
-        "occurred_at": event.occurred_at,
-        "payload": event.payload,
-        "raw": event.raw,
-        "content_type": event.content_type,
-        "verification": event.verification.value,
-        "replay_token": event.replay_token,
-        "state": event.state.value,
-        "kind": event.kind.value if event.kind else None,
-        "provider_kind": event.provider_kind,
-        "recipient": event.recipient,
-        "message_id": event.message_id,
-        "provider_message_id": event.provider_message_id,
-        "verp_token": event.verp_token,
-        "reason": event.reason,
-        "smtp_code": event.smtp_code,
-        "enhanced_status": event.enhanced_status,
-        "error": event.error,
-    }
+#: Rows per INSERT statement (Postgres takes at most 65,535 parameters in one statement).
+CHUNK = 2000
+
+
+def _values(event: FeedbackEvent) -> list[Any]:
+    due = event.state is FeedbackState.RECEIVED
+    return [
+        event.provider,
+        event.provider_event_id,
+        event.occurred_at,
+        None if event.payload is None else Jsonb(to_jsonable(event.payload)),
+        event.raw,
+        event.content_type,
+        event.verification.value,
+        event.replay_token,
+        event.state.value,
+        event.kind.value if event.kind else None,
+        event.provider_kind,
+        event.recipient,
+        event.message_id,
+        event.provider_message_id,
+        event.verp_token,
+        event.reason,
+        event.smtp_code,
+        event.enhanced_status,
+        event.error,
+        due,
+        due,
+    ]
+
+
+def _insert(count: int) -> str:
+    return query("store_feedback_events").replace(
+        "{rows}", ",\n".join([query("feedback_event_row")] * count)
+    )
 
 
 async def store_events(db: Database, events: Sequence[FeedbackEvent]) -> Stored:
-    """Store events in one INSERT; an event already stored (same provider and event id) is
-    a no-op. A replayed one-time token with a new event raises :class:`Forbidden`."""
+    """Store events in one INSERT (one per 2,000 events, in one transaction); an event already
+    stored (same provider and event id) is a no-op. A replayed one-time token with a new event
+    raises :class:`Forbidden`."""
     if not events:
         return Stored(0, 0)
     # One event id twice in one request (a provider's own repeat) counts once.
     unique = list({(e.provider, e.provider_event_id): e for e in events}.values())
-    rows = [to_jsonable(_row(e)) for e in unique]
+    chunks = [unique[i : i + CHUNK] for i in range(0, len(unique), CHUNK)]
+    added = 0
     try:
-        inserted = await db.fetch_all(query("store_feedback_events"), {"rows": Jsonb(rows)})
+        if len(chunks) == 1:
+            params = [v for e in unique for v in _values(e)]
+            added = len(await db.fetch_all(_insert(len(unique)), params))
+        else:
+            async with db.transaction() as tx:
+                for chunk in chunks:
+                    params = [v for e in chunk for v in _values(e)]
+                    added += len(await tx.fetch_all(_insert(len(chunk)), params))
     except IntegrityViolation as exc:
         if exc.constraint_name == REPLAY_INDEX:
             raise Forbidden("this signed token was already used for another event") from None
         raise
-    return Stored(len(inserted), len(events) - len(inserted))
+    return Stored(added, len(events) - added)
 
 
 async def list_events(

@@ -83,8 +83,10 @@ $$;
 -- (applied, invalid and ignored rows leave it).
 CREATE INDEX IF NOT EXISTS idx_email_feedback_events_due
     ON email_feedback_events (next_attempt_at, id) WHERE next_attempt_at IS NOT NULL;
+-- Time windows (rates, retention): rows arrive in received_at order, so a BRIN index serves
+-- them at almost no cost per stored event.
 CREATE INDEX IF NOT EXISTS idx_email_feedback_events_received_at
-    ON email_feedback_events (received_at);
+    ON email_feedback_events USING brin (received_at);
 -- Soft bounces per recipient in a window (the soft-bounce suppression rule).
 CREATE INDEX IF NOT EXISTS idx_email_feedback_events_soft_bounces
     ON email_feedback_events (recipient, received_at) WHERE kind = 'soft_bounce';

@@ -1,22 +1,17 @@
 -- store_feedback_events --
--- Store a request's events verbatim in one statement; a known (provider, event id) is a no-op
+-- Store a request's events verbatim in one statement (VALUES: one feedback_event_row per event); a known (provider, event id) is a no-op
 INSERT INTO email_feedback_events (
     provider, provider_event_id, occurred_at, payload, raw, content_type, verification,
     replay_token, state, kind, provider_kind, recipient, message_id, provider_message_id,
     verp_token, reason, smtp_code, enhanced_status, error, next_attempt_at, processed_at)
-SELECT r.provider, r.provider_event_id, r.occurred_at, r.payload, r.raw, r.content_type,
-       r.verification, r.replay_token, r.state, r.kind, r.provider_kind, r.recipient,
-       r.message_id, r.provider_message_id, r.verp_token, r.reason, r.smtp_code,
-       r.enhanced_status, r.error,
-       CASE WHEN r.state = 'received' THEN now() END,
-       CASE WHEN r.state <> 'received' THEN now() END
-  FROM jsonb_to_recordset(%(rows)s::jsonb) AS r (
-       provider text, provider_event_id text, occurred_at timestamptz, payload jsonb, raw text,
-       content_type text, verification text, replay_token text, state text, kind text,
-       provider_kind text, recipient text, message_id text, provider_message_id text,
-       verp_token text, reason text, smtp_code integer, enhanced_status text, error text)
+VALUES {rows}
 ON CONFLICT (provider, provider_event_id) DO NOTHING
 RETURNING id;
+
+-- feedback_event_row --
+-- One row of store_feedback_events: 19 columns, then whether it is to apply (due now) or done
+(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+ CASE WHEN %s THEN now() END, CASE WHEN %s THEN NULL ELSE now() END)
 
 -- apply_feedback_batch --
 -- Claim a batch of due inbox rows (or only one), match each to our message and apply it: confirmation status (never backwards), suppressions, attempt history, state

@@ -398,3 +398,15 @@ async def test_ses_delivery_then_complaint_matched_by_ses_message_id(
     assert (await confirmation(db, sent["confirmation_id"]))["status"] == "complained"
     assert [r["kind"] for r in await inbox(db)] == ["delivered", "complaint"]
     assert (await suppressions(db))["mo@example.com"]["source"] == "feedback ses"
+
+
+async def test_a_batch_over_one_statement_is_stored_whole_and_once(db: Database) -> None:
+    from mailpipe.feedback.inbox import CHUNK
+
+    events = [
+        {"id": f"big-{i}", "kind": "delivered", "message_id": f"<big-{i}@x>"}
+        for i in range(CHUNK + 10)
+    ]
+    await generic_events(db, *events)
+    await generic_events(db, *events[-20:])  # a retry overlapping the end: no-op
+    assert await db.fetch_value("SELECT count(*) FROM email_feedback_events") == CHUNK + 10

@@ -126,9 +126,12 @@ class SigningCertificates:
         cert = self._memory.get(url)
         if cert is None:
             async with self._lock:
-                cert = self._memory.get(url) or await self._load(url)
-                self._memory[url] = cert
-        self._check(cert)
+                cert = self._memory.get(url)
+                if cert is None:
+                    cert = await self._load(url)
+                    self._check_issuer(cert)  # once: the certificate never changes
+                    self._memory[url] = cert
+        self._check_dates(cert)
         return cert
 
     async def _load(self, url: str) -> x509.Certificate:
@@ -160,18 +163,21 @@ class SigningCertificates:
             ) from None
         return response.content
 
-    def _check(self, cert: x509.Certificate) -> None:
+    def _check_dates(self, cert: x509.Certificate) -> None:
         now = dt.datetime.now(dt.UTC)
         if not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
             raise Forbidden("the SNS signing certificate is expired or not yet valid")
-        if self._ca is not None:
-            try:
-                cert.verify_directly_issued_by(self._ca)
-            except (ValueError, TypeError, InvalidSignature):
-                raise Forbidden(
-                    "the SNS signing certificate was not issued by the CA of "
-                    "MAILPIPE_FEEDBACK_SES_CERT_CA_FILE"
-                ) from None
+
+    def _check_issuer(self, cert: x509.Certificate) -> None:
+        if self._ca is None:
+            return
+        try:
+            cert.verify_directly_issued_by(self._ca)
+        except (ValueError, TypeError, InvalidSignature):
+            raise Forbidden(
+                "the SNS signing certificate was not issued by the CA of "
+                "MAILPIPE_FEEDBACK_SES_CERT_CA_FILE"
+            ) from None
 
 
 class SesProvider:
