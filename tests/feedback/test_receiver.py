@@ -9,11 +9,14 @@ import logging
 import time
 import uuid
 
+import httpx
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 
 from mailpipe.db import Database
 from mailpipe.feedback.providers.generic import sign as generic_sign
-from mailpipe.feedback.providers.ses import SigningCertificates
+from mailpipe.feedback.providers.ses import SigningCertificates, string_to_sign
 from mailpipe.feedback.settings import FeedbackSettings
 from tests.feedback.conftest import (
     GENERIC_SECRET,
@@ -505,3 +508,26 @@ async def test_logs_carry_no_secret_and_no_full_address(
         assert secret not in text
     assert "private.person@example.com" not in text and "john@example.com" not in text
     assert json.dumps(sendgrid_key.public_base64) not in text
+
+
+async def test_ses_subscribe_url_outside_sns_hosts_is_403(
+    receiver: Receiver, db: Database, sns_pki: SnsPki
+) -> None:
+    signed = sns_message("subscribe", sns_pki.key, kind="SubscriptionConfirmation")
+    # Re-signed with the hostile URL: only the host check can refuse it.
+    signed["SubscribeURL"] = "https://evil.example/?Action=ConfirmSubscription"
+    signature = sns_pki.key.sign(string_to_sign(signed), padding.PKCS1v15(), hashes.SHA1())
+    signed["Signature"] = base64.b64encode(signature).decode()
+    response = await receiver.post("/feedback/ses", dumps(signed))
+    assert response.status_code == 403 and "SubscribeURL" in response.json()["error"]
+    assert await inbox(db) == []
+
+
+async def test_health_route(receiver: Receiver) -> None:
+    async with httpx.AsyncClient(base_url=receiver.url) as client:
+        response = await client.get("/feedback/health")
+    assert response.status_code == 200
+    assert response.json() == {
+        "ok": True,
+        "routes": ["generic", "mailgun", "postmark", "resend", "sendgrid", "ses"],
+    }
