@@ -28,6 +28,7 @@ from mailpipe.db import Database
 from mailpipe.feedback.inbox import store_events
 from mailpipe.feedback.providers.base import body_digest, smtp_code_of, text
 from mailpipe.feedback.vocabulary import (
+    FeedbackError,
     FeedbackEvent,
     FeedbackKind,
     FeedbackState,
@@ -298,6 +299,11 @@ async def import_files(
 async def import_maildir(db: Database, path: Path, *, verp_prefix: str = "bounces") -> ImportResult:
     """Store every new message of a Maildir, then move it to ``cur/`` marked seen (a message is
     moved only once stored: a crash re-reads it, and the inbox ignores the repeat)."""
+    if not all((path / sub).is_dir() for sub in ("cur", "new", "tmp")):
+        raise FeedbackError(
+            f"{path} is not a Maildir (it needs cur/, new/ and tmp/): give .eml files or a "
+            "Maildir folder"
+        )
     box = mailbox.Maildir(path, factory=None, create=False)
     result = ImportResult()
     for key in list(box.iterkeys()):

@@ -57,6 +57,7 @@ def test_import_apply_and_list(env_database: str) -> None:
 
 def test_bad_options_say_what_is_wrong(env_database: str) -> None:
     assert "no such file" in fails("feedback", "import", "/nonexistent/bounce.eml")
+    assert "is not a Maildir" in fails("feedback", "import", str(FIXTURES))
     assert "--state 'lost'" in fails("feedback", "list", "--state", "lost")
     assert "--batch-size" in fails("feedback", "apply", "--batch-size", "0")
 
