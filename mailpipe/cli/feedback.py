@@ -27,6 +27,7 @@ def serve_command(
     port: int | None = typer.Option(
         None, "--port", help="Port (default MAILPIPE_FEEDBACK_PORT, 8025)."
     ),
+    workers: int = typer.Option(1, "--workers", help="Processes sharing the port (one core each)."),
 ) -> None:
     """Run the webhook receiver: POST /feedback/{ses,sendgrid,postmark,mailgun,resend,generic}.
 
@@ -36,7 +37,9 @@ def serve_command(
 
     if port is not None and not 0 <= port <= 65535:
         raise BadOption(f"--port {port} is not a TCP port")
-    serve(host, port)
+    if workers < 1:
+        raise BadOption("--workers must be at least 1")
+    serve(host, port, workers=workers)
 
 
 @app.command("import")

@@ -213,19 +213,22 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     *,
-    database_url: str | None = None,
+    workers: int = 1,
     settings: FeedbackSettings | None = None,
 ) -> None:
-    """Run the receiver with uvicorn until interrupted (``mailpipe feedback serve``)."""
+    """Run the receiver with uvicorn until interrupted (``mailpipe feedback serve``); with
+    ``workers`` > 1, that many processes share the port (each its own pool and secrets)."""
     import uvicorn
 
     settings = settings or get_feedback_settings()
     uvicorn.run(
-        create_app(database_url, settings=settings),
+        "mailpipe.feedback.receiver:create_app",
+        factory=True,
         host=host or settings.host,
         port=settings.port if port is None else port,
+        workers=workers,
         log_level="info",
-        # Providers sign bodies, not paths: no proxy headers needed; keep access logs (they
-        # carry method, path and status only).
+        # Providers sign bodies, not client addresses: no proxy headers are trusted. Access
+        # log lines carry method, path and status only.
         proxy_headers=False,
     )

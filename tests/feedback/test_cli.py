@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from mailpipe.feedback.providers.generic import sign
 from mailpipe.testing.smtpd import free_port
@@ -62,12 +63,16 @@ def test_bad_options_say_what_is_wrong(env_database: str) -> None:
     assert "--batch-size" in fails("feedback", "apply", "--batch-size", "0")
 
 
-def test_serve_runs_the_receiver_with_secrets_from_the_environment(env_database: str) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_runs_the_receiver_with_secrets_from_the_environment(
+    env_database: str, workers: int
+) -> None:
     port = free_port()
     secret = "cli-generic-secret-0123456789"
     env = {**os.environ, "MAILPIPE_FEEDBACK_GENERIC_SECRET": secret, "PYTHONUNBUFFERED": "1"}
+    command = ["feedback", "serve", "--port", str(port), "--workers", str(workers)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "mailpipe", "feedback", "serve", "--port", str(port)],
+        [sys.executable, "-m", "mailpipe", *command],
         env=env,
         stderr=subprocess.PIPE,
         text=True,
@@ -75,9 +80,9 @@ def test_serve_runs_the_receiver_with_secrets_from_the_environment(env_database:
     try:
         assert process.stderr is not None
         seen = []
-        for line in process.stderr:  # uvicorn says when it listens
+        for line in process.stderr:  # each worker says when its startup (pool, secrets) is done
             seen.append(line)
-            if "Uvicorn running on" in line:
+            if sum("Application startup complete" in s for s in seen) == workers:
                 break
         else:
             raise AssertionError("".join(seen))
