@@ -6,6 +6,8 @@ Run by hand (not a test):
     uv run python bench/feedback_throughput.py                  # 4,000 requests, 50,000 applied
     uv run python bench/feedback_throughput.py --requests 1000 --apply 10000   # quicker
 
+(0) CPU: each request passed straight to the ASGI app in-process, one at a time, timed in
+    CPU seconds (load on a shared machine does not blur it); baseline: the bare INSERT route.
 (1) Receive: the receiver runs under uvicorn in its own process pinned to one core (the load
     generator, a minimal keep-alive HTTP/1.1 client with pre-signed requests, on the other).
     For Mailgun (HMAC), Resend (Svix HMAC), SES (RSA signature through the certificate cache)
@@ -35,6 +37,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -53,41 +56,42 @@ RESEND_SECRET = "whsec_" + base64.b64encode(b"bench resend secret 0123").decode(
 # ------------------------------------------------------------------ servers (child processes)
 
 
-def serve(kind: str, database_url: str, port: int) -> None:
-    """Child process: one uvicorn worker on core 0 serving the receiver or the baseline."""
-    import uvicorn
+def plain_app(database_url: str) -> Any:
+    """The baseline: the same framework and pool, a bare route doing one plain INSERT."""
+    from contextlib import asynccontextmanager
+
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
+    state: dict[str, Database] = {}
+
+    async def plain(request: Request) -> JSONResponse:
+        body = await request.body()
+        await state["db"].execute(
+            "INSERT INTO bench_plain_inbox (body) VALUES (%s)", (body.decode(),)
+        )
+        return JSONResponse({"stored": 1})
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with Database(database_url) as db:
+            state["db"] = db
+            yield
+
+    return Starlette(routes=[Route("/plain", plain, methods=["POST"])], lifespan=lifespan)
+
+
+def serve(kind: str, database_url: str, port: int) -> None:
+    """Child process: one uvicorn worker on core 0 serving the receiver or the baseline."""
+    import uvicorn
+
     from mailpipe.feedback.receiver import create_app
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {0})
-    if kind == "mailpipe":
-        app = create_app(database_url)
-    else:
-        state: dict[str, Database] = {}
-
-        async def plain(request: Request) -> JSONResponse:
-            body = await request.body()
-            await state["db"].execute(
-                "INSERT INTO bench_plain_inbox (body) VALUES (%s)", (body.decode(),)
-            )
-            return JSONResponse({"stored": 1})
-
-        async def lifespan(app: Starlette) -> AsyncIterator[None]:
-            async with Database(database_url) as db:
-                state["db"] = db
-                yield
-
-        from contextlib import asynccontextmanager
-
-        app = Starlette(
-            routes=[Route("/plain", plain, methods=["POST"])],
-            lifespan=asynccontextmanager(lifespan),
-        )
+    app = create_app(database_url) if kind == "mailpipe" else plain_app(database_url)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="info", access_log=False)
 
 
@@ -322,6 +326,80 @@ def receive_bench(url: str, args: argparse.Namespace, folder: Path) -> None:
             process.wait()
 
 
+async def asgi_post(app: Any, path: str, body: bytes, headers: dict[str, str]) -> int:
+    """One request straight into the ASGI app (no socket, no HTTP parser); its status."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        + [(b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    status: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop() if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+
+    await app(scope, receive, send)
+    return status[0]
+
+
+def cpu_bench(url: str, args: argparse.Namespace, folder: Path) -> None:
+    """CPU time per request of the app itself, requests sent one at a time in-process: the
+    figure the machine's load does not blur (wall-clock rates do, on a shared machine)."""
+    from mailpipe.feedback.receiver import create_app
+    from mailpipe.feedback.settings import FeedbackSettings
+
+    signers = Signers(folder / "cpu")
+    os.environ.update(signers.env)
+    n = args.requests
+
+    async def measure(app: Any, requests: list[tuple[str, bytes, dict[str, str]]]) -> float:
+        async with app.router.lifespan_context(app):
+            for path, body, headers in requests[: max(10, len(requests) // 10)]:
+                await asgi_post(app, path, body, headers)  # warm-up (repeats: no-ops)
+            started = time.process_time()
+            for path, body, headers in requests:
+                status = await asgi_post(app, path, body, headers)
+                assert status == 200, status
+            return time.process_time() - started
+
+    print("\n(0) CPU of the app per request (in-process ASGI, no HTTP parsing; one at a time)")
+    plain = [("/plain", body, {}) for _, body, _ in signers.mailgun(n)]
+    base = asyncio.run(measure(plain_app(url), plain)) / len(plain)
+    print(f"  baseline: bare route, one plain INSERT        {base * 1e3:6.3f} ms/request")
+    cases = [
+        ("mailgun (HMAC)", signers.mailgun(n), 1),
+        ("resend (Svix)", signers.resend(n), 1),
+        ("ses (SNS RSA v2)", signers.ses(n), 1),
+        (
+            f"sendgrid (ECDSA, {args.batch}/request)",
+            signers.sendgrid_batches(max(1, n // args.batch), args.batch),
+            args.batch,
+        ),
+    ]
+    for name, requests, per_request in cases:
+        app = create_app(url, settings=FeedbackSettings())
+        cpu = asyncio.run(measure(app, requests)) / len(requests)
+        print(
+            f"  {name:<34} {cpu * 1e3:6.3f} ms/request  {per_request / cpu:8.0f} verified"
+            f" events per CPU-second  ({cpu / base:.2f}x the baseline's CPU per request)"
+        )
+
+
 # ------------------------------------------------------------------ apply
 
 
@@ -399,6 +477,7 @@ def main() -> None:
         with postgres_server(args.database_url, folder / "pg") as admin:
             url = create_database(admin, "mailpipe_bench_feedback")
             asyncio.run(_plain_table(url))
+            cpu_bench(url, args, folder)
             receive_bench(url, args, folder)
             url = create_database(admin, "mailpipe_bench_feedback_apply")
             asyncio.run(apply_bench(url, args))

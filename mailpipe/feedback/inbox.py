@@ -24,12 +24,8 @@ class Stored:
     duplicates: int
 
 
-#: Rows per INSERT statement (Postgres takes at most 65,535 parameters in one statement).
-CHUNK = 2000
-
-
 def _values(event: FeedbackEvent) -> list[Any]:
-    due = event.state is FeedbackState.RECEIVED
+    """The event's columns in store_feedback_event(s) order, then whether it is due."""
     return [
         event.provider,
         event.provider_event_id,
@@ -50,41 +46,32 @@ def _values(event: FeedbackEvent) -> list[Any]:
         event.smtp_code,
         event.enhanced_status,
         event.error,
-        due,
-        due,
+        event.state is FeedbackState.RECEIVED,
     ]
 
 
-def _insert(count: int) -> str:
-    return query("store_feedback_events").replace(
-        "{rows}", ",\n".join([query("feedback_event_row")] * count)
-    )
-
-
 async def store_events(db: Database, events: Sequence[FeedbackEvent]) -> Stored:
-    """Store events in one INSERT (one per 2,000 events, in one transaction); an event already
-    stored (same provider and event id) is a no-op. A replayed one-time token with a new event
-    raises :class:`Forbidden`."""
+    """Store a request's events in one INSERT; an event already stored (same provider and
+    event id) is a no-op. A replayed one-time token with a new event raises
+    :class:`Forbidden`."""
     if not events:
         return Stored(0, 0)
     # One event id twice in one request (a provider's own repeat) counts once.
     unique = list({(e.provider, e.provider_event_id): e for e in events}.values())
-    chunks = [unique[i : i + CHUNK] for i in range(0, len(unique), CHUNK)]
-    added = 0
     try:
-        if len(chunks) == 1:
-            params = [v for e in unique for v in _values(e)]
-            added = len(await db.fetch_all(_insert(len(unique)), params))
+        if len(unique) == 1:
+            values = _values(unique[0])
+            rows = await db.fetch_all(query("store_feedback_event"), [*values, values[-1]])
         else:
-            async with db.transaction() as tx:
-                for chunk in chunks:
-                    params = [v for e in chunk for v in _values(e)]
-                    added += len(await tx.fetch_all(_insert(len(chunk)), params))
+            # One array per column: the statement stays the same whatever the batch size
+            # (a VALUES list would be a new statement, parsed anew, for every size).
+            columns = [list(c) for c in zip(*(_values(e) for e in unique), strict=True)]
+            rows = await db.fetch_all(query("store_feedback_events"), columns)
     except IntegrityViolation as exc:
         if exc.constraint_name == REPLAY_INDEX:
             raise Forbidden("this signed token was already used for another event") from None
         raise
-    return Stored(added, len(events) - added)
+    return Stored(len(rows), len(events) - len(rows))
 
 
 async def list_events(

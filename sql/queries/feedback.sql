@@ -1,17 +1,34 @@
--- store_feedback_events --
--- Store a request's events verbatim in one statement (VALUES: one feedback_event_row per event); a known (provider, event id) is a no-op
+-- store_feedback_event --
+-- Store one event verbatim (the common webhook); a known (provider, event id) is a no-op
 INSERT INTO email_feedback_events (
     provider, provider_event_id, occurred_at, payload, raw, content_type, verification,
     replay_token, state, kind, provider_kind, recipient, message_id, provider_message_id,
     verp_token, reason, smtp_code, enhanced_status, error, next_attempt_at, processed_at)
-VALUES {rows}
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+        CASE WHEN %s THEN now() END, CASE WHEN %s THEN NULL ELSE now() END)
 ON CONFLICT (provider, provider_event_id) DO NOTHING
 RETURNING id;
 
--- feedback_event_row --
--- One row of store_feedback_events: 19 columns, then whether it is to apply (due now) or done
-(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
- CASE WHEN %s THEN now() END, CASE WHEN %s THEN NULL ELSE now() END)
+-- store_feedback_events --
+-- Store a request's events verbatim in one statement (one array per column); known (provider, event id) pairs are no-ops
+INSERT INTO email_feedback_events (
+    provider, provider_event_id, occurred_at, payload, raw, content_type, verification,
+    replay_token, state, kind, provider_kind, recipient, message_id, provider_message_id,
+    verp_token, reason, smtp_code, enhanced_status, error, next_attempt_at, processed_at)
+SELECT r.provider, r.provider_event_id, r.occurred_at, r.payload, r.raw, r.content_type,
+       r.verification, r.replay_token, r.state, r.kind, r.provider_kind, r.recipient,
+       r.message_id, r.provider_message_id, r.verp_token, r.reason, r.smtp_code,
+       r.enhanced_status, r.error,
+       CASE WHEN r.due THEN now() END, CASE WHEN r.due THEN NULL ELSE now() END
+  FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::jsonb[], %s::text[], %s::text[],
+              %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+              %s::text[], %s::text[], %s::text[], %s::text[], %s::integer[], %s::text[],
+              %s::text[], %s::boolean[])
+       AS r (provider, provider_event_id, occurred_at, payload, raw, content_type,
+             verification, replay_token, state, kind, provider_kind, recipient, message_id,
+             provider_message_id, verp_token, reason, smtp_code, enhanced_status, error, due)
+ON CONFLICT (provider, provider_event_id) DO NOTHING
+RETURNING id;
 
 -- apply_feedback_batch --
 -- Claim a batch of due inbox rows (or only one), match each to our message and apply it: confirmation status (never backwards), suppressions, attempt history, state

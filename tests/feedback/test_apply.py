@@ -400,13 +400,12 @@ async def test_ses_delivery_then_complaint_matched_by_ses_message_id(
     assert (await suppressions(db))["mo@example.com"]["source"] == "feedback ses"
 
 
-async def test_a_batch_over_one_statement_is_stored_whole_and_once(db: Database) -> None:
-    from mailpipe.feedback.inbox import CHUNK
-
+async def test_a_large_batch_is_stored_whole_and_once(db: Database) -> None:
     events = [
-        {"id": f"big-{i}", "kind": "delivered", "message_id": f"<big-{i}@x>"}
-        for i in range(CHUNK + 10)
+        {"id": f"big-{i}", "kind": "delivered", "message_id": f"<big-{i}@x>"} for i in range(5000)
     ]
     await generic_events(db, *events)
-    await generic_events(db, *events[-20:])  # a retry overlapping the end: no-op
-    assert await db.fetch_value("SELECT count(*) FROM email_feedback_events") == CHUNK + 10
+    await generic_events(
+        db, *events[-20:], {"id": "new", "kind": "delivered", "message_id": "<n@x>"}
+    )
+    assert await db.fetch_value("SELECT count(*) FROM email_feedback_events") == 5001
