@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mailpipe.db import Database, Jsonb, Row
+from mailpipe.db import Database, Row
 from mailpipe.errors import IntegrityViolation
-from mailpipe.feedback.vocabulary import FeedbackEvent, FeedbackState, Forbidden
+from mailpipe.feedback.vocabulary import FeedbackEvent, FeedbackState, Forbidden, RawJson
 from mailpipe.queries import query
-from mailpipe.serialization import to_jsonable
+from mailpipe.serialization import dumps
 
 #: The unique index that refuses a Mailgun token used for a second event.
 REPLAY_INDEX = "idx_email_feedback_events_replay_token"
@@ -24,13 +24,20 @@ class Stored:
     duplicates: int
 
 
+def _payload_text(payload: Any) -> str | None:
+    # JSON text either way (Postgres casts it to jsonb): a whole body goes as it came.
+    if payload is None or isinstance(payload, RawJson):
+        return payload
+    return dumps(payload)
+
+
 def _values(event: FeedbackEvent) -> list[Any]:
     """The event's columns in store_feedback_event(s) order, then whether it is due."""
     return [
         event.provider,
         event.provider_event_id,
         event.occurred_at,
-        None if event.payload is None else Jsonb(to_jsonable(event.payload)),
+        _payload_text(event.payload),
         event.raw,
         event.content_type,
         event.verification.value,

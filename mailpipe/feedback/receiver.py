@@ -38,6 +38,7 @@ from mailpipe.feedback.vocabulary import (
     FeedbackEvent,
     FeedbackState,
     InvalidFeedback,
+    RawJson,
     Verification,
 )
 from mailpipe.redaction import redact
@@ -125,6 +126,9 @@ class FeedbackReceiver:
             reason = self._say(str(exc))
             log.warning("%s: %s (%d)", name, reason, exc.status)
             return JSONResponse({"error": reason}, status_code=exc.status)
+        for event in events:
+            if webhook.is_whole_body(event.payload):
+                event.payload = RawJson(webhook.body.decode("utf-8"))
         try:
             stored = await store_events(self._db(), events)
         except FeedbackError as exc:  # a replayed token

@@ -63,6 +63,11 @@ SUPPRESSION_REASON = {
 }
 
 
+class RawJson(str):
+    """A JSON document kept as the provider sent it (the whole request body): stored as is,
+    not parsed and dumped again."""
+
+
 @dataclass
 class FeedbackEvent:
     """One provider event, normalised, ready to be stored verbatim in the inbox."""

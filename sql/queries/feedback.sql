@@ -4,7 +4,7 @@ INSERT INTO email_feedback_events (
     provider, provider_event_id, occurred_at, payload, raw, content_type, verification,
     replay_token, state, kind, provider_kind, recipient, message_id, provider_message_id,
     verp_token, reason, smtp_code, enhanced_status, error, next_attempt_at, processed_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
         CASE WHEN %s THEN now() END, CASE WHEN %s THEN NULL ELSE now() END)
 ON CONFLICT (provider, provider_event_id) DO NOTHING
 RETURNING id;
@@ -15,12 +15,12 @@ INSERT INTO email_feedback_events (
     provider, provider_event_id, occurred_at, payload, raw, content_type, verification,
     replay_token, state, kind, provider_kind, recipient, message_id, provider_message_id,
     verp_token, reason, smtp_code, enhanced_status, error, next_attempt_at, processed_at)
-SELECT r.provider, r.provider_event_id, r.occurred_at, r.payload, r.raw, r.content_type,
+SELECT r.provider, r.provider_event_id, r.occurred_at, r.payload::jsonb, r.raw, r.content_type,
        r.verification, r.replay_token, r.state, r.kind, r.provider_kind, r.recipient,
        r.message_id, r.provider_message_id, r.verp_token, r.reason, r.smtp_code,
        r.enhanced_status, r.error,
        CASE WHEN r.due THEN now() END, CASE WHEN r.due THEN NULL ELSE now() END
-  FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::jsonb[], %s::text[], %s::text[],
+  FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[],
               %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
               %s::text[], %s::text[], %s::text[], %s::text[], %s::integer[], %s::text[],
               %s::text[], %s::boolean[])

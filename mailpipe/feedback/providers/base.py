@@ -21,8 +21,10 @@ from mailpipe.feedback.vocabulary import (
     Verification,
 )
 
+_UNPARSED = object()
 
-@dataclass(frozen=True)
+
+@dataclass
 class WebhookRequest:
     """One HTTP request as the provider sent it: header names lower-cased, the raw body."""
 
@@ -30,10 +32,21 @@ class WebhookRequest:
     body: bytes
     content_type: str | None = None
     received_at: float = field(default_factory=time.time)
+    _json: Any = field(default=_UNPARSED, repr=False)
 
     def header(self, name: str) -> str | None:
         """A header's value (case-insensitive), or None."""
         return self.headers.get(name.lower())
+
+    def json(self) -> Any:
+        """The body as JSON, parsed once (:class:`UnverifiableBody` when malformed)."""
+        if self._json is _UNPARSED:
+            self._json = parse_json(self.body)
+        return self._json
+
+    def is_whole_body(self, value: Any) -> bool:
+        """Whether ``value`` is the parsed body itself (then the body text is stored as is)."""
+        return self._json is not _UNPARSED and value is self._json
 
 
 class Provider(Protocol):

@@ -25,7 +25,6 @@ from mailpipe.feedback.providers.base import (
     check_timestamp,
     from_iso,
     invalid_event,
-    parse_json,
     same_secret,
     smtp_code_of,
     text,
@@ -81,7 +80,7 @@ class GenericProvider:
         """Authenticate, then read the events."""
         verification = self.authenticate(request)
         try:
-            body = parse_json(request.body)
+            body = request.json()
         except InvalidFeedback as exc:
             exc.verification = verification
             raise

@@ -19,7 +19,6 @@ from mailpipe.feedback.providers.base import (
     check_timestamp,
     from_unix,
     invalid_event,
-    parse_json,
     same_secret,
     smtp_code_of,
     text,
@@ -61,7 +60,7 @@ class MailgunProvider:
     async def receive(self, request: WebhookRequest) -> list[FeedbackEvent]:
         """Verify signature, timestamp and token, then normalise the event."""
         key = self.context.secret("mailgun_signing_key", "Mailgun's webhook signing key")
-        body = parse_json(request.body)
+        body = request.json()
         if not isinstance(body, dict) or not isinstance(body.get("signature"), dict):
             raise UnverifiableBody("a Mailgun webhook is a JSON object with a signature object")
         signed = body["signature"]

@@ -16,7 +16,6 @@ from mailpipe.feedback.providers.base import (
     WebhookRequest,
     from_iso,
     invalid_event,
-    parse_json,
     require_json_object,
     same_secret,
     text,
@@ -93,7 +92,7 @@ class PostmarkProvider:
         """Authenticate, then normalise the record."""
         verification = self.authenticate(request)
         try:
-            record = require_json_object(parse_json(request.body), "a Postmark webhook")
+            record = require_json_object(request.json(), "a Postmark webhook")
         except InvalidFeedback as exc:
             exc.verification = verification
             raise

@@ -20,7 +20,6 @@ from mailpipe.feedback.providers.base import (
     check_timestamp,
     from_iso,
     invalid_event,
-    parse_json,
     require_json_object,
     text,
 )
@@ -92,7 +91,7 @@ class ResendProvider:
             "svix-timestamp",
         )
         try:
-            event = require_json_object(parse_json(request.body), "a Resend event")
+            event = require_json_object(request.json(), "a Resend event")
         except InvalidFeedback as exc:
             exc.verification = Verification.SIGNATURE
             raise

@@ -24,7 +24,6 @@ from mailpipe.feedback.providers.base import (
     check_timestamp,
     from_unix,
     invalid_event,
-    parse_json,
     smtp_code_of,
     text,
 )
@@ -111,7 +110,7 @@ class SendGridProvider:
             TIMESTAMP_HEADER,
         )
         try:
-            batch = parse_json(request.body)
+            batch = request.json()
         except InvalidFeedback as exc:
             exc.verification = Verification.SIGNATURE
             raise

@@ -192,7 +192,7 @@ class SesProvider:
 
     async def receive(self, request: WebhookRequest) -> list[FeedbackEvent]:
         """Verify the SNS message, confirm subscriptions, and normalise its SES events."""
-        message = require_json_object(parse_json(request.body), "the SNS message")
+        message = require_json_object(request.json(), "the SNS message")
         kind = message.get("Type")
         if kind not in _SIGNED_FIELDS:
             # Nothing to verify a signature over: an unknown SNS type is unverifiable.
