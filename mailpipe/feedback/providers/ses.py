@@ -288,35 +288,36 @@ def parse_ses_event(
     }
     found: list[tuple[str | None, FeedbackKind | None, dict[str, Any], str]] = []
     if event_type == "Bounce":
-        bounce = ses.get("bounce") or {}
+        bounce = ses.get("bounce") if isinstance(ses.get("bounce"), dict) else {}
         bounce_type = bounce.get("bounceType")
         kind = FeedbackKind.HARD_BOUNCE if bounce_type == "Permanent" else FeedbackKind.SOFT_BOUNCE
-        for r in bounce.get("bouncedRecipients") or []:
+        for r in _objects(bounce.get("bouncedRecipients")):
             found.append((r.get("emailAddress"), kind, r, f"Bounce/{bounce_type}"))
         when = bounce.get("timestamp")
     elif event_type == "Complaint":
-        complaint = ses.get("complaint") or {}
+        complaint = ses.get("complaint") if isinstance(ses.get("complaint"), dict) else {}
         feedback_type = complaint.get("complaintFeedbackType")
         kind = None if feedback_type == "not-spam" else FeedbackKind.COMPLAINT
-        for r in complaint.get("complainedRecipients") or []:
+        for r in _objects(complaint.get("complainedRecipients")):
             found.append((r.get("emailAddress"), kind, r, "Complaint"))
         when = complaint.get("timestamp")
     elif event_type == "Delivery":
-        delivery = ses.get("delivery") or {}
-        for r in delivery.get("recipients") or []:
+        delivery = ses.get("delivery") if isinstance(ses.get("delivery"), dict) else {}
+        for r in _strings(delivery.get("recipients")):
             found.append((r, FeedbackKind.DELIVERED, delivery, "Delivery"))
         when = delivery.get("timestamp")
     elif event_type == "DeliveryDelay":
-        delay = ses.get("deliveryDelay") or {}
-        for r in delay.get("delayedRecipients") or []:
+        delay = ses.get("deliveryDelay") if isinstance(ses.get("deliveryDelay"), dict) else {}
+        for r in _objects(delay.get("delayedRecipients")):
             found.append((r.get("emailAddress"), FeedbackKind.DEFERRED, r, "DeliveryDelay"))
         when = delay.get("timestamp")
     elif event_type == "Reject":
-        for r in mail.get("destination") or []:
-            found.append((r, FeedbackKind.REJECTED, ses.get("reject") or {}, "Reject"))
+        reject = ses.get("reject") if isinstance(ses.get("reject"), dict) else {}
+        for r in _strings(mail.get("destination")):
+            found.append((r, FeedbackKind.REJECTED, reject, "Reject"))
         when = mail.get("timestamp")
     elif event_type in _IGNORED_SES:
-        for r in mail.get("destination") or [None]:
+        for r in _strings(mail.get("destination")) or [None]:
             found.append((r, None, {}, str(event_type)))
         when = mail.get("timestamp")
     else:
@@ -361,6 +362,16 @@ def parse_ses_event(
             )
         )
     return events
+
+
+def _objects(value: Any) -> list[dict[str, Any]]:
+    """The JSON objects of a recipients list (anything else in it is skipped)."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _strings(value: Any) -> list[str]:
+    """The strings of a JSON list (anything else is skipped)."""
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def _header(mail: dict[str, Any], name: str) -> str | None:
