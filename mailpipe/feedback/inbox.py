@@ -31,8 +31,17 @@ def _payload_text(payload: Any) -> str | None:
     return dumps(payload)
 
 
+def _no_nul(value: Any) -> Any:
+    # Postgres text holds no NUL character (a bounce or a malformed body may): an escape.
+    return value.replace("\x00", "\\x00") if isinstance(value, str) else value
+
+
 def _values(event: FeedbackEvent) -> list[Any]:
     """The event's columns in store_feedback_event(s) order, then whether it is due."""
+    return [_no_nul(v) for v in _columns(event)]
+
+
+def _columns(event: FeedbackEvent) -> list[Any]:
     return [
         event.provider,
         event.provider_event_id,

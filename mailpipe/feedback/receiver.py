@@ -126,6 +126,12 @@ class FeedbackReceiver:
             reason = self._say(str(exc))
             log.warning("%s: %s (%d)", name, reason, exc.status)
             return JSONResponse({"error": reason}, status_code=exc.status)
+        if b"\\u0000" in webhook.body and events:
+            # Valid JSON, but jsonb refuses NUL characters: keep it as text for inspection
+            # (storing it as jsonb would fail, and the provider would retry forever).
+            refused = InvalidFeedback("JSON with a \\u0000 escape cannot be stored as jsonb")
+            refused.verification = events[0].verification
+            return await self._invalid(name, webhook, refused)
         for event in events:
             if webhook.is_whole_body(event.payload):
                 event.payload = RawJson(webhook.body.decode("utf-8"))

@@ -531,3 +531,20 @@ async def test_health_route(receiver: Receiver) -> None:
         "ok": True,
         "routes": ["generic", "mailgun", "postmark", "resend", "sendgrid", "ses"],
     }
+
+
+async def test_nul_characters_are_kept_as_text_not_a_retry_loop(
+    receiver: Receiver, db: Database
+) -> None:
+    bearer = {"Authorization": f"Bearer {GENERIC_SECRET}"}
+    escaped = b'{"id": "n1", "kind": "delivered", "message_id": "<n@x>", "reason": "a\\u0000b"}'
+    response = await receiver.post("/feedback/generic", escaped, bearer)
+    assert response.status_code == 400 and "u0000" in response.json()["error"]
+    raw_nul = b'{"id": "n2", "kind": "delivered"\x00}'
+    assert (await receiver.post("/feedback/generic", raw_nul, bearer)).status_code == 400
+    rows = await inbox(db)
+    assert [(r["state"], r["verification"]) for r in rows] == [
+        ("invalid", "shared_secret"),
+        ("invalid", "shared_secret"),
+    ]
+    assert "\\x00" in rows[1]["raw"]
