@@ -409,3 +409,27 @@ async def test_a_large_batch_is_stored_whole_and_once(db: Database) -> None:
         db, *events[-20:], {"id": "new", "kind": "delivered", "message_id": "<n@x>"}
     )
     assert await db.fetch_value("SELECT count(*) FROM email_feedback_events") == 5001
+
+
+async def test_a_dsn_quoting_the_real_sent_message_bounces_and_suppresses(
+    db: Database, smtpd: SMTPTestServer
+) -> None:
+    """Our own message, sent over SMTP, comes back as a Postfix DSN quoting its headers."""
+    await add_provider(db, "primary", smtpd)
+    await add_template(db)
+    await enqueue(db, "nobody@example.net", "welcome", {"name": "Nobody"})
+    assert (await drain_queue(db)).counts["sent"] == 1
+    headers = smtpd.accepted[0].content.split(b"\r\n\r\n", 1)[0].replace(b"\r\n", b"\n")
+    template = (FIXTURES / "postfix-bounce.eml").read_bytes()
+    quoted_at = template.index(b"Content-Type: text/rfc822-headers")
+    start = template.index(b"\n\n", quoted_at) + 2
+    end = template.index(b"\n--3F1B2C0E1A", start)
+    dsn = (template[:start] + headers + b"\n" + template[end:]).replace(
+        b"nosuchuser@example.net", b"nobody@example.net"
+    )
+    await import_messages(db, [dsn])
+    result = await apply_feedback(db)
+    assert (result.applied, result.suppressions, result.attempts) == (1, 1, 1)
+    assert (await suppressions(db))["nobody@example.net"]["source"] == "feedback dsn"
+    await enqueue(db, "nobody@example.net", "welcome", {"name": "Nobody"})
+    assert (await drain_queue(db)).counts["suppressed"] == 1
