@@ -169,7 +169,7 @@ class Signers:
 
         sys.path.insert(0, str(ROOT))
         from mailpipe.feedback.providers.ses import SigningCertificates
-        from tests.feedback.signing import make_sns_pki, pem
+        from mailpipe.testing.feedback import make_sns_pki, pem
 
         self.sendgrid = ec.generate_private_key(ec.SECP256R1())
         der = self.sendgrid.public_key().public_bytes(
@@ -191,7 +191,7 @@ class Signers:
         }
 
     def mailgun(self, n: int) -> list[tuple[str, bytes, dict[str, str]]]:
-        from tests.feedback.signing import mailgun_body
+        from mailpipe.testing.feedback import mailgun_body
 
         out = []
         for i in range(n):
@@ -207,7 +207,7 @@ class Signers:
         return out
 
     def resend(self, n: int) -> list[tuple[str, bytes, dict[str, str]]]:
-        from tests.feedback.signing import svix_headers
+        from mailpipe.testing.feedback import svix_headers
 
         out = []
         for i in range(n):
@@ -222,7 +222,7 @@ class Signers:
         return out
 
     def ses(self, n: int) -> list[tuple[str, bytes, dict[str, str]]]:
-        from tests.feedback.signing import ses_delivery, sns_message
+        from mailpipe.testing.feedback import ses_delivery, sns_message
 
         return [
             (

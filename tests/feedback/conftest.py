@@ -17,7 +17,7 @@ import uvicorn
 from mailpipe.feedback.providers.ses import SigningCertificates
 from mailpipe.feedback.receiver import create_app
 from mailpipe.feedback.settings import FeedbackSecrets, FeedbackSettings
-from tests.feedback.signing import (
+from mailpipe.testing.feedback import (
     CERT_URL,
     TOPIC,
     SendGridKey,

@@ -13,10 +13,10 @@ from mailpipe.feedback.apply import apply_feedback
 from mailpipe.feedback.dsn import import_files, import_messages, verp_return_path
 from mailpipe.feedback.settings import FeedbackSettings
 from mailpipe.queue import enqueue
+from mailpipe.testing.feedback import SendGridKey, SnsPki, ses_complaint, ses_delivery, sns_message
 from mailpipe.testing.smtpd import SMTPTestServer
 from tests.factories import add_provider, add_template
 from tests.feedback.conftest import Receiver
-from tests.feedback.signing import SendGridKey, SnsPki, ses_complaint, ses_delivery, sns_message
 from tests.feedback.support import add_sent_message, dumps, inbox
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -18,6 +18,15 @@ from mailpipe.db import Database
 from mailpipe.feedback.providers.generic import sign as generic_sign
 from mailpipe.feedback.providers.ses import SigningCertificates, string_to_sign
 from mailpipe.feedback.settings import FeedbackSettings
+from mailpipe.testing.feedback import (
+    SendGridKey,
+    SnsPki,
+    mailgun_body,
+    pem,
+    ses_bounce,
+    sns_message,
+    svix_headers,
+)
 from tests.feedback.conftest import (
     GENERIC_SECRET,
     MAILGUN_KEY,
@@ -26,15 +35,6 @@ from tests.feedback.conftest import (
     POSTMARK_USER,
     RESEND_SECRET,
     Receiver,
-)
-from tests.feedback.signing import (
-    SendGridKey,
-    SnsPki,
-    mailgun_body,
-    pem,
-    ses_bounce,
-    sns_message,
-    svix_headers,
 )
 from tests.feedback.support import dumps, inbox
 

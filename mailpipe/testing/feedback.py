@@ -1,4 +1,6 @@
-"""Requests signed the way each provider documents it, with keys the tests generate."""
+"""Provider webhooks signed the way each provider documents it, with keys generated here: for
+the feedback tests and benchmarks (an SNS test CA and its signing certificate, SendGrid ECDSA
+keys, Mailgun, Svix and SES payloads)."""
 
 from __future__ import annotations
 
