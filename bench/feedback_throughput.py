@@ -167,7 +167,6 @@ class Signers:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec
 
-        sys.path.insert(0, str(ROOT))
         from mailpipe.feedback.providers.ses import SigningCertificates
         from mailpipe.testing.feedback import make_sns_pki, pem
 
