@@ -9,7 +9,7 @@ from mailpipe.db import Database, Row
 from mailpipe.errors import MailpipeError
 from mailpipe.queries import query
 
-REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual")
+REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual", "soft_bounce")
 
 
 class InvalidSuppression(MailpipeError):

@@ -11,6 +11,7 @@ from mailpipe.cli import (
     check,
     db,
     demo,
+    feedback,
     health,
     metrics,
     orchestration,
@@ -47,6 +48,7 @@ app.add_typer(providers.app, name="provider")
 app.add_typer(templates.app, name="template")
 app.add_typer(queue.app, name="queue")
 app.add_typer(suppressions.app, name="suppression")
+app.add_typer(feedback.app, name="feedback")
 app.command("run")(run.run_command)
 app.command("enqueue")(run.enqueue_command)
 adoption.register(app, db.app)
