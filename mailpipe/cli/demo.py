@@ -11,6 +11,14 @@ from pathlib import Path
 import typer
 
 from mailpipe.cli.output import command, console, print_table, run
+from mailpipe.cli.run import (
+    FLOWS,
+    console_logs_without_tracebacks,
+    kept_prefect_api,
+    load_flow,
+    prefect_api,
+    run_flow,
+)
 from mailpipe.config import get_settings
 from mailpipe.db import Database, redact_url
 
@@ -46,24 +54,25 @@ def smtp_capture(
 
 
 async def _run_flows() -> dict[str, dict]:
-    """The four flows once each, in the order a day of operation would run them."""
+    """The four flows once each, in the order a day of operation would run them, through the
+    same path as ``mailpipe run`` (Prefect's flow engine, the kept local Prefect server)."""
     import datetime as dt
 
-    from flows.monitor_email_production import monitor_email_production
-    from flows.monitor_smtp_health import monitor_smtp_health
-    from flows.process_email_queue import process_email_queue
-    from flows.snapshot_email_health import snapshot_email_health
-
+    today = dt.datetime.now(dt.UTC).date()
+    steps = [
+        ("process_email_queue", {}, "running process_email_queue"),
+        ("monitor_smtp_health", {}, "running monitor_smtp_health"),
+        ("monitor_email_production", {}, "running monitor_email_production"),
+        (
+            "snapshot_email_health",
+            {"start": today, "end": today},
+            "running snapshot_email_health (today, so the demo's traffic shows)",
+        ),
+    ]
     summaries: dict[str, dict] = {}
-    with console.status("running process_email_queue"):
-        summaries["process_email_queue"] = await process_email_queue()
-    with console.status("running monitor_smtp_health"):
-        summaries["monitor_smtp_health"] = await monitor_smtp_health()
-    with console.status("running monitor_email_production"):
-        summaries["monitor_email_production"] = await monitor_email_production()
-    with console.status("running snapshot_email_health (today, so the demo's traffic shows)"):
-        today = dt.datetime.now(dt.UTC).date()
-        summaries["snapshot_email_health"] = await snapshot_email_health(start=today, end=today)
+    for name, params, label in steps:
+        with console.status(label):
+            summaries[name] = await run_flow(name, params)
     return summaries
 
 
@@ -87,7 +96,6 @@ def demo(
     from mailpipe.capture import CaptureServer
     from mailpipe.demo import seed_demo
 
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     settings = get_settings()
@@ -114,7 +122,11 @@ def demo(
             f"{setup.scheduled_later} scheduled later, {setup.suppressed} to a suppressed "
             f"address, {setup.template_errors} with a missing template variable"
         )
-        summaries = asyncio.run(_run_flows())
+        local_api = kept_prefect_api()  # the kept server boots while the flows are imported
+        for name in FLOWS:
+            load_flow(name)
+        with prefect_api(local_api() if local_api else None), console_logs_without_tracebacks():
+            summaries = asyncio.run(_run_flows())
         summary = summaries["process_email_queue"]
         print_table(
             [

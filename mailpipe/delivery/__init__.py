@@ -19,13 +19,7 @@ Nothing here knows about Prefect. The parts, each readable on its own:
 
 from __future__ import annotations
 
-from mailpipe.delivery.drainer import (
-    Drainer,
-    DrainResult,
-    drain_queue,
-    split_max_events,
-    worker_name,
-)
+from mailpipe.delivery.drainer import Drainer, drain_queue, split_max_events, worker_name
 from mailpipe.delivery.outcomes import OUTCOMES, Outcome, RetryPolicy
 from mailpipe.delivery.preview import (
     PREVIEW_RECIPIENT,
@@ -33,6 +27,7 @@ from mailpipe.delivery.preview import (
     build_event_message,
     preview_message,
 )
+from mailpipe.delivery.result import DrainResult
 from mailpipe.delivery.runs import RunState
 from mailpipe.delivery.tasks import drain_in_processes, drain_run
 

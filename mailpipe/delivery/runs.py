@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mailpipe.delivery.drainer import DrainResult
+    from mailpipe.delivery.result import DrainResult
     from mailpipe.smtp import SMTPError
 
 
@@ -42,7 +42,7 @@ _MAX_TALLIES = 64
 def run_tally(key: str) -> DrainResult:
     """The running total of the delivery run ``key`` (a flow run id): the same object for
     every task attempt of that run, so a retry adds to what the failed attempt recorded."""
-    from mailpipe.delivery.drainer import DrainResult
+    from mailpipe.delivery.result import DrainResult
 
     tally = _TALLIES.get(key)
     if tally is None:

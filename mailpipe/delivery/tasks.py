@@ -12,7 +12,8 @@ import socket
 import uuid
 
 from mailpipe.db import Database, database_url
-from mailpipe.delivery.drainer import DrainResult, combine_results, drain_queue, split_max_events
+from mailpipe.delivery.drainer import drain_queue, split_max_events
+from mailpipe.delivery.result import DrainResult, combine_results
 from mailpipe.delivery.runs import forget_run, run_tally
 from mailpipe.errors import MailpipeError
 
