@@ -17,15 +17,19 @@ import os
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from mailpipe import quality
 from mailpipe.config import Settings
 from mailpipe.db import Database
 from mailpipe.errors import MailpipeError
+from mailpipe.feedback.apply import apply_feedback
+from mailpipe.feedback.dsn import import_files
 from mailpipe.testing.smtpd import free_port
 
 log = logging.getLogger("mailpipe.reliability")
+FEEDBACK_FIXTURES = Path(__file__).resolve().parent.parent / "feedback" / "fixtures"
 
 
 async def run() -> dict[str, Any]:
@@ -42,6 +46,11 @@ async def run() -> dict[str, Any]:
         "snapshot_email_health": await snapshot_email_health(),
     }
     summary["flows_seconds"] = round(time.perf_counter() - started, 1)
+    # A bounce report arrives from the mailbox and is applied, as the feedback loop does.
+    async with Database(min_size=1, max_size=2) as db:
+        imported = await import_files(db, [FEEDBACK_FIXTURES / "postfix-bounce.eml"])
+        applied = await apply_feedback(db)
+    summary["feedback"] = {"imported": imported.added, "applied": applied.as_dict()}
     report = await asyncio.to_thread(quality.run_checks)
     summary["quality"] = {
         "suites": len(report.suites),
