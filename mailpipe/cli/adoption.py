@@ -1,4 +1,5 @@
-"""``mailpipe db preflight`` and ``mailpipe cutover``: adopting the app's existing database."""
+"""``mailpipe db preflight``, ``mailpipe db adopt`` and ``mailpipe cutover``: adopting the app's
+existing database."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import asdict
 import typer
 
 from mailpipe.adoption import SEED_JOBS
+from mailpipe.adoption.adopt import AdoptionResult, adopt
 from mailpipe.adoption.cutover import CutoverReport, DrainState, StepResult
 from mailpipe.adoption.cutover import cutover as run_cutover
 from mailpipe.adoption.cutover import finalize as run_finalize
@@ -20,6 +22,7 @@ from mailpipe.serialization import to_jsonable
 def register(app: typer.Typer, db_app: typer.Typer) -> None:
     """Add the commands to the ``mailpipe`` app and its ``db`` group."""
     db_app.command("preflight")(preflight_command)
+    db_app.command("adopt")(adopt_command)
     app.command("cutover")(cutover_command)
 
 
@@ -169,6 +172,43 @@ def preflight_command(
         _print_report(report)
     if not report.go:
         raise typer.Exit(1)
+
+
+@command
+def adopt_command(
+    lock_timeout: str = typer.Option(
+        "5s",
+        "--lock-timeout",
+        help="How long one statement may wait for a table lock (the app's writes queue behind "
+        "a waiting ALTER). On timeout adoption stops; run it again to go on.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Adopt the app's database: add what mailpipe needs, additively, then apply migrations.
+
+    Only the app's shape (before or after the seed's hardening, see `mailpipe db preflight`)
+    is accepted; anything else is refused with nothing changed. Safe to re-run: an adopted,
+    up-to-date database is left as it is.
+    """
+
+    async def go() -> AdoptionResult:
+        async with Database(min_size=1, max_size=2, application_name="mailpipe-adopt") as db:
+            return await adopt(db, lock_timeout=lock_timeout)
+
+    result = run(go())
+    if as_json:
+        print_json(to_jsonable(asdict(result)))
+        return
+    for name in result.adoption_applied:
+        console.print(f"[green]adopted[/] {name}", highlight=False)
+    for name in result.baselined:
+        console.print(f"[blue]baselined[/] {name} (its effect came with adoption)", highlight=False)
+    for name in result.migrations_applied:
+        console.print(f"[green]applied[/] {name}", highlight=False)
+    if not result.changed:
+        console.print("already adopted and up to date")
+    else:
+        console.print(f"done in {result.seconds:.1f} s: `mailpipe db preflight` should say GO")
 
 
 def _print_step(step: StepResult) -> None:

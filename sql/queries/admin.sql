@@ -164,7 +164,7 @@ SELECT id, status, priority, recipient_email, template_key, retry_count, schedul
  WHERE (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s::text[]))
    AND (%(since_seconds)s::float8 IS NULL
         OR updated_at >= now() - make_interval(secs => %(since_seconds)s::float8))
-   AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+   AND (%(ids)s::text[] IS NULL OR id = ANY(event_ids(%(ids)s::text[])))
    AND (%(template)s::text IS NULL OR template_key = %(template)s::text)
    AND (%(recipient)s::text IS NULL OR lower(recipient_email) = %(recipient)s::text)
  ORDER BY updated_at DESC, id DESC
@@ -172,7 +172,7 @@ SELECT id, status, priority, recipient_email, template_key, retry_count, schedul
 
 -- admin_event_statuses --
 -- The status of each of these events (to explain why one was left alone)
-SELECT id, status FROM communication_events WHERE id = ANY(%s::bigint[]);
+SELECT id, status FROM communication_events WHERE id = ANY(event_ids(%s::text[]));
 
 -- admin_retry_events --
 -- Requeue one batch of matching finished events (row locks; never processing or sent), keeping the Message-ID
@@ -181,7 +181,7 @@ WITH picked AS (
      WHERE status = ANY(%(statuses)s::text[])
        AND status IN ('failed', 'cancelled', 'suppressed')
        AND id > %(after)s
-       AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+       AND (%(ids)s::text[] IS NULL OR id = ANY(event_ids(%(ids)s::text[])))
        AND (%(template)s::text IS NULL OR template_key = %(template)s::text)
        AND (%(since_seconds)s::float8 IS NULL
             OR updated_at >= now() - make_interval(secs => %(since_seconds)s::float8))
@@ -210,7 +210,7 @@ WITH picked AS (
     SELECT id FROM communication_events
      WHERE status = 'queued'
        AND id > %(after)s
-       AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+       AND (%(ids)s::text[] IS NULL OR id = ANY(event_ids(%(ids)s::text[])))
        AND (%(template)s::text IS NULL OR template_key = %(template)s::text)
      ORDER BY id
      LIMIT %(batch)s

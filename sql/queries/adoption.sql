@@ -222,3 +222,7 @@ SELECT count(*) AS rows FROM email_processing_queue WHERE status = 'processing';
 SELECT count(*) AS events FROM communication_events e
  WHERE status = 'processing'
    AND (to_jsonb(e) ->> 'lease_expires_at')::timestamptz > now();
+
+-- adoption_started --
+-- Whether `mailpipe db adopt` has started here (its mapping trigger function exists)
+SELECT to_regprocedure('mailpipe_map_app_event()') IS NOT NULL AS started;
