@@ -102,7 +102,8 @@ def test_app_before_hardening_is_no_go_with_exactly_its_blockers(
         "provider_names": ["backup-smtp", "primary-smtp"],
         "columns": ["password_encrypted"],
     }
-    assert blockers["plaintext_credentials"]["fixed_by"] == "operator"
+    assert blockers["plaintext_credentials"]["fixed_by"] == "mailpipe provider adopt"
+    assert blockers["uuid_ids"]["fixed_by"] == "mailpipe db adopt"
     # Three writers; the order trigger names its template in template_id only.
     writers = {w["function"]: w for w in report["event_writers"]}
     assert set(writers) == {
@@ -173,7 +174,7 @@ def test_app_after_hardening_adds_the_seeds_blockers(
         "smtp_connection_audit",
         "rate_limit_counters",
     }
-    assert not any(s["implemented"] for s in report["steps"])
+    assert all(s["implemented"] for s in report["steps"])
 
 
 def test_unknown_statuses_are_counted(app_before_url: str) -> None:
