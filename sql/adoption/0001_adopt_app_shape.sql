@@ -40,9 +40,9 @@ BEGIN
 END
 $$;
 
--- mailpipe's queries compare and assign status as text (status = ANY($1::text[]),
--- SET status = o.status): let text convert to the enum implicitly. Only turns what was an
--- error into a valid comparison; the app's own statements resolve as before.
+-- mailpipe writes status from text (SET status = o.status, o from unnest(text[])): let text be
+-- assigned to the enum. An assignment cast only: comparisons resolve exactly as before (mailpipe's
+-- own queries compare status::text), so the app's queries and its partial indexes are unaffected.
 DO $$
 DECLARE
     enum_type regtype;
@@ -53,7 +53,7 @@ BEGIN
        AND t.typtype = 'e';
     IF enum_type IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM pg_cast WHERE castsource = 'text'::regtype AND casttarget = enum_type) THEN
-        EXECUTE format('CREATE CAST (text AS %s) WITH INOUT AS IMPLICIT', enum_type);
+        EXECUTE format('CREATE CAST (text AS %s) WITH INOUT AS ASSIGNMENT', enum_type);
     END IF;
 END
 $$;
@@ -302,6 +302,8 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_communication_events_failed_updated_
     ON communication_events (updated_at) WHERE status = 'failed';
 
 -- ---------------------------------------------------------------- smtp_provider_configs
+-- mailpipe's default port for writers that give none (the app always gives one).
+ALTER TABLE smtp_provider_configs ALTER COLUMN port SET DEFAULT 587;
 ALTER TABLE smtp_provider_configs
     ADD COLUMN IF NOT EXISTS provider_name text,
     ADD COLUMN IF NOT EXISTS status text NOT NULL DEFAULT 'active',

@@ -246,7 +246,7 @@ def test_cli_cutover_finalize_rollback(cron_app_url: str, monkeypatch: pytest.Mo
         line = fails("cutover", "--rollback")
         assert "--finalize unscheduled them" in line
         result = invoke("cutover", "--finalize", "--rollback")
-        assert result.exit_code == 2 and "exclude each other" in result.output
+        assert result.exit_code == 1 and "exclude each other" in result.output
     finally:
         get_settings.cache_clear()
 
