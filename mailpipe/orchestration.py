@@ -328,16 +328,9 @@ async def _secret_exists(name: str) -> bool:
 
 
 async def _upsert_secret(name: str, value: str) -> str:
-    from prefect.blocks.system import Secret
+    from mailpipe.runtime import upsert_secret_block  # the one Secret-block writer
 
-    if await _secret_exists(name):
-        current = await Secret.aload(name)
-        if current.get() == value:
-            return "unchanged"
-        await Secret(value=value).asave(name, overwrite=True)
-        return "updated"
-    await Secret(value=value).asave(name)
-    return "created"
+    return await upsert_secret_block(name, value)
 
 
 async def _provider_secret_blocks(settings: Settings) -> list[str]:

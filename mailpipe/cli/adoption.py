@@ -14,7 +14,14 @@ from mailpipe.adoption.cutover import cutover as run_cutover
 from mailpipe.adoption.cutover import finalize as run_finalize
 from mailpipe.adoption.cutover import rollback as run_rollback
 from mailpipe.adoption.preflight import PreflightReport, preflight
+from mailpipe.adoption.secrets import (
+    SecretsResult,
+    adopt_provider_secrets,
+    finalize_provider_secrets,
+)
+from mailpipe.cli import providers as providers_cli
 from mailpipe.cli.output import command, console, print_json, print_table, run
+from mailpipe.cli.values import BadOption
 from mailpipe.db import Database
 from mailpipe.serialization import to_jsonable
 
@@ -23,6 +30,7 @@ def register(app: typer.Typer, db_app: typer.Typer) -> None:
     """Add the commands to the ``mailpipe`` app and its ``db`` group."""
     db_app.command("preflight")(preflight_command)
     db_app.command("adopt")(adopt_command)
+    providers_cli.app.command("adopt")(provider_adopt_command)
     app.command("cutover")(cutover_command)
 
 
@@ -209,6 +217,61 @@ def adopt_command(
         console.print("already adopted and up to date")
     else:
         console.print(f"done in {result.seconds:.1f} s: `mailpipe db preflight` should say GO")
+
+
+@command
+def provider_adopt_command(
+    password_env: list[str] | None = typer.Option(
+        None,
+        "--password-env",
+        help="PROVIDER=VAR: this provider's password is already in env var VAR on the workers "
+        "(checked to match, never printed). Repeatable; other providers go to Secret blocks.",
+    ),
+    block_prefix: str = typer.Option(
+        "smtp-", "--block-prefix", help="Secret blocks are named <prefix><provider>."
+    ),
+    finalize: bool = typer.Option(
+        False,
+        "--finalize",
+        help="After `mailpipe cutover --finalize`: clear password_encrypted and add the "
+        "references-only CHECKs (refused while any plaintext remains).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Move the app's plaintext SMTP passwords out of the database, keeping references.
+
+    Each password goes to a Prefect Secret block (or an env var you name is checked to hold
+    it); credentials then hold {"secret_block": ...} or {"password_env": ...}. The app's
+    password_encrypted stays until --finalize: its edge functions read it while the old
+    pipeline may still run.
+    """
+    mapping: dict[str, str] = {}
+    for item in password_env or []:
+        provider, sep, variable = item.partition("=")
+        if not sep or not provider or not variable:
+            raise BadOption(f"--password-env {item!r}: write PROVIDER=VAR, e.g. primary=SMTP_PASS")
+        mapping[provider] = variable
+
+    async def go() -> SecretsResult:
+        async with Database(min_size=1, max_size=2, application_name="mailpipe-adopt") as db:
+            if finalize:
+                return await finalize_provider_secrets(db)
+            return await adopt_provider_secrets(db, password_env=mapping, block_prefix=block_prefix)
+
+    result = run(go())
+    if as_json:
+        print_json(to_jsonable(asdict(result)))
+        return
+    for moved in result.moved:
+        console.print(f"[green]{moved.provider}[/]: {moved.action}", highlight=False)
+        if moved.note:
+            console.print(f"  [yellow]{moved.note}[/]", highlight=False)
+    for name in result.cleared:
+        console.print(f"[green]{name}[/]: password_encrypted cleared", highlight=False)
+    if result.finalized:
+        console.print("references-only CHECKs in place: no password is stored in the database")
+    elif not result.moved:
+        console.print("no plaintext password left to move")
 
 
 def _print_step(step: StepResult) -> None:

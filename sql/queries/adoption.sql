@@ -226,3 +226,34 @@ SELECT count(*) AS events FROM communication_events e
 -- adoption_started --
 -- Whether `mailpipe db adopt` has started here (its mapping trigger function exists)
 SELECT to_regprocedure('mailpipe_map_app_event()') IS NOT NULL AS started;
+
+-- adoption_provider_plaintext --
+-- Providers whose password is in clear (password_encrypted, or credentials that are not a reference), with the values: read only by `provider adopt`, never printed
+SELECT provider_name AS provider, nullif(password_encrypted, '') AS password_encrypted,
+       CASE WHEN credentials IS NOT NULL
+             AND NOT (jsonb_typeof(credentials) = 'object'
+                      AND credentials - 'secret_block' - 'password_env' = '{}'::jsonb)
+            THEN coalesce(credentials ->> 'password', credentials ->> 'pass') END AS credentials_password,
+       CASE WHEN jsonb_typeof(credentials) = 'object'
+             AND credentials - 'secret_block' - 'password_env' = '{}'::jsonb
+            THEN credentials END AS reference
+  FROM smtp_provider_configs
+ WHERE nullif(password_encrypted, '') IS NOT NULL
+    OR (credentials IS NOT NULL
+        AND NOT (jsonb_typeof(credentials) = 'object'
+                 AND credentials - 'secret_block' - 'password_env' = '{}'::jsonb))
+ ORDER BY provider_name;
+
+-- adoption_set_provider_reference --
+-- Store a provider's credentials reference (the password itself is now in a Secret block or an env var)
+UPDATE smtp_provider_configs SET credentials = %(reference)s, updated_at = now()
+ WHERE provider_name = %(provider)s;
+
+-- adoption_clear_plaintext --
+-- Clear password_encrypted of providers whose credentials are a reference (the end of the runbook)
+UPDATE smtp_provider_configs SET password_encrypted = NULL, updated_at = now()
+ WHERE nullif(password_encrypted, '') IS NOT NULL
+   AND jsonb_typeof(credentials) = 'object'
+   AND credentials - 'secret_block' - 'password_env' = '{}'::jsonb
+   AND credentials <> '{}'::jsonb
+RETURNING provider_name;
