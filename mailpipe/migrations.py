@@ -111,6 +111,7 @@ async def migrate(
     if target is not None and target not in {m.name for m in migrations}:
         raise MigrationError(f"no migration named {target!r}; see `mailpipe db status`")
     done: list[str] = []
+    db.require_session("mailpipe db migrate (its advisory lock)")
     async with db.connection() as conn:
         await conn.execute("SELECT pg_advisory_lock(%s)", (_ADVISORY_LOCK_KEY,))
         try:

@@ -93,6 +93,7 @@ async def adopt(db: Database, *, lock_timeout: str = "5s") -> AdoptionResult:
     nor already adopted, or when preflight finds a blocker only the operator can settle.
     """
     started = time.perf_counter()
+    db.require_session("mailpipe db adopt (its advisory lock and session settings)")
     report = await preflight(db)
     reason = _refusal(report)
     if reason is not None:

@@ -13,10 +13,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from mailpipe.adoption import SEED_JOBS
-from mailpipe.db import Database, Row, Transaction
+from mailpipe.db import Database, Row, Transaction, url_host_port
 from mailpipe.errors import DatabaseError
 from mailpipe.migrations import load_migrations
 from mailpipe.queries import query
@@ -310,19 +309,7 @@ def connection_mode(
 
 
 def _host_port(url: str) -> tuple[str | None, int | None]:
-    """Host and port of a URL or a ``key=value`` conninfo string (5432 when omitted)."""
-    if "://" in url:
-        parts = urlsplit(url)
-        # libpq lets ?host=...&port=... override (or give) the authority part.
-        params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        try:
-            port = int(params["port"]) if "port" in params else parts.port
-        except ValueError:
-            port = None
-        return params.get("host", parts.hostname), port or 5432
-    settings = dict(re.findall(r"(\w+)\s*=\s*'?([^'\s]*)'?", url))
-    port_text = settings.get("port", "5432")
-    return settings.get("host"), int(port_text) if port_text.isdigit() else None
+    return url_host_port(url)
 
 
 async def preflight(db: Database) -> PreflightReport:

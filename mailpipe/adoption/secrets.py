@@ -139,6 +139,7 @@ def secrets_files(folder: Path | None = None) -> list[Migration]:
 async def finalize_provider_secrets(db: Database, *, lock_timeout: str = "5s") -> SecretsResult:
     """Clear ``password_encrypted`` where a reference exists, then add the references-only
     CHECKs (refused, nothing changed, while any provider still holds plaintext)."""
+    db.require_session("mailpipe provider adopt --finalize (its advisory lock)")
     result = SecretsResult()
     unmoved = [
         r["provider"]
