@@ -19,6 +19,7 @@ from mailpipe.delivery import drain_queue
 from mailpipe.providers import add_provider
 from mailpipe.templates import save_template
 from mailpipe.testing.smtpd import SMTPTestServer
+from tests.cli_support import fails, invoke, ok
 
 APP_TABLES = (
     "communication_events",
@@ -236,3 +237,32 @@ async def test_a_concurrent_writer_is_not_blocked_beyond_lock_timeout(app_before
     # Each insert (an order trigger's event goes through the outbox too) waited at most one
     # lock_timeout behind an ALTER, plus scheduling slack on a shared machine.
     assert max(waits) < lock_timeout + 1.0, max(waits)
+
+
+def test_cli_adopt_then_ids_of_the_databases_type(
+    app_after_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailpipe.config import get_settings
+
+    monkeypatch.setenv("DATABASE_URL", app_after_url)
+    get_settings.cache_clear()
+    try:
+        first = invoke("db", "adopt")
+        assert first.exit_code == 0, first.output
+        assert "adopted adoption/0001_adopt_app_shape" in first.output
+        assert "baselined 0003_add_delivery_engine" in first.output
+        assert "already adopted and up to date" in ok("db", "adopt").stdout
+
+        # --id takes what the database has: uuids here; a number says what is expected.
+        line = fails("queue", "cancel", "--id", "12")
+        assert "event ids are UUIDs in this database" in line
+        with psycopg.connect(app_after_url) as conn:
+            row = conn.execute(
+                "SELECT id FROM communication_events WHERE status = 'queued' LIMIT 1"
+            ).fetchone()
+        assert row is not None
+        cancelled = ok("queue", "cancel", "--id", str(row[0]))
+        assert f"cancelled 1 event(s): {row[0]}" in cancelled.stdout
+        assert "write PROVIDER=VAR" in fails("provider", "adopt", "--password-env", "x")
+    finally:
+        get_settings.cache_clear()
