@@ -39,6 +39,14 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
+# The app's outbox (docs/adopting-facts.md): adopted with `mailpipe db adopt`, never migrated.
+_APP_SHAPED = """
+SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                WHERE table_schema = current_schema() AND table_name = 'communication_events'
+                  AND column_name = 'template_id')
+"""
+
+
 @dataclass(frozen=True)
 class Migration:
     """One migration file."""
@@ -115,6 +123,13 @@ async def migrate(
     async with db.connection() as conn:
         await conn.execute("SELECT pg_advisory_lock(%s)", (_ADVISORY_LOCK_KEY,))
         try:
+            if await conn.fetch_value(_APP_SHAPED) and not await _adopted(conn):
+                # 0001's CREATE TABLE IF NOT EXISTS would skip the app's tables and 0002 fail.
+                raise MigrationError(
+                    "this is the app's database (communication_events has template_id), not "
+                    "one mailpipe created: run `mailpipe db adopt` (see `mailpipe db preflight`); "
+                    "nothing was changed"
+                )
             await conn.execute(_CREATE_TABLE)
             rows = await conn.fetch_all("SELECT name, checksum FROM schema_migrations")
             applied = {r["name"]: r["checksum"] for r in rows}
@@ -242,6 +257,18 @@ def split_statements(sql: str) -> list[str]:
 
 
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
+
+
+async def _adopted(conn: Transaction) -> bool:
+    """Whether `mailpipe db adopt` baselined this database (0003 recorded)."""
+    if not await conn.fetch_value("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+        return False
+    return bool(
+        await conn.fetch_value(
+            "SELECT EXISTS (SELECT 1 FROM schema_migrations"
+            " WHERE name = '0003_add_delivery_engine')"
+        )
+    )
 
 
 def _check_unchanged(migration: Migration, recorded_checksum: str) -> None:

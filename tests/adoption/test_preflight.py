@@ -335,8 +335,7 @@ def test_partly_hardened_table_is_unknown(app_before_url: str) -> None:
 def test_an_earlier_mailpipe_migrate_on_the_app_is_reported(
     app_before_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # What issue 16 saw: `mailpipe db migrate` on the app's database records 0001 (its CREATE
-    # TABLE IF NOT EXISTS skipped the app's tables) and fails at 0002.
+    # `mailpipe db migrate` now refuses the app's database, changing nothing.
     monkeypatch.setenv("DATABASE_URL", app_before_url)
     get_settings.cache_clear()
     try:
@@ -344,7 +343,18 @@ def test_an_earlier_mailpipe_migrate_on_the_app_is_reported(
     finally:
         get_settings.cache_clear()
     assert migrate.exit_code == 1, migrate.output
-    assert "0002_harden_smtp" in migrate.output
+    assert "run `mailpipe db adopt`" in migrate.output and "nothing was changed" in migrate.output
+    # What issue 16 saw with an older mailpipe: 0001 recorded (its CREATE TABLE IF NOT EXISTS
+    # skipped the app's tables), then a failure at 0002.
+    admin_execute(
+        app_before_url,
+        [
+            "CREATE TABLE schema_migrations (name text PRIMARY KEY, checksum text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now(), duration_ms integer NOT NULL)",
+            "INSERT INTO schema_migrations (name, checksum, duration_ms)"
+            " VALUES ('0001_create_base_tables', 'old', 1)",
+        ],
+    )
 
     report = _json_report(app_before_url, monkeypatch, code=1)
     assert report["shape"] == "app_before_hardening"
