@@ -24,7 +24,7 @@ from mailpipe.migrations import (
     migrate,
     run_statements,
 )
-from mailpipe.queries import sql_dir
+from mailpipe.queries import query, sql_dir
 
 __all__ = [
     "ADOPTION_PREFIX",
@@ -131,6 +131,7 @@ async def adopt(db: Database, *, lock_timeout: str = "5s") -> AdoptionResult:
             await conn.execute("RESET lock_timeout")
             await conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
     result.migrations_applied = await migrate(db)
+    await db.execute(query("adoption_fix_search_paths"))
     result.seconds = time.perf_counter() - started
     return result
 

@@ -257,3 +257,22 @@ UPDATE smtp_provider_configs SET password_encrypted = NULL, updated_at = now()
    AND credentials - 'secret_block' - 'password_env' = '{}'::jsonb
    AND credentials <> '{}'::jsonb
 RETURNING provider_name;
+
+-- adoption_fix_search_paths --
+-- Give mailpipe's functions a fixed search_path (Supabase's function_search_path_mutable lint); event_priority/event_ids keep none so the planner inlines them
+DO $$
+DECLARE
+    fn regprocedure;
+BEGIN
+    FOR fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+         WHERE p.pronamespace = current_schema()::regnamespace
+           AND p.proconfig IS NULL
+           AND p.oid::regprocedure::text IN (
+               'is_valid_recipient_email(text)', 'quality_worker_is_alive(integer)',
+               'app_priority(integer)', 'new_message_id()', 'reserve_send_quota(text,text,text[],integer[],integer)')
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, public, pg_temp', fn);
+    END LOOP;
+END
+$$;

@@ -103,6 +103,24 @@ async def test_adoption_keeps_every_row_and_reruns_as_a_no_op(app_url: str) -> N
                     continue
                 assert new[column] == value, (table, row_id, column)
 
+    # Supabase's lint: every function mailpipe added has a fixed search_path, except the two
+    # the planner must inline (a SET clause stops inlining).
+    with psycopg.connect(app_url) as conn:
+        mutable = conn.execute(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p"
+            " WHERE p.pronamespace = 'public'::regnamespace AND p.proconfig IS NULL"
+            " AND p.proname IN ('is_valid_recipient_email', 'quality_worker_is_alive',"
+            " 'app_priority', 'new_message_id', 'reserve_send_quota', 'mailpipe_map_app_event',"
+            " 'mailpipe_sync_provider_name', 'mailpipe_fill_audit', 'mailpipe_fill_confirmation',"
+            " 'enforce_communication_event_validity', 'event_priority', 'event_ids')"
+            " ORDER BY 1"
+        ).fetchall()
+    assert [r[0] for r in mutable] == [
+        "event_ids(text[])",
+        "event_priority(integer)",
+        "event_priority(text)",
+    ]
+
     shape = fingerprint(app_url)
     second = await _adopt(app_url)
     assert not second.changed and second.shape == DatabaseShape.ADOPTED
