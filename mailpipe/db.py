@@ -11,7 +11,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -94,12 +94,27 @@ def database_url(settings: Settings | None = None) -> str:
     return ensure_embedded_postgres(settings.pgdata)
 
 
-def sqlalchemy_url(url: str) -> str:
-    """The same URL for SQLAlchemy with the psycopg 3 dialect (used by Great Expectations)."""
+CHECKS_SEARCH_PATH = 'mailpipe_checks, "$user", public'
+"""The data-quality suites' search_path: on an adopted app database the schema mailpipe_checks
+holds views that read the app's columns as mailpipe's (``mailpipe db adopt``); elsewhere it does
+not exist and the usual path applies."""
+
+
+def sqlalchemy_url(url: str, *, search_path: str | None = None) -> str:
+    """The same URL for SQLAlchemy with the psycopg 3 dialect (used by Great Expectations);
+    ``search_path`` is set for its sessions when given (libpq ``options``)."""
     scheme, _, rest = url.partition("://")
     if scheme not in ("postgres", "postgresql", "postgresql+psycopg"):
         raise DatabaseError(f"not a Postgres URL: {redact_url(url)}")
-    return f"postgresql+psycopg://{rest}"
+    converted = f"postgresql+psycopg://{rest}"
+    if search_path is None:
+        return converted
+    parts = urlsplit(converted)
+    params = parse_qs(parts.query, keep_blank_values=True)
+    option = "-c search_path=" + search_path.replace(" ", "")  # no space inside one option
+    params["options"] = [" ".join(filter(None, [*params.get("options", []), option]))]
+    query_text = "&".join(f"{k}={quote(v, safe='')}" for k, vs in params.items() for v in vs)
+    return urlunsplit(parts._replace(query=query_text))
 
 
 @contextlib.contextmanager

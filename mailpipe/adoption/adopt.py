@@ -132,6 +132,7 @@ async def adopt(db: Database, *, lock_timeout: str = "5s") -> AdoptionResult:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
     result.migrations_applied = await migrate(db)
     await db.execute(query("adoption_fix_search_paths"))
+    await db.execute(query("adoption_checks_view"))
     result.seconds = time.perf_counter() - started
     return result
 

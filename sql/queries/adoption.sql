@@ -276,3 +276,33 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- adoption_checks_view --
+-- The data-quality suites' view of the app's outbox (schema mailpipe_checks, first on the suites' search_path): status as text, priority as mailpipe's order, the app's history read through its own columns; rebuilt after every adopt (new columns)
+DO $$
+DECLARE
+    cols text;
+BEGIN
+    CREATE SCHEMA IF NOT EXISTS mailpipe_checks;
+    REVOKE ALL ON SCHEMA mailpipe_checks FROM PUBLIC;
+    SELECT string_agg(
+               CASE column_name
+                   WHEN 'status' THEN 't.status::text AS status'
+                   WHEN 'priority' THEN 'event_priority(t.priority) AS priority'
+                   -- the app's rows from before adoption: due when created, their provider and
+                   -- error in the app's columns
+                   WHEN 'scheduled_at' THEN 'coalesce(t.scheduled_at, t.created_at) AS scheduled_at'
+                   WHEN 'provider_name' THEN 'coalesce(t.provider_name, t.email_provider) AS provider_name'
+                   WHEN 'last_error' THEN 'coalesce(t.last_error, t.error_message) AS last_error'
+                   ELSE 't.' || quote_ident(column_name)
+               END, ', ' ORDER BY ordinal_position) INTO cols
+      FROM information_schema.columns
+     WHERE table_schema = 'public' AND table_name = 'communication_events';
+    EXECUTE 'DROP VIEW IF EXISTS mailpipe_checks.communication_events';
+    -- security_invoker: the reader's privileges and RLS apply, as on the table.
+    EXECUTE format('CREATE VIEW mailpipe_checks.communication_events WITH (security_invoker = true) '
+                   'AS SELECT %s FROM public.communication_events AS t', cols);
+    COMMENT ON VIEW mailpipe_checks.communication_events IS
+        'communication_events as mailpipe''s data-quality suites read it on an adopted app database (status as text, priority 0-9): rebuilt by mailpipe db adopt.';
+END
+$$;

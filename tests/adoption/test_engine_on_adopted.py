@@ -29,6 +29,7 @@ from tests.test_delivery import (  # noqa: F401
     test_priority_order_then_schedule,
     test_sends_and_confirms,
 )
+from tests.test_quality import test_seeded_database_passes_every_suite  # noqa: F401
 from tests.test_snapshots import test_busy_day_exact_numbers, traffic  # noqa: F401
 
 ADOPTED_TEMPLATE = "adopt_adopted_template"
