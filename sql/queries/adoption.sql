@@ -298,9 +298,10 @@ BEGIN
                END, ', ' ORDER BY ordinal_position) INTO cols
       FROM information_schema.columns
      WHERE table_schema = 'public' AND table_name = 'communication_events';
-    EXECUTE 'DROP VIEW IF EXISTS mailpipe_checks.communication_events';
-    -- security_invoker: the reader's privileges and RLS apply, as on the table.
-    EXECUTE format('CREATE VIEW mailpipe_checks.communication_events WITH (security_invoker = true) '
+    -- security_invoker: the reader's privileges and RLS apply, as on the table. OR REPLACE:
+    -- columns a later migration adds come last, as they do in the table.
+    EXECUTE format('CREATE OR REPLACE VIEW mailpipe_checks.communication_events '
+                   'WITH (security_invoker = true) '
                    'AS SELECT %s FROM public.communication_events AS t', cols);
     COMMENT ON VIEW mailpipe_checks.communication_events IS
         'communication_events as mailpipe''s data-quality suites read it on an adopted app database (status as text, priority 0-9): rebuilt by mailpipe db adopt.';
