@@ -784,8 +784,9 @@ def _judge_app(report: PreflightReport) -> None:
                 "unknown_statuses",
                 f"statuses in use that mailpipe does not know: {counted}",
                 "map each to one of mailpipe's statuses (" + ", ".join(STATUSES) + ") or settle "
-                "those rows before adopting",
-                ADOPT,
+                "those rows before adopting: `mailpipe db adopt` refuses while they remain "
+                "(mailpipe would neither send nor report them)",
+                OPERATOR,
             )
         )
     if report.priority_type == "text":

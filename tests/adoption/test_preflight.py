@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 from click.testing import Result
 
+from mailpipe.adoption.adopt import AdoptionRefused
 from mailpipe.adoption.preflight import ConnectionMode, PreflightReport, connection_mode, preflight
 from mailpipe.config import get_settings
 from mailpipe.db import Database, admin_execute
 from mailpipe.errors import DatabaseError
 from mailpipe.queries import query
 from tests.adoption.conftest import SEED_JOBS
+from tests.adoption.test_adopt import _adopt, fingerprint
 from tests.cli_support import invoke
 
 # The fixture's secrets: none may ever appear in preflight's output.
@@ -190,6 +192,11 @@ def test_unknown_statuses_are_counted(app_before_url: str) -> None:
     assert report.unknown_statuses == {"delivered": 2}
     blocker = next(b for b in report.blockers if b.code == "unknown_statuses")
     assert "delivered (2)" in blocker.message
+    # Adoption will not take rows it could neither send nor report: refused, nothing changed.
+    shape = fingerprint(app_before_url)
+    with pytest.raises(AdoptionRefused, match="unknown_statuses"):
+        asyncio.run(_adopt(app_before_url))
+    assert fingerprint(app_before_url) == shape
 
 
 def test_unknown_shape_is_no_go_and_changes_nothing(
