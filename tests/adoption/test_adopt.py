@@ -16,6 +16,7 @@ from mailpipe.adoption.adopt import AdoptionRefused, adopt
 from mailpipe.adoption.preflight import DatabaseShape, preflight
 from mailpipe.db import Database
 from mailpipe.delivery import drain_queue
+from mailpipe.errors import MigrationError
 from mailpipe.providers import add_provider
 from mailpipe.templates import save_template
 from mailpipe.testing.smtpd import SMTPTestServer
@@ -284,3 +285,26 @@ def test_cli_adopt_then_ids_of_the_databases_type(
         assert "write PROVIDER=VAR" in fails("provider", "adopt", "--password-env", "x")
     finally:
         get_settings.cache_clear()
+
+
+async def test_a_lock_timeout_stops_adoption_and_a_rerun_finishes_it(app_before_url: str) -> None:
+    # A long transaction of the app's reads the providers: adoption's ALTER on that table must
+    # give up after lock_timeout instead of queueing the app's writes behind it.
+    holder = psycopg.connect(app_before_url)
+    holder.execute("LOCK TABLE smtp_provider_configs IN ACCESS SHARE MODE")
+    try:
+        with pytest.raises(MigrationError, match="lock timeout.*run again"):
+            await _adopt(app_before_url, lock_timeout="200ms")
+        async with Database(app_before_url, min_size=1, max_size=1) as db:
+            midway = await preflight(db)
+            replica = await db.fetch_value("SHOW session_replication_role")
+        assert midway.shape == DatabaseShape.ADOPTING
+        assert "adoption_incomplete" in [f.code for f in midway.findings]
+        assert replica == "origin"
+    finally:
+        holder.rollback()
+        holder.close()
+    result = await _adopt(app_before_url)
+    assert result.adoption_applied == ["adoption/0001_adopt_app_shape"]
+    async with Database(app_before_url, min_size=1, max_size=1) as db:
+        assert (await preflight(db)).shape == DatabaseShape.ADOPTED
