@@ -28,7 +28,7 @@ class InvalidEvent(MailpipeError):
 class Enqueued:
     """The event an enqueue created, or found by its idempotency key."""
 
-    id: int
+    id: EventId
     message_id: str
     status: str
     created: bool

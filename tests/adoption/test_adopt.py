@@ -18,6 +18,7 @@ from mailpipe.db import Database
 from mailpipe.delivery import drain_queue
 from mailpipe.errors import MigrationError
 from mailpipe.providers import add_provider
+from mailpipe.queue import cancel_events, enqueue, retry_events
 from mailpipe.templates import save_template
 from mailpipe.testing.smtpd import SMTPTestServer
 from tests.cli_support import fails, invoke, ok
@@ -308,3 +309,29 @@ async def test_a_lock_timeout_stops_adoption_and_a_rerun_finishes_it(app_before_
     assert result.adoption_applied == ["adoption/0001_adopt_app_shape"]
     async with Database(app_before_url, min_size=1, max_size=1) as db:
         assert (await preflight(db)).shape == DatabaseShape.ADOPTED
+
+
+async def test_the_apps_triggers_fire_on_what_mailpipe_writes(app_url: str) -> None:
+    await _adopt(app_url)
+    async with Database(app_url, min_size=1, max_size=2) as db:
+        await save_template(db, "receipt", subject="Receipt", text_body="Paid {{ amount }}.\n")
+        queued = await enqueue(db, "payer@example.com", "receipt", {"amount": "3"}, priority=1)
+        row = await db.fetch_one(
+            "SELECT status, priority, updated_at FROM communication_events WHERE id = %s",
+            (queued.id,),
+        )
+        # mailpipe's 1 is the app's 'urgent'; the app's queue trigger saw a queued event.
+        assert row is not None and (row["status"], row["priority"]) == ("queued", "urgent")
+        app_queue = "SELECT priority FROM email_processing_queue WHERE event_id = %s"
+        assert [r["priority"] for r in await db.fetch_all(app_queue, (queued.id,))] == ["high"]
+
+        await cancel_events(db, ids=[queued.id])
+        await retry_events(db, statuses=["cancelled"], ids=[queued.id])
+        after = await db.fetch_one(
+            "SELECT status, updated_at FROM communication_events WHERE id = %s", (queued.id,)
+        )
+        # The app's updated_at trigger ran on mailpipe's updates; its queue trigger queued the
+        # retried event again, as it does for the app's own requeues.
+        assert after is not None and after["status"] == "queued"
+        assert after["updated_at"] > row["updated_at"]
+        assert len(await db.fetch_all(app_queue, (queued.id,))) == 2
