@@ -134,6 +134,11 @@ async def typed_event_ids(db: Database, texts: Sequence[str] | None) -> list[Eve
     return [parse_event_id(text, id_type) for text in texts]
 
 
+async def typed_event_id(db: Database, text: str) -> EventId:
+    """One event id typed by a person, as the database's id type (see :func:`typed_event_ids`)."""
+    return parse_event_id(text, await db.fetch_value(query("admin_event_id_type")))
+
+
 async def rescue_expired_leases(db: Database) -> list[EventId]:
     """Requeue events whose worker stopped before finishing them (lease expired)."""
     return [r["id"] for r in await db.fetch_all(query("rescue_expired_leases"))]

@@ -88,9 +88,9 @@ SELECT p.provider_name, coalesce(sent.n, 0)::int AS sent, coalesce(failed.n, 0):
 
 -- admin_preview_event --
 -- What a template preview of an existing event needs
-SELECT id, recipient_email, template_key, payload, message_id
+SELECT id, recipient_email, template_key, coalesce(payload, '{}'::jsonb) AS payload, message_id
   FROM communication_events
- WHERE id = %s;
+ WHERE id = (event_ids(ARRAY[%s::text]))[1];
 
 -- admin_message_id_domain --
 -- The domain new_message_id() puts in Message-IDs (for a preview's placeholder Message-ID)

@@ -284,6 +284,20 @@ def test_cli_adopt_then_ids_of_the_databases_type(
         cancelled = ok("queue", "cancel", "--id", str(row[0]))
         assert f"cancelled 1 event(s): {row[0]}" in cancelled.stdout
         assert "write PROVIDER=VAR" in fails("provider", "adopt", "--password-env", "x")
+
+        # A template preview of one of the app's events, by its uuid, with the app's variables.
+        with psycopg.connect(app_after_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO email_templates (template_key, subject, text_body, from_address)"
+                " VALUES ('welcome_customer', 'Hi', 'Hello {{ customerName }}.',"
+                " 'shop@example.com')"
+            )
+            welcome = conn.execute(
+                "SELECT id FROM communication_events WHERE template_key = 'welcome_customer'"
+            ).fetchone()
+        assert welcome is not None
+        preview = ok("template", "render", "welcome_customer", "--event", str(welcome[0]))
+        assert "Hello Barbara." in preview.stdout
     finally:
         get_settings.cache_clear()
 
