@@ -272,6 +272,9 @@ def test_cli_adopt_then_ids_of_the_databases_type(
         assert "adopted adoption/0001_adopt_app_shape" in first.output
         assert "baselined 0003_add_delivery_engine" in first.output
         assert "already adopted and up to date" in ok("db", "adopt").stdout
+        status = ok("db", "status", "--json").stdout
+        assert '"pending"' not in status and '"edited"' not in status
+        ok("db", "verify")  # the seed's verification queries hold on the adopted shape
 
         # --id takes what the database has: uuids here; a number says what is expected.
         line = fails("queue", "cancel", "--id", "12")
