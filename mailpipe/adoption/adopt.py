@@ -33,6 +33,7 @@ __all__ = [
     "AdoptionResult",
     "adopt",
     "adoption_files",
+    "rollback_adoption",
 ]
 
 ADOPTION_PREFIX = "adoption/"
@@ -135,6 +136,38 @@ async def adopt(db: Database, *, lock_timeout: str = "5s") -> AdoptionResult:
     await db.execute(query("adoption_checks_view"))
     result.seconds = time.perf_counter() - started
     return result
+
+
+async def rollback_adoption(db: Database, *, lock_timeout: str = "5s") -> None:
+    """Take back what ``adopt`` added (``sql/adoption/rollback/``), in one transaction.
+
+    Refused while mailpipe's workers hold events (stop its deployments, then `mailpipe cutover
+    --rollback` first). The enum values and the two roles stay (see the file).
+    """
+    db.require_session("mailpipe db adopt --rollback (its advisory lock)")
+    held = await db.fetch_value(
+        "SELECT count(*) FROM communication_events WHERE status = 'processing'"
+        " AND locked_by IS NOT NULL AND lease_expires_at > now()"
+    )
+    if held:
+        raise AdoptionRefused(
+            f"rollback refused, nothing changed: mailpipe's workers hold {held} events under a "
+            "live lease; stop mailpipe's deployments, then `mailpipe cutover --rollback`"
+        )
+    [step] = load_migrations(sql_dir() / "adoption" / "rollback")
+    async with db.connection() as conn:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+        try:
+            await conn.execute("BEGIN")
+            try:
+                await conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
+                await conn.execute(step.sql)
+                await conn.execute("COMMIT")
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
 
 
 async def _prepare_migrations_table(conn: Transaction) -> None:

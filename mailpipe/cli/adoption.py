@@ -8,7 +8,7 @@ from dataclasses import asdict
 import typer
 
 from mailpipe.adoption import SEED_JOBS
-from mailpipe.adoption.adopt import AdoptionResult, adopt
+from mailpipe.adoption.adopt import AdoptionResult, adopt, rollback_adoption
 from mailpipe.adoption.cutover import CutoverReport, DrainState, StepResult
 from mailpipe.adoption.cutover import cutover as run_cutover
 from mailpipe.adoption.cutover import finalize as run_finalize
@@ -190,6 +190,11 @@ def adopt_command(
         help="How long one statement may wait for a table lock (the app's writes queue behind "
         "a waiting ALTER). On timeout adoption stops; run it again to go on.",
     ),
+    rollback: bool = typer.Option(
+        False,
+        "--rollback",
+        help="Take back what adoption added (after stopping mailpipe and `cutover --rollback`).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Adopt the app's database: add what mailpipe needs, additively, then apply migrations.
@@ -198,6 +203,16 @@ def adopt_command(
     is accepted; anything else is refused with nothing changed. Safe to re-run: an adopted,
     up-to-date database is left as it is.
     """
+
+    if rollback:
+
+        async def back() -> None:
+            async with Database(min_size=1, max_size=2, application_name="mailpipe-adopt") as db:
+                await rollback_adoption(db, lock_timeout=lock_timeout)
+
+        run(back())
+        console.print("adoption rolled back: the app's schema is as it was before `db adopt`")
+        return
 
     async def go() -> AdoptionResult:
         async with Database(min_size=1, max_size=2, application_name="mailpipe-adopt") as db:

@@ -11,6 +11,62 @@
 -- app's triggers off for this session only (session_replication_role). Every statement is
 -- idempotent, so a run stopped at any point (lock timeout, crash) is finished by running again.
 
+-- ---------------------------------------------------------------- what was there before
+-- The first run records the app's schema as it was (columns with their types and defaults,
+-- constraints, indexes, triggers and functions with their definitions, tables, casts,
+-- policies): `mailpipe db adopt --rollback` takes back exactly what adoption added. Out of
+-- Supabase's Data API (own schema, no grant).
+CREATE SCHEMA IF NOT EXISTS mailpipe_adoption;
+REVOKE ALL ON SCHEMA mailpipe_adoption FROM PUBLIC;
+CREATE TABLE IF NOT EXISTS mailpipe_adoption.before (
+    kind       text NOT NULL,
+    name       text NOT NULL,
+    definition text,
+    PRIMARY KEY (kind, name)
+);
+COMMENT ON TABLE mailpipe_adoption.before IS
+    'The app''s schema before mailpipe db adopt (recorded once): what mailpipe db adopt --rollback keeps.';
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM mailpipe_adoption.before) THEN
+        RETURN;  -- a re-run: the first run's record stands
+    END IF;
+    INSERT INTO mailpipe_adoption.before (kind, name, definition)
+    -- ::text: a first branch of type name would cut every later name to 63 bytes
+    SELECT 'table'::text, c.relname::text, NULL::text FROM pg_class c
+     WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v')
+    UNION ALL
+    SELECT 'column', table_name || '.' || column_name, data_type
+      FROM information_schema.columns WHERE table_schema = 'public'
+    UNION ALL
+    SELECT 'default', table_name || '.' || column_name, column_default
+      FROM information_schema.columns WHERE table_schema = 'public' AND column_default IS NOT NULL
+    UNION ALL
+    SELECT 'constraint', conrelid::regclass::text || '.' || conname, pg_get_constraintdef(oid)
+      FROM pg_constraint WHERE connamespace = 'public'::regnamespace AND conrelid <> 0
+    UNION ALL
+    SELECT 'index', c.relname, pg_get_indexdef(c.oid) FROM pg_class c
+     WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'i'
+    UNION ALL
+    SELECT 'trigger', tgrelid::regclass::text || '.' || tgname, pg_get_triggerdef(oid)
+      FROM pg_trigger WHERE NOT tgisinternal
+       AND tgrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'public'::regnamespace)
+    UNION ALL
+    SELECT 'function', p.oid::regprocedure::text, pg_get_functiondef(p.oid) FROM pg_proc p
+     WHERE p.pronamespace = 'public'::regnamespace AND p.prokind = 'f'
+    UNION ALL
+    SELECT 'cast', castsource::regtype || '->' || casttarget::regtype, NULL FROM pg_cast
+     WHERE casttarget IN (SELECT oid FROM pg_type WHERE typnamespace = 'public'::regnamespace)
+    UNION ALL
+    SELECT 'policy', tablename || '.' || policyname, NULL FROM pg_policies
+     WHERE schemaname = 'public';
+    -- schema_migrations is mailpipe's (the runner creates it first): never the app's.
+    DELETE FROM mailpipe_adoption.before
+     WHERE name = 'schema_migrations' OR name LIKE 'schema\_migrations%';
+END
+$$;
+
 -- ---------------------------------------------------------------- roles
 DO $$
 BEGIN

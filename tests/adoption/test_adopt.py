@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from mailpipe.adoption.adopt import AdoptionRefused, adopt
+from mailpipe.adoption.adopt import AdoptionRefused, adopt, rollback_adoption
 from mailpipe.adoption.preflight import DatabaseShape, preflight
 from mailpipe.db import Database
 from mailpipe.delivery import drain_queue
@@ -352,3 +352,28 @@ async def test_the_apps_triggers_fire_on_what_mailpipe_writes(app_url: str) -> N
         assert after is not None and after["status"] == "queued"
         assert after["updated_at"] > row["updated_at"]
         assert len(await db.fetch_all(app_queue, (queued.id,))) == 2
+
+
+async def test_rollback_takes_back_what_adoption_added(app_url: str) -> None:
+    shape, rows = fingerprint(app_url), table_rows(app_url)
+    await _adopt(app_url)
+    async with Database(app_url, min_size=1, max_size=2) as db:
+        await rollback_adoption(db)
+    # Postgres cannot remove enum values: cancelled and suppressed stay (harmless to the app).
+    added_enum = {
+        ("enum", "communication_event_status.cancelled"),
+        ("enum", "communication_event_status.suppressed"),
+    }
+    assert set(fingerprint(app_url)) - set(shape) == added_enum
+    assert set(shape) - set(fingerprint(app_url)) == set()
+    after = table_rows(app_url)
+    for table, old_rows in rows.items():
+        assert set(after[table]) == set(old_rows), table
+        for row_id, old in old_rows.items():
+            for column, value in old.items():
+                if table == "communication_events" and column in FILLED_ON_WAITING:
+                    assert value is None or after[table][row_id][column] == value
+                else:
+                    assert after[table][row_id][column] == value, (table, column)
+    # And adopting again works from there.
+    assert (await _adopt(app_url)).adoption_applied
