@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import threading
 import time
 from typing import Any
@@ -301,6 +302,10 @@ def test_cli_adopt_then_ids_of_the_databases_type(
         assert welcome is not None
         preview = ok("template", "render", "welcome_customer", "--event", str(welcome[0]))
         assert "Hello Barbara." in preview.stdout
+
+        assert "adoption rolled back" in ok("db", "adopt", "--rollback").stdout
+        shape = json.loads(invoke("db", "preflight", "--json").stdout)["shape"]
+        assert shape == "app_after_hardening"
     finally:
         get_settings.cache_clear()
 
