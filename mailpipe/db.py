@@ -8,9 +8,10 @@ exceptions so that no other module needs to know which driver is underneath. One
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -24,7 +25,58 @@ from mailpipe.redaction import redact_url
 
 Row = dict[str, Any]
 
-__all__ = ["Database", "Jsonb", "Listener", "Row", "Transaction", "database_url", "redact_url"]
+__all__ = [
+    "TRANSACTION_POOLER_PORT",
+    "Database",
+    "Jsonb",
+    "Listener",
+    "Row",
+    "SessionRequired",
+    "Transaction",
+    "database_url",
+    "redact_url",
+    "url_host_port",
+]
+
+TRANSACTION_POOLER_PORT = 6543
+"""Supabase's transaction pooler (Supavisor in transaction mode): one backend per transaction."""
+
+
+class SessionRequired(DatabaseError):
+    """An operation that needs one database session was asked for through a transaction
+    pooler (which hands each transaction to any backend)."""
+
+
+def url_host_port(url: str) -> tuple[str | None, int | None]:
+    """Host and port of a URL or a ``key=value`` conninfo string (5432 when omitted)."""
+    if "://" in url:
+        parts = urlsplit(url)
+        # libpq lets ?host=...&port=... override (or give) the authority part.
+        params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        try:
+            port = int(params["port"]) if "port" in params else parts.port
+        except ValueError:
+            port = None
+        return params.get("host", parts.hostname), port or 5432
+    settings = dict(re.findall(r"(\w+)\s*=\s*'?([^'\s]*)'?", url))
+    port_text = settings.get("port", "5432")
+    return settings.get("host"), int(port_text) if port_text.isdigit() else None
+
+
+def require_session(url: str, what: str) -> None:
+    """Raise :class:`SessionRequired` when ``url`` goes through a transaction pooler."""
+    if through_transaction_pooler(url):
+        raise SessionRequired(
+            f"{what} needs one database session for its whole length (LISTEN or an advisory "
+            f"lock), which a transaction pooler (port {TRANSACTION_POOLER_PORT}) cannot keep: "
+            "point DATABASE_URL at the session pooler (port 5432 on the pooler host) or at the "
+            "direct connection for this command"
+        )
+
+
+def through_transaction_pooler(url: str) -> bool:
+    """Whether ``url`` goes through Supabase's transaction pooler (port 6543)."""
+    return url_host_port(url)[1] == TRANSACTION_POOLER_PORT
 
 
 def database_url(settings: Settings | None = None) -> str:
@@ -42,12 +94,27 @@ def database_url(settings: Settings | None = None) -> str:
     return ensure_embedded_postgres(settings.pgdata)
 
 
-def sqlalchemy_url(url: str) -> str:
-    """The same URL for SQLAlchemy with the psycopg 3 dialect (used by Great Expectations)."""
+CHECKS_SEARCH_PATH = 'mailpipe_checks, "$user", public'
+"""The data-quality suites' search_path: on an adopted app database the schema mailpipe_checks
+holds views that read the app's columns as mailpipe's (``mailpipe db adopt``); elsewhere it does
+not exist and the usual path applies."""
+
+
+def sqlalchemy_url(url: str, *, search_path: str | None = None) -> str:
+    """The same URL for SQLAlchemy with the psycopg 3 dialect (used by Great Expectations);
+    ``search_path`` is set for its sessions when given (libpq ``options``)."""
     scheme, _, rest = url.partition("://")
     if scheme not in ("postgres", "postgresql", "postgresql+psycopg"):
         raise DatabaseError(f"not a Postgres URL: {redact_url(url)}")
-    return f"postgresql+psycopg://{rest}"
+    converted = f"postgresql+psycopg://{rest}"
+    if search_path is None:
+        return converted
+    parts = urlsplit(converted)
+    params = parse_qs(parts.query, keep_blank_values=True)
+    option = "-c search_path=" + search_path.replace(" ", "")  # no space inside one option
+    params["options"] = [" ".join(filter(None, [*params.get("options", []), option]))]
+    query_text = "&".join(f"{k}={quote(v, safe='')}" for k, vs in params.items() for v in vs)
+    return urlunsplit(parts._replace(query=query_text))
 
 
 @contextlib.contextmanager
@@ -184,6 +251,12 @@ class Database:
         settings = settings or get_settings()
         self.url = url or database_url(settings)
         self._timeout = settings.connect_timeout
+        # A transaction pooler may run each statement on another backend, where a statement
+        # prepared on the first does not exist: no server-side prepared statements then.
+        self.transaction_pooler = through_transaction_pooler(self.url)
+        self._connect_kwargs: dict[str, Any] = (
+            {"prepare_threshold": None} if self.transaction_pooler else {}
+        )
         self._pool = AsyncConnectionPool(
             self.url,
             min_size=min_size or settings.pool_min_size,
@@ -193,11 +266,17 @@ class Database:
                 "row_factory": dict_row,
                 "application_name": application_name,
                 "connect_timeout": int(settings.connect_timeout),
+                **self._connect_kwargs,
             },
             timeout=settings.connect_timeout,
             open=False,
             name="mailpipe",
         )
+
+    def require_session(self, what: str) -> None:
+        """Raise :class:`SessionRequired` when connected through a transaction pooler: ``what``
+        (LISTEN, an advisory lock) needs one session for its whole length."""
+        require_session(self.url, what)
 
     async def open(self) -> Database:
         """Open the pool and check one connection works (clear error when it does not)."""
@@ -234,7 +313,8 @@ class Database:
         self, *channels: str, application_name: str | None = None
     ) -> AsyncIterator[Listener]:
         """A dedicated autocommit session listening on ``channels`` (identifiers from our
-        code), closed on exit."""
+        code), closed on exit. Refused through a transaction pooler (:meth:`require_session`)."""
+        self.require_session("LISTEN " + ", ".join(channels) if channels else "a dedicated session")
         with _translated_errors(self.url):
             conn = await psycopg.AsyncConnection.connect(
                 self.url,
@@ -242,6 +322,7 @@ class Database:
                 row_factory=dict_row,
                 application_name=application_name or "mailpipe",
                 connect_timeout=int(self._timeout),
+                **self._connect_kwargs,
             )
         try:
             for channel in channels:

@@ -98,7 +98,9 @@ async def post_run_check(
         "since": since,
         "flow_run_id": str(flow_run_id) if flow_run_id else None,
     }
-    if await workers_alive(db):
+    # Waiting for a worker's answer LISTENs, which a transaction pooler cannot carry: through
+    # one, the flow run checks in its own process instead.
+    if not db.transaction_pooler and await workers_alive(db):
         report = await _ask_worker(db, params, settings)
     else:
         checked_by = process_name("inline")

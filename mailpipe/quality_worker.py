@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from mailpipe.config import Settings, get_settings
-from mailpipe.db import Database
+from mailpipe.db import Database, require_session
 from mailpipe.errors import DatabaseUnavailable
 from mailpipe.identity import process_name
 from mailpipe.quality import QualityReport, check_after_run, prepare
@@ -49,6 +49,8 @@ async def run_worker(
         from mailpipe.db import database_url as resolve_url
 
         database_url = resolve_url(settings)
+    # Before loading Great Expectations (seconds): the worker LISTENs and holds a session lock.
+    require_session(database_url, "mailpipe check worker (LISTEN and its liveness lock)")
     seconds = await asyncio.to_thread(prepare, database_url, settings)
     log.info("Great Expectations loaded in %.1f s", seconds)
     # Kept across reconnections: checks answered, and whether the last attempt got connected

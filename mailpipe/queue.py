@@ -13,6 +13,7 @@ from mailpipe.errors import MailpipeError
 from mailpipe.messages import InvalidMessage, check_header, sender_address, validate_recipient
 from mailpipe.queries import query
 from mailpipe.templates import TemplateCache, TemplateProblem
+from mailpipe.values import EventId, parse_event_id
 
 STATUSES = ("queued", "processing", "sent", "failed", "cancelled", "suppressed")
 FINAL_STATUSES = ("sent", "failed", "cancelled", "suppressed")
@@ -27,7 +28,7 @@ class InvalidEvent(MailpipeError):
 class Enqueued:
     """The event an enqueue created, or found by its idempotency key."""
 
-    id: int
+    id: EventId
     message_id: str
     status: str
     created: bool
@@ -124,7 +125,21 @@ async def check_renders(db: Database, template: str, data: dict[str, Any]) -> No
         raise InvalidEvent(str(exc)) from None
 
 
-async def rescue_expired_leases(db: Database) -> list[int]:
+async def typed_event_ids(db: Database, texts: Sequence[str] | None) -> list[EventId] | None:
+    """Event ids typed by a person (``--id``), as the database's id type (whole numbers or
+    UUIDs); :class:`~mailpipe.errors.ConfigError` names an id of the wrong form."""
+    if not texts:
+        return None
+    id_type = await db.fetch_value(query("admin_event_id_type"))
+    return [parse_event_id(text, id_type) for text in texts]
+
+
+async def typed_event_id(db: Database, text: str) -> EventId:
+    """One event id typed by a person, as the database's id type (see :func:`typed_event_ids`)."""
+    return parse_event_id(text, await db.fetch_value(query("admin_event_id_type")))
+
+
+async def rescue_expired_leases(db: Database) -> list[EventId]:
     """Requeue events whose worker stopped before finishing them (lease expired)."""
     return [r["id"] for r in await db.fetch_all(query("rescue_expired_leases"))]
 
@@ -176,9 +191,9 @@ class QueueStatus:
 class AdminResult:
     """What a retry or cancel changed, and what it left alone and why."""
 
-    changed: list[int]  # ids now queued (retry) or cancelled
-    refused: dict[int, str]  # asked-for id -> why it was not changed
-    revalidated: list[int]  # retried, but failed again by the validation trigger
+    changed: list[EventId]  # ids now queued (retry) or cancelled
+    refused: dict[EventId, str]  # asked-for id -> why it was not changed
+    revalidated: list[EventId]  # retried, but failed again by the validation trigger
 
 
 async def queue_status(db: Database) -> QueueStatus:
@@ -212,7 +227,7 @@ async def list_events(
     *,
     statuses: Sequence[str] | None = None,
     since: dt.timedelta | None = None,
-    ids: Sequence[int] | None = None,
+    ids: Sequence[EventId] | None = None,
     template: str | None = None,
     recipient: str | None = None,
     limit: int = 100,
@@ -241,7 +256,7 @@ async def retry_events(
     db: Database,
     *,
     statuses: Sequence[str] = ("failed",),
-    ids: Sequence[int] | None = None,
+    ids: Sequence[EventId] | None = None,
     since: dt.timedelta | None = None,
     template: str | None = None,
     reset_retry_count: bool = True,
@@ -279,7 +294,7 @@ async def retry_events(
 async def cancel_events(
     db: Database,
     *,
-    ids: Sequence[int] | None = None,
+    ids: Sequence[EventId] | None = None,
     template: str | None = None,
     batch_size: int = ADMIN_BATCH_SIZE,
 ) -> AdminResult:
@@ -302,11 +317,11 @@ async def cancel_events(
 
 async def _batched_update(
     db: Database, name: str, params: dict[str, Any], batch_size: int
-) -> tuple[list[int], list[int]]:
+) -> tuple[list[EventId], list[EventId]]:
     """Run a keyset-batched admin update until no row is left; (changed, failed again)."""
-    changed: list[int] = []
-    failed_again: list[int] = []
-    after = 0
+    changed: list[EventId] = []
+    failed_again: list[EventId] = []
+    after: str | None = None  # the last id of the previous batch, as text (any id type)
     while True:
         # Each batch is its own short transaction: row locks are held only that long.
         rows = await db.fetch_all(query(name), {**params, "after": after, "batch": batch_size})
@@ -314,12 +329,16 @@ async def _batched_update(
             return changed, failed_again
         for row in rows:
             (changed if row["status"] != "failed" else failed_again).append(row["id"])
-        after = max(r["id"] for r in rows)
+        after = str(max(r["id"] for r in rows))
 
 
 async def _refused(
-    db: Database, ids: Sequence[int] | None, done: list[int], verb: str, wanted: Sequence[str]
-) -> dict[int, str]:
+    db: Database,
+    ids: Sequence[EventId] | None,
+    done: list[EventId],
+    verb: str,
+    wanted: Sequence[str],
+) -> dict[EventId, str]:
     """Why each explicitly asked-for id was left alone."""
     missing = sorted(set(ids or ()) - set(done))
     if not missing:

@@ -61,6 +61,26 @@ async def aread_secret_block(name: str, *, purpose: str) -> str:
     return str(value)
 
 
+async def upsert_secret_block(name: str, value: str) -> str:
+    """Create or update a Prefect Secret block; returns ``created``, ``updated`` or
+    ``unchanged``. The one writer of Secret blocks (setup and `provider adopt` use it)."""
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            await client.read_block_document_by_name(name, block_type_slug="secret")
+        except ObjectNotFound:
+            await Secret(value=value).asave(name)
+            return "created"
+    current = await Secret.aload(name)
+    if current.get() == value:
+        return "unchanged"
+    await Secret(value=value).asave(name, overwrite=True)
+    return "updated"
+
+
 # --- events -----------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import uuid
 from typing import Any
 
 from mailpipe.errors import ConfigError
@@ -35,3 +36,26 @@ def parse_duration(text: str | None, what: str = "duration") -> dt.timedelta:
 def is_int(value: Any) -> bool:
     """Whether ``value`` is a whole number (``True`` is an ``int`` in Python, not here)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+EventId = int | uuid.UUID
+"""A communication_events id: bigint on mailpipe's own databases, uuid on the adopted app's."""
+
+
+def parse_event_id(text: str, id_type: str) -> EventId:
+    """An event id typed on the command line, as the database's id type (``bigint``,
+    ``integer`` or ``uuid``); :class:`ConfigError` says what was expected otherwise."""
+    text = text.strip()
+    if id_type in ("bigint", "integer", "smallint"):
+        if re.fullmatch(r"\d+", text):
+            return int(text)
+        raise ConfigError(f"--id {text!r}: event ids are whole numbers in this database")
+    if id_type == "uuid":
+        try:
+            return uuid.UUID(text)
+        except ValueError:
+            raise ConfigError(
+                f"--id {text!r}: event ids are UUIDs in this database "
+                "(e.g. 6f1c7c3e-2b47-4a51-9b3e-2c1d0e8f9a10)"
+            ) from None
+    raise ConfigError(f"communication_events.id is {id_type}: mailpipe reads bigint or uuid ids")

@@ -60,9 +60,9 @@ async def add_event(
         "INSERT INTO communication_events (event_type, recipient_email, template_key, status,"
         " provider_name, created_at, scheduled_at, sent_at, updated_at, error_class,"
         " lease_expires_at)"
-        " VALUES ('welcome', %(recipient)s, 'welcome', %(status)s, %(provider)s, %(created)s,"
-        " %(created)s, %(sent)s, %(updated)s, %(error_class)s,"
-        " CASE WHEN %(status)s = 'processing' THEN now() END)"
+        " VALUES ('welcome', %(recipient)s, 'welcome', %(status)s::text, %(provider)s,"
+        " %(created)s, %(created)s, %(sent)s, %(updated)s, %(error_class)s,"
+        " CASE WHEN %(status)s::text = 'processing' THEN now() END)"
         " RETURNING id, message_id, status, error_class",
         {
             "recipient": recipient,

@@ -13,10 +13,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from mailpipe.adoption import SEED_JOBS
-from mailpipe.db import Database, Row, Transaction
+from mailpipe.db import Database, Row, Transaction, url_host_port
 from mailpipe.errors import DatabaseError
 from mailpipe.migrations import load_migrations
 from mailpipe.queries import query
@@ -53,7 +52,10 @@ SUPABASE_ROLES = ("anon", "authenticated", "service_role")
 # Columns whose values are secrets when found in clear in smtp_provider_configs.
 _SECRET_COLUMN = re.compile(r"(password|secret|api_key|token)", re.IGNORECASE)
 
-NOT_IMPLEMENTED = "adoption migrations (issue 16, not yet implemented)"
+ADOPT = "mailpipe db adopt"
+PROVIDER_ADOPT = "mailpipe provider adopt"
+# How adoption files are named in schema_migrations (mailpipe.adoption.adopt).
+ADOPTION_PREFIX = "adoption/"
 OPERATOR = "operator"
 
 
@@ -74,6 +76,8 @@ class DatabaseShape(StrEnum):
     MAILPIPE = "mailpipe"
     APP_BEFORE_HARDENING = "app_before_hardening"
     APP_AFTER_HARDENING = "app_after_hardening"
+    ADOPTING = "adopting"
+    ADOPTED = "adopted"
     UNKNOWN = "unknown"
 
 
@@ -155,7 +159,7 @@ class Step:
     action: str
     lock: str
     rewrites: str
-    implemented: bool = False
+    implemented: bool = True
 
 
 @dataclass
@@ -212,6 +216,13 @@ class PreflightReport:
         data = asdict(self)
         data["go"] = self.go
         return data
+
+
+_APP_SHAPES = (
+    DatabaseShape.APP_BEFORE_HARDENING,
+    DatabaseShape.APP_AFTER_HARDENING,
+    DatabaseShape.ADOPTING,
+)
 
 
 def _table_shape(name: str, columns: dict[str, str]) -> tuple[Shape, str | None]:
@@ -298,19 +309,7 @@ def connection_mode(
 
 
 def _host_port(url: str) -> tuple[str | None, int | None]:
-    """Host and port of a URL or a ``key=value`` conninfo string (5432 when omitted)."""
-    if "://" in url:
-        parts = urlsplit(url)
-        # libpq lets ?host=...&port=... override (or give) the authority part.
-        params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        try:
-            port = int(params["port"]) if "port" in params else parts.port
-        except ValueError:
-            port = None
-        return params.get("host", parts.hostname), port or 5432
-    settings = dict(re.findall(r"(\w+)\s*=\s*'?([^'\s]*)'?", url))
-    port_text = settings.get("port", "5432")
-    return settings.get("host"), int(port_text) if port_text.isdigit() else None
+    return url_host_port(url)
 
 
 async def preflight(db: Database) -> PreflightReport:
@@ -396,6 +395,17 @@ async def _inspect(tx: Transaction, connection: dict[str, Any]) -> PreflightRepo
 
     has_migrations = await _present(tx, "schema_migrations")
     shape, unknown_reason = _database_shape(tables, has_migrations)
+    applied: list[str] = []
+    if has_migrations:
+        applied = [r["name"] for r in await tx.fetch_all(query("adoption_applied_migrations"))]
+    if any(name.startswith(ADOPTION_PREFIX) for name in applied):
+        shape, unknown_reason = DatabaseShape.ADOPTED, None
+    elif tables["communication_events"].shape == Shape.APP and await tx.fetch_value(
+        query("adoption_started")
+    ):
+        # A `mailpipe db adopt` stopped midway (lock timeout, crash): the tables are part the
+        # app's, part mailpipe's. Re-running it finishes the job.
+        shape, unknown_reason = DatabaseShape.ADOPTING, None
     report = PreflightReport(
         shape=shape,
         connection=connection,
@@ -403,11 +413,8 @@ async def _inspect(tx: Transaction, connection: dict[str, Any]) -> PreflightRepo
     )
     if unknown_reason:
         report.findings.append(Finding("table_shapes", unknown_reason))
-    if has_migrations:
-        report.applied_migrations = [
-            r["name"] for r in await tx.fetch_all(query("adoption_applied_migrations"))
-        ]
-    if shape in (DatabaseShape.FRESH, DatabaseShape.MAILPIPE):
+    report.applied_migrations = applied
+    if shape in (DatabaseShape.FRESH, DatabaseShape.MAILPIPE, DatabaseShape.ADOPTED):
         known = [m.name for m in load_migrations()]
         report.pending_migrations = [n for n in known if n not in report.applied_migrations]
 
@@ -425,7 +432,7 @@ async def _inspect(tx: Transaction, connection: dict[str, Any]) -> PreflightRepo
             report.status_values = [r["value"] for r in labels]
 
     report.priority_type = events.get("priority")
-    if report.shape in (DatabaseShape.APP_BEFORE_HARDENING, DatabaseShape.APP_AFTER_HARDENING):
+    if report.shape in _APP_SHAPES:
         row = await tx.fetch_one(query("adoption_events_without_template_key"))
         assert row is not None  # an aggregate without GROUP BY returns one row
         report.template_keys = dict(row)
@@ -522,12 +529,12 @@ def _steps(
                 "*", "mailpipe db migrate creates every table", "none (new tables)", "nothing", True
             )
         ]
-    if report.shape == DatabaseShape.MAILPIPE:
+    if report.shape in (DatabaseShape.MAILPIPE, DatabaseShape.ADOPTED):
         return [
             Step("*", f"mailpipe db migrate applies {name}", "per migration", "see the file", True)
             for name in report.pending_migrations
         ]
-    if report.shape not in (DatabaseShape.APP_BEFORE_HARDENING, DatabaseShape.APP_AFTER_HARDENING):
+    if report.shape not in _APP_SHAPES:
         return []
     brief = "ACCESS EXCLUSIVE, brief (catalog only; under lock_timeout)"
     scan = "SHARE UPDATE EXCLUSIVE (reads and writes go on)"
@@ -569,7 +576,8 @@ def _steps(
         ),
         Step(
             "smtp_provider_configs",
-            "add mailpipe's provider columns, then the references-only CHECK NOT VALID + VALIDATE",
+            "add mailpipe's provider columns (db adopt); the references-only CHECKs NOT VALID + "
+            "VALIDATE come with `mailpipe provider adopt --finalize`",
             brief,
             "no rows",
         ),
@@ -611,7 +619,8 @@ def _steps(
                 )
                 for table in TABLES
                 for column, data_type in columns[table].items()
-                if data_type == "timestamp without time zone"
+                # The audit is big and mailpipe never reads its updated_at: left as it is.
+                if data_type == "timestamp without time zone" and table != "smtp_connection_audit"
             ),
         ]
     else:
@@ -667,9 +676,13 @@ def _judge(report: PreflightReport) -> None:
             )
         return
 
-    if report.shape == DatabaseShape.MAILPIPE:
+    if report.shape in (DatabaseShape.MAILPIPE, DatabaseShape.ADOPTED):
         known = {m.name for m in load_migrations()}
-        unknown = [n for n in report.applied_migrations if n not in known]
+        unknown = [
+            n
+            for n in report.applied_migrations
+            if n not in known and not n.startswith(ADOPTION_PREFIX)
+        ]
         if unknown:
             add(
                 Blocker(
@@ -688,6 +701,8 @@ def _judge(report: PreflightReport) -> None:
                     "run `mailpipe db migrate`",
                 )
             )
+        if report.shape == DatabaseShape.ADOPTED:
+            _judge_adopted(report)
         return
     if report.shape == DatabaseShape.FRESH:
         note(Finding("fresh", "no mailpipe table yet: `mailpipe db migrate` creates them"))
@@ -696,14 +711,39 @@ def _judge(report: PreflightReport) -> None:
     _judge_app(report)
 
 
+def _judge_adopted(report: PreflightReport) -> None:
+    """An adopted database: only what is left of the runbook (secrets, cron) is reported."""
+    secrets = report.plaintext_secrets
+    if secrets.get("providers"):
+        report.blockers.append(
+            Blocker(
+                "plaintext_credentials",
+                f"{secrets['providers']} providers hold credentials in clear "
+                f"({', '.join(secrets['provider_names'])}; "
+                f"columns {', '.join(secrets['columns'])})",
+                "move each into a Prefect Secret block or an env var and store only the reference "
+                "(`mailpipe provider adopt`)",
+                PROVIDER_ADOPT,
+            )
+        )
+    _note_cron(report)
+
+
 def _judge_app(report: PreflightReport) -> None:
     """Blockers and findings on the app's shape (before or after the seed's hardening)."""
     add = report.blockers.append
-    note = report.findings.append
     tables = {t.name: t for t in report.tables}
     events = tables["communication_events"]
+    if report.shape == DatabaseShape.ADOPTING:
+        report.findings.append(
+            Finding(
+                "adoption_incomplete",
+                "`mailpipe db adopt` started here and did not finish: run it again (each of its "
+                "statements is idempotent)",
+            )
+        )
 
-    if report.applied_migrations:
+    if report.applied_migrations and report.shape != DatabaseShape.ADOPTING:
         add(
             Blocker(
                 "mailpipe_partially_applied",
@@ -711,8 +751,8 @@ def _judge_app(report: PreflightReport) -> None:
                 "tables: an earlier `mailpipe db migrate` ran here, skipped the app's existing "
                 "tables (CREATE TABLE IF NOT EXISTS) and stopped",
                 "those records changed nothing the app uses: delete them (DELETE FROM "
-                "schema_migrations) before adopting, and never run `mailpipe db migrate` on this "
-                "database until adoption is released",
+                "schema_migrations) before adopting; on the app's database run `mailpipe db "
+                "adopt`, never `mailpipe db migrate` first",
                 OPERATOR,
             )
         )
@@ -722,9 +762,9 @@ def _judge_app(report: PreflightReport) -> None:
                 "uuid_ids" if events.id_type == "uuid" else "id_type",
                 f"communication_events.id is {events.id_type}; mailpipe's engine and migrations "
                 "assume bigint ids (claims, --id, confirmations' foreign keys)",
-                "adoption makes mailpipe id-type agnostic; until then do not run `mailpipe db "
-                "migrate` here",
-                NOT_IMPLEMENTED,
+                "mailpipe works with either id type (event_ids()); `mailpipe db adopt` types "
+                "its new references like this id",
+                ADOPT,
             )
         )
     missing = [s for s in STATUSES if s not in report.status_values]
@@ -736,7 +776,7 @@ def _judge_app(report: PreflightReport) -> None:
                 f"the values mailpipe writes: {', '.join(missing)}",
                 "adoption adds them (ALTER TYPE ... ADD VALUE: no table lock, cannot be "
                 "undone); the app's code that reads status must accept them",
-                NOT_IMPLEMENTED,
+                ADOPT,
             )
         )
     if report.unknown_statuses:
@@ -746,8 +786,9 @@ def _judge_app(report: PreflightReport) -> None:
                 "unknown_statuses",
                 f"statuses in use that mailpipe does not know: {counted}",
                 "map each to one of mailpipe's statuses (" + ", ".join(STATUSES) + ") or settle "
-                "those rows before adopting",
-                NOT_IMPLEMENTED,
+                "those rows before adopting: `mailpipe db adopt` refuses while they remain "
+                "(mailpipe would neither send nor report them)",
+                OPERATOR,
             )
         )
     if report.priority_type == "text":
@@ -757,7 +798,7 @@ def _judge_app(report: PreflightReport) -> None:
                 "communication_events.priority is text (low, normal, high, urgent); mailpipe "
                 "orders claims by an integer 0-9",
                 "adoption maps the app's priorities to mailpipe's order, keeping the app's column",
-                NOT_IMPLEMENTED,
+                ADOPT,
             )
         )
     key_less = [w["function"] for w in report.event_writers if not w["sets_template_key"]]
@@ -771,7 +812,7 @@ def _judge_app(report: PreflightReport) -> None:
             + (f"; writers that set none: {', '.join(key_less)}" if key_less else ""),
             "adoption maps template_id to template_key and the app's data columns to mailpipe's, "
             "so the app's writers keep producing deliverable events",
-            NOT_IMPLEMENTED,
+            ADOPT,
         )
     )
     secrets = report.plaintext_secrets
@@ -783,9 +824,17 @@ def _judge_app(report: PreflightReport) -> None:
                 f"({', '.join(secrets['provider_names'])}; "
                 f"columns {', '.join(secrets['columns'])})",
                 "move each into a Prefect Secret block or an env var and store only the reference "
-                "(`mailpipe provider adopt`, not yet implemented); adoption refuses while any "
-                "remains",
-                OPERATOR,
+                "(`mailpipe provider adopt`, after `mailpipe db adopt`); the references-only CHECK "
+                "is refused while any remains",
+                PROVIDER_ADOPT,
+            )
+        )
+    if report.shape == DatabaseShape.APP_AFTER_HARDENING:
+        report.findings.append(
+            Finding(
+                "timestamp_left",
+                "smtp_connection_audit.updated_at stays timestamp without time zone: the audit "
+                "is big and mailpipe never reads that column (no rewrite)",
             )
         )
     naive = [s for s in report.steps if s.action.endswith("timestamptz (values read as UTC)")]
@@ -797,7 +846,7 @@ def _judge_app(report: PreflightReport) -> None:
                 + ", ".join(f"{s.table}.{s.action.split()[0]}" for s in naive),
                 "adoption converts them to timestamptz reading the values as UTC (a rewrite of "
                 "these small tables); check the app wrote them in UTC",
-                NOT_IMPLEMENTED,
+                ADOPT,
             )
         )
     if report.shape == DatabaseShape.APP_AFTER_HARDENING:
@@ -809,11 +858,18 @@ def _judge_app(report: PreflightReport) -> None:
                 f"every event without template_key; {failed} events were failed that way",
                 "adoption replaces it with one that accepts template_id; the failed events can be "
                 "re-queued after (`mailpipe queue retry`)",
-                NOT_IMPLEMENTED,
+                ADOPT,
             )
         )
 
     # Findings: what adoption and cutover must respect, not blocking.
+    _note_cron(report)
+    _note_app(report)
+
+
+def _note_cron(report: PreflightReport) -> None:
+    """Findings about pg_cron and pg_net (before and after adoption)."""
+    note = report.findings.append
     jobs = report.cron.get("jobs", [])
     active_seed = [j["job_name"] for j in jobs if j["seed_job"] and j["active"]]
     if active_seed:
@@ -847,6 +903,11 @@ def _judge_app(report: PreflightReport) -> None:
         note(
             Finding("net_queue", f"{report.net_queue} HTTP calls queued in net.http_request_queue")
         )
+
+
+def _note_app(report: PreflightReport) -> None:
+    """Findings about the app's triggers, references and policies."""
+    note = report.findings.append
     for trigger in report.event_triggers:
         if trigger["notifies"]:
             note(

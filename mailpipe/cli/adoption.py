@@ -1,4 +1,5 @@
-"""``mailpipe db preflight`` and ``mailpipe cutover``: adopting the app's existing database."""
+"""``mailpipe db preflight``, ``mailpipe db adopt`` and ``mailpipe cutover``: adopting the app's
+existing database."""
 
 from __future__ import annotations
 
@@ -7,12 +8,20 @@ from dataclasses import asdict
 import typer
 
 from mailpipe.adoption import SEED_JOBS
+from mailpipe.adoption.adopt import AdoptionResult, adopt, rollback_adoption
 from mailpipe.adoption.cutover import CutoverReport, DrainState, StepResult
 from mailpipe.adoption.cutover import cutover as run_cutover
 from mailpipe.adoption.cutover import finalize as run_finalize
 from mailpipe.adoption.cutover import rollback as run_rollback
 from mailpipe.adoption.preflight import PreflightReport, preflight
+from mailpipe.adoption.secrets import (
+    SecretsResult,
+    adopt_provider_secrets,
+    finalize_provider_secrets,
+)
+from mailpipe.cli import providers as providers_cli
 from mailpipe.cli.output import command, console, print_json, print_table, run
+from mailpipe.cli.values import BadOption
 from mailpipe.db import Database
 from mailpipe.serialization import to_jsonable
 
@@ -20,6 +29,8 @@ from mailpipe.serialization import to_jsonable
 def register(app: typer.Typer, db_app: typer.Typer) -> None:
     """Add the commands to the ``mailpipe`` app and its ``db`` group."""
     db_app.command("preflight")(preflight_command)
+    db_app.command("adopt")(adopt_command)
+    providers_cli.app.command("adopt")(provider_adopt_command)
     app.command("cutover")(cutover_command)
 
 
@@ -169,6 +180,113 @@ def preflight_command(
         _print_report(report)
     if not report.go:
         raise typer.Exit(1)
+
+
+@command
+def adopt_command(
+    lock_timeout: str = typer.Option(
+        "5s",
+        "--lock-timeout",
+        help="How long one statement may wait for a table lock (the app's writes queue behind "
+        "a waiting ALTER). On timeout adoption stops; run it again to go on.",
+    ),
+    rollback: bool = typer.Option(
+        False,
+        "--rollback",
+        help="Take back what adoption added (after stopping mailpipe and `cutover --rollback`).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Adopt the app's database: add what mailpipe needs, additively, then apply migrations.
+
+    Only the app's shape (before or after the seed's hardening, see `mailpipe db preflight`)
+    is accepted; anything else is refused with nothing changed. Safe to re-run: an adopted,
+    up-to-date database is left as it is.
+    """
+
+    if rollback:
+
+        async def back() -> None:
+            async with Database(min_size=1, max_size=2, application_name="mailpipe-adopt") as db:
+                await rollback_adoption(db, lock_timeout=lock_timeout)
+
+        run(back())
+        console.print("adoption rolled back: the app's schema is as it was before `db adopt`")
+        return
+
+    async def go() -> AdoptionResult:
+        async with Database(min_size=1, max_size=2, application_name="mailpipe-adopt") as db:
+            return await adopt(db, lock_timeout=lock_timeout)
+
+    result = run(go())
+    if as_json:
+        print_json(to_jsonable(asdict(result)))
+        return
+    for name in result.adoption_applied:
+        console.print(f"[green]adopted[/] {name}", highlight=False)
+    for name in result.baselined:
+        console.print(f"[blue]baselined[/] {name} (its effect came with adoption)", highlight=False)
+    for name in result.migrations_applied:
+        console.print(f"[green]applied[/] {name}", highlight=False)
+    if not result.changed:
+        console.print("already adopted and up to date")
+    else:
+        console.print(f"done in {result.seconds:.1f} s: `mailpipe db preflight` should say GO")
+
+
+@command
+def provider_adopt_command(
+    password_env: list[str] | None = typer.Option(
+        None,
+        "--password-env",
+        help="PROVIDER=VAR: this provider's password is already in env var VAR on the workers "
+        "(checked to match, never printed). Repeatable; other providers go to Secret blocks.",
+    ),
+    block_prefix: str = typer.Option(
+        "smtp-", "--block-prefix", help="Secret blocks are named <prefix><provider>."
+    ),
+    finalize: bool = typer.Option(
+        False,
+        "--finalize",
+        help="After `mailpipe cutover --finalize`: clear password_encrypted and add the "
+        "references-only CHECKs (refused while any plaintext remains).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Move the app's plaintext SMTP passwords out of the database, keeping references.
+
+    Each password goes to a Prefect Secret block (or an env var you name is checked to hold
+    it); credentials then hold {"secret_block": ...} or {"password_env": ...}. The app's
+    password_encrypted stays until --finalize: its edge functions read it while the old
+    pipeline may still run.
+    """
+    mapping: dict[str, str] = {}
+    for item in password_env or []:
+        provider, sep, variable = item.partition("=")
+        if not sep or not provider or not variable:
+            raise BadOption(f"--password-env {item!r}: write PROVIDER=VAR, e.g. primary=SMTP_PASS")
+        mapping[provider] = variable
+
+    async def go() -> SecretsResult:
+        async with Database(min_size=1, max_size=2, application_name="mailpipe-adopt") as db:
+            if finalize:
+                return await finalize_provider_secrets(db)
+            return await adopt_provider_secrets(db, password_env=mapping, block_prefix=block_prefix)
+
+    result = run(go())
+    if as_json:
+        print_json(to_jsonable(asdict(result)))
+        return
+    for moved in result.moved:
+        console.print(f"[green]{moved.provider}[/]: {moved.action}", highlight=False)
+        if moved.note:
+            console.print(f"  [yellow]{moved.note}[/]", highlight=False)
+    for name in result.cleared:
+        console.print(f"[green]{name}[/]: password_encrypted cleared", highlight=False)
+    if result.finalized:
+        console.print("references-only CHECKs in place: no password is stored in the database")
+    elif not result.moved:
+        console.print("no plaintext password left to move")
 
 
 def _print_step(step: StepResult) -> None:

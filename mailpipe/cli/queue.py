@@ -30,6 +30,7 @@ from mailpipe.queue import (
     purge_events,
     queue_status,
     retry_events,
+    typed_event_ids,
 )
 
 app = typer.Typer(
@@ -129,7 +130,11 @@ def list_command(
     since: str | None = typer.Option(
         None, "--since", help="Changed within this long, e.g. 1h, 7d."
     ),
-    ids: list[int] | None = typer.Option(None, "--id", help="Only these events (repeatable)."),
+    ids: list[str] | None = typer.Option(
+        None,
+        "--id",
+        help="Only these events (repeatable; a number or a UUID, as the ids are).",
+    ),
     template: str | None = typer.Option(None, "--template", help="Only this template key."),
     to: str | None = typer.Option(None, "--to", help="Only this recipient."),
     limit: int = typer.Option(100, "--limit", help="At most this many rows."),
@@ -145,7 +150,7 @@ def list_command(
                 db,
                 statuses=statuses,
                 since=window,
-                ids=ids,
+                ids=await typed_event_ids(db, ids),
                 template=template,
                 recipient=to,
                 limit=limit,
@@ -190,7 +195,9 @@ def _report(result: AdminResult, verb: str, as_json: bool) -> None:
             ", ..." if len(result.changed) > 20 else ""
         )
         console.print(
-            f"{verb} {len(result.changed)} event(s)" + (f": {ids}" if ids else ""), highlight=False
+            f"{verb} {len(result.changed)} event(s)" + (f": {ids}" if ids else ""),
+            highlight=False,
+            soft_wrap=True,
         )
         if result.revalidated:
             console.print(
@@ -200,7 +207,10 @@ def _report(result: AdminResult, verb: str, as_json: bool) -> None:
                 highlight=False,
             )
         for event_id, why in result.refused.items():
-            err_console.print(f"event {event_id} left alone: {why}", highlight=False)
+            # soft_wrap: an id (a UUID on an adopted database) is never broken over two lines.
+            err_console.print(
+                f"event {event_id} left alone: {why}", highlight=False, soft_wrap=True
+            )
     if result.refused:
         raise typer.Exit(1)
 
@@ -214,7 +224,11 @@ def retry_command(
         "--status",
         help=f"Select events in this status (repeatable): {', '.join(RETRYABLE_STATUSES)}.",
     ),
-    ids: list[int] | None = typer.Option(None, "--id", help="Only these events (repeatable)."),
+    ids: list[str] | None = typer.Option(
+        None,
+        "--id",
+        help="Only these events (repeatable; a number or a UUID, as the ids are).",
+    ),
     since: str | None = typer.Option(
         None, "--since", help="Only events that changed (failed) within this long, e.g. 1h."
     ),
@@ -247,7 +261,7 @@ def retry_command(
             return await retry_events(
                 db,
                 statuses=statuses,
-                ids=ids,
+                ids=await typed_event_ids(db, ids),
                 since=window,
                 template=template,
                 reset_retry_count=not keep_retry_count,
@@ -259,7 +273,11 @@ def retry_command(
 @app.command("cancel")
 @command
 def cancel_command(
-    ids: list[int] | None = typer.Option(None, "--id", help="Cancel this event (repeatable)."),
+    ids: list[str] | None = typer.Option(
+        None,
+        "--id",
+        help="Cancel this event (repeatable; a number or a UUID, as the ids are).",
+    ),
     template: str | None = typer.Option(
         None, "--template", help="Cancel every queued event of this template."
     ),
@@ -272,7 +290,7 @@ def cancel_command(
 
     async def go() -> AdminResult:
         async with Database(min_size=1, max_size=2) as db:
-            return await cancel_events(db, ids=ids, template=template)
+            return await cancel_events(db, ids=await typed_event_ids(db, ids), template=template)
 
     _report(run(go()), "cancelled", as_json)
 

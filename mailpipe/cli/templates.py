@@ -12,6 +12,7 @@ from mailpipe.cli.output import command, console, err_console, print_json, print
 from mailpipe.cli.values import BadOption, json_object, text_or_file
 from mailpipe.db import Database
 from mailpipe.delivery import Preview, preview_message
+from mailpipe.queue import typed_event_id
 from mailpipe.templates import (
     add_template,
     get_template,
@@ -195,10 +196,11 @@ def render_command(
     to: str | None = typer.Option(
         None, "--to", help="Recipient (default: the event's, else recipient@example.com)."
     ),
-    event: int | None = typer.Option(
+    event: str | None = typer.Option(
         None,
         "--event",
-        help="Preview this queued event: its recipient, payload, Message-ID and event header.",
+        help="Preview this queued event (its id: a number or a UUID, as the database's ids): "
+        "its recipient, payload, Message-ID and event header.",
     ),
     provider: str | None = typer.Option(
         None,
@@ -224,7 +226,7 @@ def render_command(
                 key,
                 variables,
                 recipient=to,
-                event_id=event,
+                event_id=await typed_event_id(db, event) if event else None,
                 provider_name=provider,
                 version=version,
             )

@@ -12,6 +12,7 @@ from mailpipe.errors import MailpipeError
 from mailpipe.messages import InvalidMessage, Recipient, validate_recipient
 from mailpipe.suppressions import find_suppressed
 from mailpipe.templates import Rendered, TemplateCache, TemplateProblem
+from mailpipe.values import EventId
 
 if TYPE_CHECKING:
     from mailpipe.delivery.recording import BatchRecord
@@ -28,9 +29,9 @@ class Job:
     last_error: MailpipeError | None = None  # the provider-level failure that moved it on
 
     @property
-    def id(self) -> int:
-        """The event's id."""
-        return int(self.row["id"])
+    def id(self) -> EventId:
+        """The event's id (int or UUID: the database's id type, passed through as it is)."""
+        return self.row["id"]
 
     @property
     def last_provider(self) -> str | None:

@@ -12,11 +12,12 @@ from mailpipe.messages import InvalidMessage, Recipient, build_message, validate
 from mailpipe.providers import Provider, UnknownProvider, load_providers, usable_providers
 from mailpipe.queries import query
 from mailpipe.templates import CompiledTemplate, Rendered, TemplateCache, UnknownTemplate
+from mailpipe.values import EventId
 
 
 def build_event_message(
     *,
-    event_id: int | str,
+    event_id: EventId | str,
     message_id: str,
     template_key: str,
     recipient: Recipient,
@@ -71,7 +72,7 @@ async def preview_message(
     data: Any = None,
     *,
     recipient: str | None = None,
-    event_id: int | None = None,
+    event_id: EventId | None = None,
     provider_name: str | None = None,
     version: int | None = None,
 ) -> Preview:

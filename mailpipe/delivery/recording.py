@@ -13,6 +13,7 @@ from mailpipe.db import Database
 from mailpipe.delivery.outcomes import Outcome
 from mailpipe.delivery.preparing import Job
 from mailpipe.queries import query
+from mailpipe.values import EventId
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ MAX_REPLY_LENGTH = 1000
 class Finished:
     """An event's outcome, as ``finish_events`` writes it."""
 
-    id: int
+    id: EventId
     status: str
     scheduled_at: dt.datetime | None
     retried: int
@@ -39,7 +40,7 @@ class Finished:
 class Confirmation:
     """An accepted message, as ``insert_confirmations`` writes it."""
 
-    id: int
+    id: EventId
     provider: str
     message_id: str
     recipient: str
@@ -54,7 +55,7 @@ class Confirmation:
 class Attempt:
     """An unsuccessful attempt, as ``insert_attempts`` writes it."""
 
-    id: int
+    id: EventId
     provider: str | None
     outcome: str  # retry, failed, bounced, deferred, suppressed, failover
     code: int | None

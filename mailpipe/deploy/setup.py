@@ -17,6 +17,7 @@ from mailpipe.deploy.project import (
     project_file,
     work_pool_names,
 )
+from mailpipe.runtime import upsert_secret_block
 
 DATABASE_URL_BLOCK = "mailpipe-database-url"
 TIMEZONE_VARIABLE = "mailpipe_timezone"
@@ -93,7 +94,7 @@ async def _setup_prefect(
     block_name = ""
     if settings.database_url is not None:
         block_name = settings.database_url_block or DATABASE_URL_BLOCK
-        action = await _upsert_secret(block_name, settings.database_url.get_secret_value())
+        action = await upsert_secret_block(block_name, settings.database_url.get_secret_value())
         steps.append(SetupStep("secret block", block_name, action, "from DATABASE_URL"))
     elif settings.database_url_block:
         block_name = settings.database_url_block
@@ -121,7 +122,7 @@ async def _setup_prefect(
     for block in await _provider_secret_blocks(settings):
         value = secret_source(block)
         if value:
-            action = await _upsert_secret(block, value)
+            action = await upsert_secret_block(block, value)
             steps.append(SetupStep("secret block", block, action, "SMTP password"))
         elif await _secret_exists(block):
             steps.append(SetupStep("secret block", block, "kept", "SMTP password"))
@@ -153,19 +154,6 @@ async def _secret_exists(name: str) -> bool:
         except ObjectNotFound:
             return False
     return True
-
-
-async def _upsert_secret(name: str, value: str) -> str:
-    from prefect.blocks.system import Secret
-
-    if await _secret_exists(name):
-        current = await Secret.aload(name)
-        if current.get() == value:
-            return "unchanged"
-        await Secret(value=value).asave(name, overwrite=True)
-        return "updated"
-    await Secret(value=value).asave(name)
-    return "created"
 
 
 async def _provider_secret_blocks(settings: Settings) -> list[str]:

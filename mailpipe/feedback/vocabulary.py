@@ -1,7 +1,7 @@
 """The feedback vocabulary: normalised kinds, inbox states and how an event was authenticated.
 
 Each enum mirrors a CHECK constraint of ``email_feedback_events`` (migration
-``0009_add_email_feedback.sql``): the SQL and the Python spell every value the same way.
+``0010_add_email_feedback.sql``): the SQL and the Python spell every value the same way.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def build_context(project_dir: Path, out_dir: Path, database_url: str) -> Any:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    from mailpipe.db import sqlalchemy_url
+    from mailpipe.db import CHECKS_SEARCH_PATH, sqlalchemy_url
 
     share_data_docs_templates()
     probe_query_columns_without_rows()
@@ -55,7 +55,7 @@ def build_context(project_dir: Path, out_dir: Path, database_url: str) -> Any:
         mode="file",
         context_root_dir=str(project_dir),
         runtime_environment={
-            ENV_DATABASE_URL: sqlalchemy_url(database_url),
+            ENV_DATABASE_URL: sqlalchemy_url(database_url, search_path=CHECKS_SEARCH_PATH),
             ENV_RESULTS_DIR: str(out_dir),
         },
     )

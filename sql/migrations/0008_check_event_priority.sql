@@ -35,15 +35,20 @@ BEGIN
             NEW.error_class := 'invalid';
         END IF;
     END IF;
-    IF NEW.priority IS NOT NULL AND NEW.priority NOT BETWEEN 0 AND 9 THEN
-        nearest := least(greatest(NEW.priority, 0), 9);
-        IF NEW.status IN ('queued', 'processing') THEN
-            NEW.status := 'failed';
-            NEW.last_error := format('Invalid priority %s: use 0 (first) to 9 (stored as %s)',
-                                     NEW.priority, nearest);
-            NEW.error_class := 'invalid';
+    -- An adopted app database keeps its text priority (low..urgent, its own CHECK): the rule
+    -- is for integer priorities. plpgsql plans a branch only when it runs, so on text the
+    -- integer comparisons below are never planned.
+    IF pg_typeof(NEW.priority) = 'integer'::regtype THEN
+        IF NEW.priority IS NOT NULL AND NEW.priority NOT BETWEEN 0 AND 9 THEN
+            nearest := least(greatest(NEW.priority, 0), 9);
+            IF NEW.status IN ('queued', 'processing') THEN
+                NEW.status := 'failed';
+                NEW.last_error := format('Invalid priority %s: use 0 (first) to 9 (stored as %s)',
+                                         NEW.priority, nearest);
+                NEW.error_class := 'invalid';
+            END IF;
+            NEW.priority := nearest;
         END IF;
-        NEW.priority := nearest;
     END IF;
     RETURN NEW;
 END
@@ -60,15 +65,23 @@ CREATE TRIGGER validate_communication_event
 
 -- Rows that came in before this migration: the trigger fails the queued ones with the reason
 -- and brings every one into range (the suite stops failing on them).
-UPDATE communication_events
-   SET priority = least(greatest(priority, 0), 9), updated_at = now()
- WHERE priority NOT BETWEEN 0 AND 9;
+-- (Integer priorities only: an adopted app database keeps its text priority and its own CHECK.)
+DO $$
+BEGIN
+    IF (SELECT atttypid FROM pg_attribute WHERE attrelid = 'communication_events'::regclass
+         AND attname = 'priority') = 'integer'::regtype THEN
+        UPDATE communication_events
+           SET priority = least(greatest(priority, 0), 9), updated_at = now()
+         WHERE priority NOT BETWEEN 0 AND 9;
 
-ALTER TABLE communication_events DROP CONSTRAINT IF EXISTS communication_events_priority_check;
-ALTER TABLE communication_events ADD CONSTRAINT communication_events_priority_check
-    CHECK (priority BETWEEN 0 AND 9);
+        ALTER TABLE communication_events DROP CONSTRAINT IF EXISTS communication_events_priority_check;
+        ALTER TABLE communication_events ADD CONSTRAINT communication_events_priority_check
+            CHECK (priority BETWEEN 0 AND 9);
 
-COMMENT ON COLUMN communication_events.priority IS 'Lower is sooner, 0 (first) to 9: rows are claimed by priority, then scheduled_at. The trigger fails a row given another value.';
+        COMMENT ON COLUMN communication_events.priority IS 'Lower is sooner, 0 (first) to 9: rows are claimed by priority, then scheduled_at. The trigger fails a row given another value.';
+    END IF;
+END
+$$;
 
 -- ---------------------------------------------------------------- smtp_provider_configs
 ALTER TABLE smtp_provider_configs ADD COLUMN IF NOT EXISTS last_failure_run text;

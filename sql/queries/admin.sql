@@ -88,9 +88,9 @@ SELECT p.provider_name, coalesce(sent.n, 0)::int AS sent, coalesce(failed.n, 0):
 
 -- admin_preview_event --
 -- What a template preview of an existing event needs
-SELECT id, recipient_email, template_key, payload, message_id
+SELECT id, recipient_email, template_key, coalesce(payload, '{}'::jsonb) AS payload, message_id
   FROM communication_events
- WHERE id = %s;
+ WHERE id = (event_ids(ARRAY[%s::text]))[1];
 
 -- admin_message_id_domain --
 -- The domain new_message_id() puts in Message-IDs (for a preview's placeholder Message-ID)
@@ -161,10 +161,10 @@ SELECT count(*) FILTER (WHERE status = 'queued' AND scheduled_at <= now())::int 
 SELECT id, status, priority, recipient_email, template_key, retry_count, scheduled_at,
        updated_at, sent_at, provider_name, error_class, last_error, message_id
   FROM communication_events
- WHERE (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s::text[]))
+ WHERE (%(statuses)s::text[] IS NULL OR status::text = ANY(%(statuses)s::text[]))
    AND (%(since_seconds)s::float8 IS NULL
         OR updated_at >= now() - make_interval(secs => %(since_seconds)s::float8))
-   AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+   AND (%(ids)s::text[] IS NULL OR id = ANY(event_ids(%(ids)s::text[])))
    AND (%(template)s::text IS NULL OR template_key = %(template)s::text)
    AND (%(recipient)s::text IS NULL OR lower(recipient_email) = %(recipient)s::text)
  ORDER BY updated_at DESC, id DESC
@@ -172,16 +172,16 @@ SELECT id, status, priority, recipient_email, template_key, retry_count, schedul
 
 -- admin_event_statuses --
 -- The status of each of these events (to explain why one was left alone)
-SELECT id, status FROM communication_events WHERE id = ANY(%s::bigint[]);
+SELECT id, status FROM communication_events WHERE id = ANY(event_ids(%s::text[]));
 
 -- admin_retry_events --
 -- Requeue one batch of matching finished events (row locks; never processing or sent), keeping the Message-ID
 WITH picked AS (
     SELECT id FROM communication_events
-     WHERE status = ANY(%(statuses)s::text[])
+     WHERE status::text = ANY(%(statuses)s::text[])
        AND status IN ('failed', 'cancelled', 'suppressed')
-       AND id > %(after)s
-       AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+       AND (%(after)s::text IS NULL OR id > (event_ids(ARRAY[%(after)s::text]))[1])
+       AND (%(ids)s::text[] IS NULL OR id = ANY(event_ids(%(ids)s::text[])))
        AND (%(template)s::text IS NULL OR template_key = %(template)s::text)
        AND (%(since_seconds)s::float8 IS NULL
             OR updated_at >= now() - make_interval(secs => %(since_seconds)s::float8))
@@ -209,8 +209,8 @@ RETURNING e.id, e.status;
 WITH picked AS (
     SELECT id FROM communication_events
      WHERE status = 'queued'
-       AND id > %(after)s
-       AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+       AND (%(after)s::text IS NULL OR id > (event_ids(ARRAY[%(after)s::text]))[1])
+       AND (%(ids)s::text[] IS NULL OR id = ANY(event_ids(%(ids)s::text[])))
        AND (%(template)s::text IS NULL OR template_key = %(template)s::text)
      ORDER BY id
      LIMIT %(batch)s
@@ -227,7 +227,7 @@ RETURNING e.id, e.status;
 -- How many finished events a purge would delete, and its cutoff (fixed for the whole purge)
 SELECT count(*)::int AS events, now() - make_interval(secs => %(seconds)s::float8) AS cutoff
   FROM communication_events
- WHERE status = ANY(%(statuses)s::text[])
+ WHERE status::text = ANY(%(statuses)s::text[])
    AND status IN ('sent', 'failed', 'cancelled', 'suppressed')
    AND updated_at < now() - make_interval(secs => %(seconds)s::float8);
 
@@ -235,7 +235,7 @@ SELECT count(*)::int AS events, now() - make_interval(secs => %(seconds)s::float
 -- Delete one batch of old finished events; confirmations and attempts keep their rows (FK SET NULL)
 WITH doomed AS (
     SELECT id FROM communication_events
-     WHERE status = ANY(%(statuses)s::text[])
+     WHERE status::text = ANY(%(statuses)s::text[])
        AND status IN ('sent', 'failed', 'cancelled', 'suppressed')
        AND updated_at < %(cutoff)s
      LIMIT %(batch)s
@@ -244,3 +244,8 @@ WITH doomed AS (
     DELETE FROM communication_events e USING doomed WHERE e.id = doomed.id RETURNING 1
 )
 SELECT count(*)::int AS deleted FROM gone;
+
+-- admin_event_id_type --
+-- The type of communication_events.id (bigint on mailpipe's databases, uuid on the adopted app's)
+SELECT format_type(atttypid, atttypmod) AS id_type
+  FROM pg_attribute WHERE attrelid = 'communication_events'::regclass AND attname = 'id';

@@ -222,3 +222,88 @@ SELECT count(*) AS rows FROM email_processing_queue WHERE status = 'processing';
 SELECT count(*) AS events FROM communication_events e
  WHERE status = 'processing'
    AND (to_jsonb(e) ->> 'lease_expires_at')::timestamptz > now();
+
+-- adoption_started --
+-- Whether `mailpipe db adopt` has started here (its mapping trigger function exists)
+SELECT to_regprocedure('mailpipe_map_app_event()') IS NOT NULL AS started;
+
+-- adoption_provider_plaintext --
+-- Providers whose password is in clear (password_encrypted, or credentials that are not a reference), with the values: read only by `provider adopt`, never printed
+SELECT provider_name AS provider, nullif(password_encrypted, '') AS password_encrypted,
+       CASE WHEN credentials IS NOT NULL
+             AND NOT (jsonb_typeof(credentials) = 'object'
+                      AND credentials - 'secret_block' - 'password_env' = '{}'::jsonb)
+            THEN coalesce(credentials ->> 'password', credentials ->> 'pass') END AS credentials_password,
+       CASE WHEN jsonb_typeof(credentials) = 'object'
+             AND credentials - 'secret_block' - 'password_env' = '{}'::jsonb
+            THEN credentials END AS reference
+  FROM smtp_provider_configs
+ WHERE nullif(password_encrypted, '') IS NOT NULL
+    OR (credentials IS NOT NULL
+        AND NOT (jsonb_typeof(credentials) = 'object'
+                 AND credentials - 'secret_block' - 'password_env' = '{}'::jsonb))
+ ORDER BY provider_name;
+
+-- adoption_set_provider_reference --
+-- Store a provider's credentials reference (the password itself is now in a Secret block or an env var)
+UPDATE smtp_provider_configs SET credentials = %(reference)s, updated_at = now()
+ WHERE provider_name = %(provider)s;
+
+-- adoption_clear_plaintext --
+-- Clear password_encrypted of providers whose credentials are a reference (the end of the runbook)
+UPDATE smtp_provider_configs SET password_encrypted = NULL, updated_at = now()
+ WHERE nullif(password_encrypted, '') IS NOT NULL
+   AND jsonb_typeof(credentials) = 'object'
+   AND credentials - 'secret_block' - 'password_env' = '{}'::jsonb
+   AND credentials <> '{}'::jsonb
+RETURNING provider_name;
+
+-- adoption_fix_search_paths --
+-- Give mailpipe's functions a fixed search_path (Supabase's function_search_path_mutable lint); event_priority/event_ids keep none so the planner inlines them
+DO $$
+DECLARE
+    fn regprocedure;
+BEGIN
+    FOR fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+         WHERE p.pronamespace = current_schema()::regnamespace
+           AND p.proconfig IS NULL
+           AND p.oid::regprocedure::text IN (
+               'is_valid_recipient_email(text)', 'quality_worker_is_alive(integer)',
+               'app_priority(integer)', 'new_message_id()', 'reserve_send_quota(text,text,text[],integer[],integer)')
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, public, pg_temp', fn);
+    END LOOP;
+END
+$$;
+
+-- adoption_checks_view --
+-- The data-quality suites' view of the app's outbox (schema mailpipe_checks, first on the suites' search_path): status as text, priority as mailpipe's order, the app's history read through its own columns; rebuilt after every adopt (new columns)
+DO $$
+DECLARE
+    cols text;
+BEGIN
+    CREATE SCHEMA IF NOT EXISTS mailpipe_checks;
+    REVOKE ALL ON SCHEMA mailpipe_checks FROM PUBLIC;
+    SELECT string_agg(
+               CASE column_name
+                   WHEN 'status' THEN 't.status::text AS status'
+                   WHEN 'priority' THEN 'event_priority(t.priority) AS priority'
+                   -- the app's rows from before adoption: due when created, their provider and
+                   -- error in the app's columns
+                   WHEN 'scheduled_at' THEN 'coalesce(t.scheduled_at, t.created_at) AS scheduled_at'
+                   WHEN 'provider_name' THEN 'coalesce(t.provider_name, t.email_provider) AS provider_name'
+                   WHEN 'last_error' THEN 'coalesce(t.last_error, t.error_message) AS last_error'
+                   ELSE 't.' || quote_ident(column_name)
+               END, ', ' ORDER BY ordinal_position) INTO cols
+      FROM information_schema.columns
+     WHERE table_schema = 'public' AND table_name = 'communication_events';
+    -- security_invoker: the reader's privileges and RLS apply, as on the table. OR REPLACE:
+    -- columns a later migration adds come last, as they do in the table.
+    EXECUTE format('CREATE OR REPLACE VIEW mailpipe_checks.communication_events '
+                   'WITH (security_invoker = true) '
+                   'AS SELECT %s FROM public.communication_events AS t', cols);
+    COMMENT ON VIEW mailpipe_checks.communication_events IS
+        'communication_events as mailpipe''s data-quality suites read it on an adopted app database (status as text, priority 0-9): rebuilt by mailpipe db adopt.';
+END
+$$;

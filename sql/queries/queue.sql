@@ -22,11 +22,11 @@ UPDATE communication_events
 RETURNING id;
 
 -- claim_due_events --
--- Claim up to N due events in priority order under a lease; concurrent workers skip each other's rows
+-- Claim up to N due events in priority order under a lease; concurrent workers skip each other's rows (event_priority: integer or the app's text priority)
 WITH due AS (
     SELECT id FROM communication_events
      WHERE status = 'queued' AND scheduled_at <= now()
-     ORDER BY priority, scheduled_at, id
+     ORDER BY event_priority(priority), scheduled_at, id
      LIMIT %(batch_size)s
        FOR UPDATE SKIP LOCKED
 )
@@ -38,8 +38,9 @@ UPDATE communication_events e
        updated_at = now()
   FROM due
  WHERE e.id = due.id
-RETURNING e.id, e.event_type, e.recipient_email, e.template_key, e.priority, e.scheduled_at,
-          e.payload, e.message_id, e.retry_count, e.may_be_duplicate;
+RETURNING e.id, e.event_type, e.recipient_email, e.template_key,
+          event_priority(e.priority) AS priority, e.scheduled_at,
+          coalesce(e.payload, '{}'::jsonb) AS payload, e.message_id, e.retry_count, e.may_be_duplicate;
 
 -- finish_events --
 -- Record the outcome of a batch in one statement; rows whose lease we lost are left alone
@@ -55,7 +56,7 @@ UPDATE communication_events e
        lease_expires_at = NULL,
        locked_by = NULL,
        updated_at = now()
-  FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(scheduled_at)s::timestamptz[],
+  FROM unnest(event_ids(%(ids)s::text[]), %(statuses)s::text[], %(scheduled_at)s::timestamptz[],
               %(retried)s::int[], %(last_errors)s::text[], %(error_classes)s::text[],
               %(providers)s::text[], %(sent_at)s::timestamptz[], %(duplicates)s::boolean[])
        AS o(id, status, scheduled_at, retried, last_error, error_class, provider_name, sent_at,
@@ -68,7 +69,7 @@ RETURNING e.id;
 INSERT INTO smtp_delivery_confirmations (communication_event_id, provider_name, message_id,
                                          recipient_email, status, smtp_code, smtp_response,
                                          may_be_duplicate, created_at)
-SELECT * FROM unnest(%(ids)s::bigint[], %(providers)s::text[], %(message_ids)s::text[],
+SELECT * FROM unnest(event_ids(%(ids)s::text[]), %(providers)s::text[], %(message_ids)s::text[],
                      %(recipients)s::text[], %(statuses)s::text[], %(codes)s::int[],
                      %(responses)s::text[], %(duplicates)s::boolean[], %(at)s::timestamptz[])
 ON CONFLICT (message_id) DO NOTHING;
@@ -77,7 +78,7 @@ ON CONFLICT (message_id) DO NOTHING;
 -- Unsuccessful attempts of a batch (retry, failed, bounced, deferred, suppressed, failover)
 INSERT INTO delivery_attempts (communication_event_id, provider_name, outcome, smtp_code, error,
                                attempted_at)
-SELECT * FROM unnest(%(ids)s::bigint[], %(providers)s::text[], %(outcomes)s::text[],
+SELECT * FROM unnest(event_ids(%(ids)s::text[]), %(providers)s::text[], %(outcomes)s::text[],
                      %(codes)s::int[], %(errors)s::text[], %(at)s::timestamptz[]);
 
 -- active_suppressions --

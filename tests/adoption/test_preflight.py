@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 from click.testing import Result
 
+from mailpipe.adoption.adopt import AdoptionRefused
 from mailpipe.adoption.preflight import ConnectionMode, PreflightReport, connection_mode, preflight
 from mailpipe.config import get_settings
 from mailpipe.db import Database, admin_execute
 from mailpipe.errors import DatabaseError
 from mailpipe.queries import query
 from tests.adoption.conftest import SEED_JOBS
+from tests.adoption.test_adopt import _adopt, fingerprint
 from tests.cli_support import invoke
 
 # The fixture's secrets: none may ever appear in preflight's output.
@@ -102,7 +104,8 @@ def test_app_before_hardening_is_no_go_with_exactly_its_blockers(
         "provider_names": ["backup-smtp", "primary-smtp"],
         "columns": ["password_encrypted"],
     }
-    assert blockers["plaintext_credentials"]["fixed_by"] == "operator"
+    assert blockers["plaintext_credentials"]["fixed_by"] == "mailpipe provider adopt"
+    assert blockers["uuid_ids"]["fixed_by"] == "mailpipe db adopt"
     # Three writers; the order trigger names its template in template_id only.
     writers = {w["function"]: w for w in report["event_writers"]}
     assert set(writers) == {
@@ -163,17 +166,19 @@ def test_app_after_hardening_adds_the_seeds_blockers(
     for column in (
         "smtp_provider_configs.suspended_until",
         "smtp_provider_configs.last_checked",
-        "smtp_connection_audit.updated_at",
         "rate_limit_counters.window_start",
     ):
         assert column in blockers["timestamp_without_time_zone"]
+    # The big audit's updated_at is not rewritten (mailpipe never reads it), and says so.
+    assert "smtp_connection_audit" not in blockers["timestamp_without_time_zone"]
+    findings = {f["code"]: f["message"] for f in report["findings"]}
+    assert "smtp_connection_audit.updated_at" in findings["timestamp_left"]
     rewrites = [s for s in report["steps"] if s["lock"] == "ACCESS EXCLUSIVE for the rewrite"]
     assert {s["table"] for s in rewrites} == {
         "smtp_provider_configs",
-        "smtp_connection_audit",
         "rate_limit_counters",
     }
-    assert not any(s["implemented"] for s in report["steps"])
+    assert all(s["implemented"] for s in report["steps"])
 
 
 def test_unknown_statuses_are_counted(app_before_url: str) -> None:
@@ -189,6 +194,11 @@ def test_unknown_statuses_are_counted(app_before_url: str) -> None:
     assert report.unknown_statuses == {"delivered": 2}
     blocker = next(b for b in report.blockers if b.code == "unknown_statuses")
     assert "delivered (2)" in blocker.message
+    # Adoption will not take rows it could neither send nor report: refused, nothing changed.
+    shape = fingerprint(app_before_url)
+    with pytest.raises(AdoptionRefused, match="unknown_statuses"):
+        asyncio.run(_adopt(app_before_url))
+    assert fingerprint(app_before_url) == shape
 
 
 def test_unknown_shape_is_no_go_and_changes_nothing(
@@ -334,8 +344,7 @@ def test_partly_hardened_table_is_unknown(app_before_url: str) -> None:
 def test_an_earlier_mailpipe_migrate_on_the_app_is_reported(
     app_before_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # What issue 16 saw: `mailpipe db migrate` on the app's database records 0001 (its CREATE
-    # TABLE IF NOT EXISTS skipped the app's tables) and fails at 0002.
+    # `mailpipe db migrate` now refuses the app's database, changing nothing.
     monkeypatch.setenv("DATABASE_URL", app_before_url)
     get_settings.cache_clear()
     try:
@@ -343,7 +352,18 @@ def test_an_earlier_mailpipe_migrate_on_the_app_is_reported(
     finally:
         get_settings.cache_clear()
     assert migrate.exit_code == 1, migrate.output
-    assert "0002_harden_smtp" in migrate.output
+    assert "run `mailpipe db adopt`" in migrate.output and "nothing was changed" in migrate.output
+    # What issue 16 saw with an older mailpipe: 0001 recorded (its CREATE TABLE IF NOT EXISTS
+    # skipped the app's tables), then a failure at 0002.
+    admin_execute(
+        app_before_url,
+        [
+            "CREATE TABLE schema_migrations (name text PRIMARY KEY, checksum text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now(), duration_ms integer NOT NULL)",
+            "INSERT INTO schema_migrations (name, checksum, duration_ms)"
+            " VALUES ('0001_create_base_tables', 'old', 1)",
+        ],
+    )
 
     report = _json_report(app_before_url, monkeypatch, code=1)
     assert report["shape"] == "app_before_hardening"
