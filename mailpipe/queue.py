@@ -1,4 +1,9 @@
-"""The outbox: enqueue events, claim due ones under a lease, rescue abandoned leases."""
+"""The outbox: enqueue events, claim due ones under a lease, rescue abandoned leases, and the
+operators' queue commands (status, list, retry, cancel, purge).
+
+A little over 400 lines: the operators' commands share the status rules and the id parsing of
+the outbox they act on, and each function is short and reads on its own.
+"""
 
 from __future__ import annotations
 
