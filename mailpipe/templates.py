@@ -151,8 +151,13 @@ class TemplateCache:
         found = {r["template_key"]: r for r in rows}
         for key in missing:
             if key not in found:
+                # The key comes from the event: shown escaped (repr) everywhere, so a control
+                # character or a line break in it cannot split or forge a log line.
                 self._templates[key] = TemplateProblem(
                     f"unknown template {key!r}: no active version in email_templates "
+                    "(add it with `mailpipe template add KEY ...`)"
+                    if not key.isprintable()
+                    else f"unknown template {key!r}: no active version in email_templates "
                     f"(add it with `mailpipe template add {key} ...`)"
                 )
                 continue
