@@ -46,6 +46,7 @@ CRONS = {
     "monitor_smtp_health": "*/5 * * * *",
     "monitor_email_production": "*/5 * * * *",
     "snapshot_email_health": "0 0 * * *",
+    "process_email_feedback": "* * * * *",
 }
 TIMEZONE = "Europe/Berlin"
 SMTP_PASSWORD = "pw-" + uuid.uuid4().hex  # must never show up in any output
@@ -410,7 +411,7 @@ async def test_database_url_from_secret_block(
 # --- prefect deploy --all ----------------------------------------------------------------------
 
 
-def test_deploy_registers_the_four_deployments(deployed: dict[str, Any]) -> None:
+def test_deploy_registers_every_deployment(deployed: dict[str, Any]) -> None:
     print(f"prefect deploy --all: {deployed['deploy_seconds']:.1f} s")
     deployments = deployed["deployments"]
     assert set(deployments) == set(CRONS)

@@ -227,3 +227,13 @@ UPDATE smtp_delivery_confirmations AS c
   FROM unnest(%(message_ids)s::text[], %(provider_message_ids)s::text[])
        AS r (message_id, provider_message_id)
  WHERE c.message_id = r.message_id AND c.provider_message_id IS NULL;
+
+-- feedback_backlog --
+-- What waits in the inbox after a run: due now, unmatched (still retried or kept for good), failed, and the oldest due event's age
+SELECT count(*) FILTER (WHERE next_attempt_at <= now()) AS due,
+       count(*) FILTER (WHERE state = 'unmatched' AND next_attempt_at IS NOT NULL) AS unmatched_retrying,
+       count(*) FILTER (WHERE state = 'unmatched' AND next_attempt_at IS NULL) AS unmatched_kept,
+       count(*) FILTER (WHERE state = 'error') AS errors,
+       coalesce(extract(epoch FROM now() - min(received_at) FILTER (WHERE next_attempt_at <= now())), 0)::float AS oldest_due_seconds
+  FROM email_feedback_events
+ WHERE state IN ('received', 'unmatched', 'error');
