@@ -237,3 +237,33 @@ SELECT count(*) FILTER (WHERE next_attempt_at <= now()) AS due,
        coalesce(extract(epoch FROM now() - min(received_at) FILTER (WHERE next_attempt_at <= now())), 0)::float AS oldest_due_seconds
   FROM email_feedback_events
  WHERE state IN ('received', 'unmatched', 'error');
+
+-- feedback_of_messages --
+-- The latest applied feedback of each of these messages (by our Message-ID), with how many events it had, for mailpipe queue list
+SELECT DISTINCT ON (c.message_id) c.message_id, c.status AS confirmation_status,
+       f.kind AS feedback, f.received_at AS feedback_at, f.provider AS feedback_provider,
+       count(*) OVER (PARTITION BY c.message_id) AS feedback_events
+  FROM smtp_delivery_confirmations AS c
+  JOIN email_feedback_events AS f
+    ON f.matched_event_id = c.communication_event_id AND f.state = 'applied'
+ WHERE c.message_id = ANY(%(message_ids)s::text[])
+ ORDER BY c.message_id, f.received_at DESC, f.id DESC;
+
+-- feedback_event_detail --
+-- One outbox event with its confirmation (the id is compared as the database's own id type: bigint or uuid)
+SELECT e.id, e.status, e.priority, e.recipient_email, e.template_key, e.event_type,
+       e.retry_count, e.created_at, e.scheduled_at, e.sent_at, e.updated_at, e.provider_name,
+       e.error_class, e.last_error, e.message_id,
+       c.status AS confirmation_status, c.smtp_code, c.smtp_response, c.provider_message_id,
+       c.created_at AS accepted_at
+  FROM communication_events AS e
+  LEFT JOIN smtp_delivery_confirmations AS c ON c.message_id = e.message_id
+ WHERE e.id = %(id)s;
+
+-- feedback_of_event --
+-- Every feedback event matched to one outbox event, oldest first (its history after the 250)
+SELECT id, provider, kind, provider_kind, state, received_at, occurred_at, reason, smtp_code,
+       enhanced_status, effect
+  FROM email_feedback_events
+ WHERE matched_event_id = %(id)s
+ ORDER BY received_at, id;
