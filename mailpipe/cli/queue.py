@@ -1,5 +1,10 @@
 """``mailpipe queue``: status, list, show, retry, cancel and purge events, safely while flows
-run."""
+run.
+
+A little over 400 lines: six commands of one group, each mostly its options and its output
+(``show`` adds an event's feedback history); the work is in :mod:`mailpipe.queue` and
+:mod:`mailpipe.feedback.lookup`.
+"""
 
 from __future__ import annotations
 
