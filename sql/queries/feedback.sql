@@ -140,8 +140,10 @@ WITH due AS (
             OR EXCLUDED.expires_at > s.expires_at)
     RETURNING s.address, s.reason
 ), attempts AS (
-    -- History: a hard bounce that bounced a confirmation is a bounced delivery attempt, read
-    -- by monitoring (bounce rate) and the daily snapshot like a 5xx on RCPT.
+    -- History: a hard bounce that bounced a confirmation is a bounced delivery attempt (the
+    -- snapshot's hard_bounces counts it like a 5xx on RCPT). Monitoring's bounce rate counts
+    -- the message by its confirmation's status instead and skips these rows by their
+    -- 'feedback ' prefix (metrics_delivery_by_provider): one bounce, counted once.
     INSERT INTO delivery_attempts (communication_event_id, provider_name, outcome, smtp_code, error)
     SELECT sc.communication_event_id, sc.provider_name, 'bounced', sc.smtp_code,
            left('feedback ' || sc.provider || coalesce(': ' || sc.reason, ''), 500)

@@ -73,10 +73,15 @@ def test_up_refuses_a_taken_receiver_port(monkeypatch: pytest.MonkeyPatch) -> No
         taken.listen()
         port = taken.getsockname()[1]
         monkeypatch.setenv("MAILPIPE_FEEDBACK_PORT", str(port))
-        with pytest.raises(ConfigError, match=f"127.0.0.1:{port} is in use.*--no-feedback"):
-            _receiver_address()
-    assert _receiver_address() == f"127.0.0.1:{port}"  # free again
-    assert get_feedback_settings().port == port
+        get_feedback_settings.cache_clear()  # read once per process: read it again here
+        try:
+            with pytest.raises(ConfigError, match=f"127.0.0.1:{port} is in use.*--no-feedback"):
+                _receiver_address()
+            taken.close()
+            assert _receiver_address() == f"127.0.0.1:{port}"  # free again
+        finally:
+            monkeypatch.undo()
+            get_feedback_settings.cache_clear()
 
 
 def test_deployment_examples_run_the_receiver_with_its_health_probe() -> None:
