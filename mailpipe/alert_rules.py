@@ -72,7 +72,12 @@ def evaluate_rules(
         s.alert_bounce_rate_warning,
         s.alert_bounce_rate_critical,
         s.alert_min_volume,
-        lambda w: {"bounced": w.bounced, "sent": w.sent},
+        # 5xx on RCPT and, from feedback, accepted messages a provider reported bounced.
+        lambda w: {
+            "bounced": w.bounced,
+            "bounced_after_acceptance": w.feedback_bounced,
+            "sent": w.sent,
+        },
     )
     evaluations += _rate_rule(
         metrics,

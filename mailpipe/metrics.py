@@ -59,6 +59,7 @@ class WindowMetrics:
     scope: str
     sent: int = 0  # messages accepted (smtp_delivery_confirmations)
     complaints: int = 0  # of those, marked complained by a feedback loop
+    feedback_bounced: int = 0  # of those, reported hard-bounced later (feedback)
     retries: int = 0  # delivery_attempts outcomes...
     failed: int = 0
     bounced: int = 0
@@ -87,8 +88,9 @@ class WindowMetrics:
 
     @property
     def bounce_rate(self) -> float | None:
-        """Hard bounces / (accepted + hard bounces): the SES reputation bounce rate."""
-        return _ratio(self.bounced, self.sent + self.bounced)
+        """Hard bounces / messages that reached a provider (the SES reputation bounce rate):
+        (5xx on RCPT + accepted then reported bounced) / (accepted + 5xx on RCPT)."""
+        return _ratio(self.bounced + self.feedback_bounced, self.sent + self.bounced)
 
     @property
     def complaint_rate(self) -> float | None:
@@ -111,6 +113,8 @@ class WindowMetrics:
             "retries": self.retries,
             "failed": self.failed,
             "bounced": self.bounced,
+            "bounced_after_acceptance": self.feedback_bounced,
+            "complaints": self.complaints,
             "failovers": self.failovers,
             "failure_rate": _round(self.failure_rate),
             "bounce_rate": _round(self.bounce_rate),
@@ -285,6 +289,7 @@ async def collect_metrics(
                 for name in (
                     "sent",
                     "complaints",
+                    "feedback_bounced",
                     "retries",
                     "failed",
                     "bounced",

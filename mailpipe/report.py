@@ -33,7 +33,13 @@ if TYPE_CHECKING:
     import jinja2
     import pandas as pd
 
-__all__ = ["Report", "bounce_thresholds", "render_report", "write_report"]
+__all__ = [
+    "Report",
+    "bounce_thresholds",
+    "complaint_thresholds",
+    "render_report",
+    "write_report",
+]
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,23 @@ def bounce_thresholds() -> tuple[float | None, float | None]:
     default; None turns a line off)."""
     settings = get_settings()
     return settings.alert_bounce_rate_warning, settings.alert_bounce_rate_critical
+
+
+def complaint_thresholds() -> tuple[float | None, float | None]:
+    """(warning, critical) complaint rates: the monitoring alert settings (SES's 0.1 % review
+    and 0.5 % suspension by default; None turns a line off)."""
+    settings = get_settings()
+    return settings.alert_complaint_rate_warning, settings.alert_complaint_rate_critical
+
+
+def _threshold_lines(warning: float | None, critical: float | None) -> list[tuple[float, str, str]]:
+    """The (value in %, label, colour) lines of a rate chart."""
+    lines = []
+    if warning is not None:
+        lines.append((warning * 100, f"warning {warning * 100:g} %", WARNING_COLOR))
+    if critical is not None:
+        lines.append((critical * 100, f"critical {critical * 100:g} %", CRITICAL_COLOR))
+    return lines
 
 
 # ---------------------------------------------------------------- the report
@@ -96,6 +119,8 @@ def render_report(
     generated_at: datetime,
     warning: float | None = 0.05,
     critical: float | None = 0.10,
+    complaint_warning: float | None = 0.001,
+    complaint_critical: float | None = 0.005,
 ) -> str:
     """The report's HTML for snapshot rows (a :func:`mailpipe.snapshots.load` frame).
 
@@ -112,6 +137,15 @@ def render_report(
     def column(name: str, provider: str = ALL_PROVIDERS) -> list:
         rows = frame[frame["provider_name"] == provider].set_index("snapshot_date")[name]
         return rows.reindex(index).astype("float64").tolist()
+
+    def ratio(numerator: str, provider: str = ALL_PROVIDERS) -> list[float | None]:
+        """numerator / sent per day (feedback rates); None where nothing was sent."""
+        pairs = zip(column(numerator, provider), column("sent", provider), strict=True)
+        return [n / s if not (_isnan(n) or _isnan(s)) and s > 0 else None for n, s in pairs]
+
+    def feedback_rate(numerator: str) -> list[Series]:
+        lines = [Series(p, _clean(ratio(numerator, p), 100), colors[p], 1.6) for p in providers]
+        return [*lines, Series("all providers", _clean(ratio(numerator), 100), ALL_COLOR, 2.6)]
 
     def per_provider(name: str, scale: float, include_all: bool = True) -> list[Series]:
         lines = [Series(p, _clean(column(name, p), scale), colors[p], 1.6) for p in providers]
@@ -131,6 +165,19 @@ def render_report(
     availability = (probes - int(totals["connection_failures"].sum())) / probes if probes else None
     over_warning = int((totals["hard_bounce_rate"] >= warning).sum()) if warning else 0
     over_critical = int((totals["hard_bounce_rate"] >= critical).sum()) if critical else 0
+    # What providers reported after accepting (feedback): rates over the messages sent.
+    bounced, complained = int(totals["bounced"].sum()), int(totals["complained"].sum())
+    bounced_rate = bounced / sent if sent else None
+    complaint_rate = complained / sent if sent else None
+
+    def complaint_level(rate: float | None) -> str:
+        if rate is None or _isnan(rate):
+            return ""
+        if complaint_critical is not None and rate >= complaint_critical:
+            return "crit"
+        if complaint_warning is not None and rate >= complaint_warning:
+            return "warn"
+        return ""
 
     def level(rate: float | None) -> str:
         """The CSS class of a bounce rate: ``crit``, ``warn`` or none."""
@@ -158,9 +205,30 @@ def render_report(
             ("Days ≥ warning", str(over_warning), "warn" if over_warning else ""),
             ("Days ≥ critical", str(over_critical), "crit" if over_critical else ""),
             ("Availability", _pct(availability), ""),
+            ("Delivered (reported)", _num(int(totals["delivered"].sum())), ""),
+            ("Bounced after 250", _pct(bounced_rate), level(bounced_rate)),
+            ("Complaint rate", _pct(complaint_rate, 3), complaint_level(complaint_rate)),
         ],
         missing=[d for d in days if d not in present],
-        charts=_charts(days, column, per_provider, warning, critical),
+        charts=[
+            *_charts(days, column, per_provider, warning, critical),
+            line_chart(
+                "Bounced after acceptance (provider reports / sent) against the SES thresholds",
+                days,
+                feedback_rate("bounced"),
+                unit=" %",
+                y_min=0,
+                thresholds=_threshold_lines(warning, critical),
+            ),
+            line_chart(
+                "Complaint rate (complaints / sent) against the SES thresholds",
+                days,
+                feedback_rate("complained"),
+                unit=" %",
+                y_min=0,
+                thresholds=_threshold_lines(complaint_warning, complaint_critical),
+            ),
+        ],
         totals=totals.to_dict("records"),
         last_day=last_day,
         latest=latest.to_dict("records"),
@@ -176,12 +244,8 @@ def _charts(
     warning: float | None,
     critical: float | None,
 ) -> list[str]:
-    """The report's five SVG charts, in page order."""
-    thresholds = []
-    if warning is not None:
-        thresholds.append((warning * 100, f"warning {warning * 100:g} %", WARNING_COLOR))
-    if critical is not None:
-        thresholds.append((critical * 100, f"critical {critical * 100:g} %", CRITICAL_COLOR))
+    """The report's first five SVG charts, in page order (the feedback rates follow)."""
+    thresholds = _threshold_lines(warning, critical)
 
     latency = _clean(column("queue_latency_p95_seconds")) + _clean(
         column("queue_latency_p50_seconds")
@@ -265,6 +329,7 @@ async def write_report(
             f"`mailpipe snapshot --from {start} --to {end}`"
         )
     warning, critical = bounce_thresholds()
+    complaint_warning, complaint_critical = complaint_thresholds()
     page = render_report(
         frame,
         start=start,
@@ -273,6 +338,8 @@ async def write_report(
         generated_at=datetime.now(UTC),
         warning=warning,
         critical=critical,
+        complaint_warning=complaint_warning,
+        complaint_critical=complaint_critical,
     )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

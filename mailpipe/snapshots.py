@@ -3,7 +3,8 @@
 The aggregation is one SQL statement per day (``snapshots_compute_day`` in
 ``sql/queries/snapshots.sql``) over index-backed time ranges; it replaces the day's rows in
 ``email_health_snapshots`` in one transaction, so re-running a day is harmless. Column
-definitions live in the migration's ``COMMENT ON`` (``0005_add_email_health_snapshots.sql``).
+definitions live in the migrations' ``COMMENT ON`` (``0005_add_email_health_snapshots.sql``;
+``0011_add_feedback_to_snapshots.sql`` for the feedback counts).
 
 pandas is imported only inside :func:`load` / :func:`to_dataframe`, so importing this module
 stays light for the flows and the CLI.
@@ -86,6 +87,10 @@ COLUMNS: dict[str, str] = {
     "probe_latency_p95_ms": "float64",
     "health_score": "float64",
     "computed_at": "datetime64[ns, UTC]",
+    # From feedback (0011): what providers reported after accepting (table order: added last).
+    "delivered": "int64",
+    "bounced": "int64",
+    "complained": "int64",
 }
 
 #: (column, label, kind) of the numbers the flow's markdown artifact headlines.
@@ -97,6 +102,9 @@ HEADLINE_METRICS: tuple[tuple[str, str, str], ...] = (
     ("retried", "Retried", "count"),
     ("deferred", "Deferred (rate limits)", "count"),
     ("hard_bounces", "Hard bounces", "count"),
+    ("delivered", "Delivered (provider reports)", "count"),
+    ("bounced", "Bounced after acceptance", "count"),
+    ("complained", "Complaints", "count"),
     ("delivery_success_rate", "Delivery success rate", "rate"),
     ("hard_bounce_rate", "Hard-bounce rate", "rate"),
     ("queue_latency_p50_seconds", "Queue latency p50", "seconds"),

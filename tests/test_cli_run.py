@@ -109,7 +109,8 @@ def test_bad_flow_names_and_parameters_are_refused_before_running(env_database: 
     line = fails("run", "send_everything")
     assert line == (
         "error: unknown flow 'send_everything': choose one of process_email_queue, "
-        "monitor_smtp_health, monitor_email_production, snapshot_email_health"
+        "monitor_smtp_health, monitor_email_production, snapshot_email_health, "
+        "process_email_feedback"
     )
     assert "has no parameter batch; its parameters are: batch_size, concurrency" in fails(
         "run", "process_email_queue", "--param", "batch=5"

@@ -36,13 +36,17 @@ def load(spec: DeploymentSpec) -> Any:
     return load_flow_from_entrypoint(f"{PROJECT / path}:{function}", use_placeholder_flow=False)
 
 
-def test_prefect_yaml_declares_the_four_pg_cron_jobs() -> None:
+def test_prefect_yaml_declares_the_four_pg_cron_jobs_and_the_feedback_flow() -> None:
     assert IDS == [
         "process_email_queue",
         "monitor_smtp_health",
         "monitor_email_production",
         "snapshot_email_health",
+        "process_email_feedback",
     ]
+    from mailpipe.adoption import SEED_JOBS
+
+    assert set(SEED_JOBS) == set(IDS) - {"process_email_feedback"}  # pg_cron never ran it
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)

@@ -78,7 +78,8 @@ def test_demo_runs_the_pipeline_end_to_end(
     # 1 suppressed recipient (21), 1 missing template variable (42).
     assert len(captured) == 55
     assert b"Message-ID: <" in captured[0].read_bytes()
-    # The other three flows ran too, against the same database.
+    # The other four flows ran too, against the same database.
+    assert "process_email_feedback: 0 provider reports applied, 0 waiting" in result.output
     assert "monitor_smtp_health: 1 provider(s) probed, 1 ok" in result.output
     assert "monitor_email_production: alerts firing:" in result.output
     assert "snapshot_email_health: 2 rows for" in result.output

@@ -46,6 +46,7 @@ CRONS = {
     "monitor_smtp_health": "*/5 * * * *",
     "monitor_email_production": "*/5 * * * *",
     "snapshot_email_health": "0 0 * * *",
+    "process_email_feedback": "* * * * *",
 }
 TIMEZONE = "Europe/Berlin"
 SMTP_PASSWORD = "pw-" + uuid.uuid4().hex  # must never show up in any output
@@ -410,7 +411,7 @@ async def test_database_url_from_secret_block(
 # --- prefect deploy --all ----------------------------------------------------------------------
 
 
-def test_deploy_registers_the_four_deployments(deployed: dict[str, Any]) -> None:
+def test_deploy_registers_every_deployment(deployed: dict[str, Any]) -> None:
     print(f"prefect deploy --all: {deployed['deploy_seconds']:.1f} s")
     deployments = deployed["deployments"]
     assert set(deployments) == set(CRONS)
@@ -772,7 +773,13 @@ def test_up_sets_up_deploys_runs_workers_and_stops_cleanly_on_ctrl_c(
     # With PREFECT_API_URL set, `up` uses that server (the module's) instead of starting one;
     # the server start and stop it would do are LocalPrefectServer, which the fixture exercises.
     out_path = tmp_path / "up.log"
-    env = child_env(prefect_server, DATABASE_URL=database_url, MAILPIPE_TIMEZONE=TIMEZONE)
+    receiver_port = free_port()  # the feedback receiver `up` starts, on a port of its own
+    env = child_env(
+        prefect_server,
+        DATABASE_URL=database_url,
+        MAILPIPE_TIMEZONE=TIMEZONE,
+        MAILPIPE_FEEDBACK_PORT=str(receiver_port),
+    )
     env.pop("MAILPIPE_PROJECT_DIR")
     started = time.monotonic()
     with out_path.open("wb") as out:
@@ -791,6 +798,8 @@ def test_up_sets_up_deploys_runs_workers_and_stops_cleanly_on_ctrl_c(
         deployments = run_async(read_deployments())
         assert {d.work_pool_name for d in deployments.values()} == {"mailpipe"}
         assert_check_worker_answers(out_path, up, db, ready_queue, smtpd, 15)
+        assert f"Feedback receiver: http://127.0.0.1:{receiver_port}/feedback/" in text
+        assert_receiver_answers(out_path, up, receiver_port)
     finally:
         os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
         rc = up.wait(60)
@@ -800,6 +809,16 @@ def test_up_sets_up_deploys_runs_workers_and_stops_cleanly_on_ctrl_c(
     assert "Stopped" in text and SMTP_PASSWORD not in text
     with pytest.raises(ProcessLookupError):
         os.killpg(up.pid, 0)  # no worker left behind
+
+
+def assert_receiver_answers(out_path: Path, up: subprocess.Popen[bytes], port: int) -> None:
+    """The receiver `up` started listens (its uvicorn says so in up's output) and answers its
+    health route: it reaches the database."""
+    import httpx
+
+    wait_for_text(out_path, rf"Uvicorn running on http://127\.0\.0\.1:{port}", up, timeout=60)
+    response = httpx.get(f"http://127.0.0.1:{port}/feedback/health", timeout=10)
+    assert response.status_code == 200, response.text
 
 
 # --- late runs ---------------------------------------------------------------------------------
@@ -919,7 +938,15 @@ def test_up_port_and_restart_after_ctrl_c_mid_submission(database_url: str, tmp_
         out_path = tmp_path / f"up-{n}.log"
         with out_path.open("wb") as out:
             process = subprocess.Popen(
-                [*command, "--port", str(port), "--prefect-db", "postgres", "--no-quality-worker"],
+                [
+                    *command,
+                    "--port",
+                    str(port),
+                    "--prefect-db",
+                    "postgres",
+                    "--no-quality-worker",
+                    "--no-feedback-receiver",
+                ],
                 cwd=PROJECT,
                 env=env,
                 stdout=out,

@@ -25,7 +25,8 @@ PROVIDERS = ["alpha", "beta", "<b>gamma</b> & co"]  # a hostile name must come o
 
 
 def synthetic_rows() -> list[dict[str, Any]]:
-    """30 days x (3 providers + '*'), with day 12 missing and a beta bounce spike on days 20-21."""
+    """30 days x (3 providers + '*'), with day 12 missing, a beta bounce spike on days 20-21 and
+    an alpha complaint spike (feedback) on day 5."""
     rows = []
     for i in range(DAYS):
         day = START + timedelta(days=i)
@@ -56,6 +57,9 @@ def synthetic_rows() -> list[dict[str, Any]]:
                     "probe_latency_mean_ms": 120.0 + k * 40 if probes else None,
                     "probe_latency_p95_ms": 300.0 + k * 50 if probes else None,
                     "health_score": 95.0 - 10 * k,
+                    "delivered": sent - sent // 100,
+                    "bounced": sent // 250,
+                    "complained": sent // 1000 + (10 if i == 5 and k == 0 else 0),
                 }
             )
         total = {
@@ -77,6 +81,9 @@ def synthetic_rows() -> list[dict[str, Any]]:
             "hard_bounces",
             "connection_attempts",
             "connection_failures",
+            "delivered",
+            "bounced",
+            "complained",
         ):
             total[key] = sum(p[key] for p in per)
         for row in [total, *per]:
@@ -115,7 +122,7 @@ def render(**kwargs: Any) -> str:
 def test_report_is_self_contained_and_escaped() -> None:
     page = render()
     assert page.startswith("<!doctype html>")
-    assert page.count("<svg") == 5
+    assert page.count("<svg") == 7
     titles = re.findall(r"<figcaption>(.*?)</figcaption>", page)
     assert titles == [
         "Daily volume (all providers)",
@@ -123,9 +130,21 @@ def test_report_is_self_contained_and_escaped() -> None:
         "Hard-bounce rate against the alert thresholds",
         "Queue latency, created → sent (all providers)",
         "Provider availability: ok probes / probes",
+        "Bounced after acceptance (provider reports / sent) against the SES thresholds",
+        "Complaint rate (complaints / sent) against the SES thresholds",
     ]
-    # The thresholds are drawn (line + label) in the bounce chart only.
-    assert page.count(">warning 5 %</text>") == 1 and page.count(">critical 10 %</text>") == 1
+    # The thresholds are drawn (line + label) in the two bounce charts and the complaint chart.
+    assert page.count(">warning 5 %</text>") == 2 and page.count(">critical 10 %</text>") == 2
+    assert page.count(">warning 0.1 %</text>") == 1 and page.count(">critical 0.5 %</text>") == 1
+    # Feedback over the month: what providers reported after the 250, over the messages sent.
+    # Alpha's one-day complaint spike (day 5) stays under SES's 0.1 % over the month.
+    days = [r for r in synthetic_rows() if r["provider_name"] == "*"]
+    sent = sum(r["sent"] for r in days)
+    bounced = sum(r["bounced"] for r in days) / sent
+    complained = sum(r["complained"] for r in days) / sent
+    assert 0.0005 < complained < 0.001 and 0.003 < bounced < 0.005
+    assert f'<div class="card ">Bounced after 250<b>{bounced * 100:.2f} %</b>' in page
+    assert f'<div class="card ">Complaint rate<b>{complained * 100:.3f} %</b>' in page
     # Nothing is fetched: no scripts, no links, no external URLs, no web fonts.
     for forbidden in ("<script", "<link", "http://", "https://", "url(", "@import", " src="):
         assert forbidden not in page, forbidden
@@ -236,7 +255,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     )
     assert dom.returncode == 0, dom.stderr[-2000:]
     # The browser parsed the inline SVG: every chart and every point made it to the DOM.
-    assert dom.stdout.count("<svg") == 5
+    assert dom.stdout.count("<svg") == 7
     assert dom.stdout.count("<polyline") >= 15
 
     png = tmp_path / "report.png"

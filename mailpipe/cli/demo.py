@@ -54,13 +54,14 @@ def smtp_capture(
 
 
 async def _run_flows() -> dict[str, dict]:
-    """The four flows once each, in the order a day of operation would run them, through the
+    """The five flows once each, in the order a day of operation would run them, through the
     same path as ``mailpipe run`` (Prefect's flow engine, the kept local Prefect server)."""
     import datetime as dt
 
     today = dt.datetime.now(dt.UTC).date()
     steps = [
         ("process_email_queue", {}, "running process_email_queue"),
+        ("process_email_feedback", {}, "running process_email_feedback"),
         ("monitor_smtp_health", {}, "running monitor_smtp_health"),
         ("monitor_email_production", {}, "running monitor_email_production"),
         (
@@ -91,7 +92,7 @@ def demo(
 
     Starts the embedded Postgres (unless DATABASE_URL is set) and a local SMTP capture server,
     migrates, seeds a provider, templates and sample events (some invalid, some scheduled later,
-    several priorities), runs the four flows once each and prints their summaries.
+    several priorities), runs the five flows once each and prints their summaries.
     """
     from mailpipe.capture import CaptureServer
     from mailpipe.demo import seed_demo
@@ -147,6 +148,12 @@ def demo(
         f"{', '.join(production.get('firing', [])) or 'none'}; queue "
         + ", ".join(f"{k} {v}" for k, v in production.get("queue", {}).items())
     )
+    feedback = summaries["process_email_feedback"]
+    console.print(
+        f"process_email_feedback: {feedback['applied']} provider reports applied, "
+        f"{feedback['backlog']['due']} waiting (the capture server reports no bounces; "
+        "`mailpipe feedback serve` receives real ones)"
+    )
     snapshot = summaries["snapshot_email_health"]
     console.print(
         f"snapshot_email_health: {snapshot['rows']} rows for {snapshot['start']} "
@@ -166,6 +173,6 @@ def demo(
         "(one file per message; any mail client opens a Maildir)"
     )
     console.print(
-        "next: `mailpipe up` runs the four flows on their schedules with the "
+        "next: `mailpipe up` runs the five flows on their schedules with the "
         "Prefect UI; `mailpipe --help` lists every command"
     )

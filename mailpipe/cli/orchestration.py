@@ -140,6 +140,12 @@ def up_command(
         "--quality-worker/--no-quality-worker",
         help="Start a `mailpipe check worker` for the flows' post-run checks.",
     ),
+    feedback_receiver: bool = typer.Option(
+        True,
+        "--feedback-receiver/--no-feedback-receiver",
+        help="Start `mailpipe feedback serve`, the providers' webhook receiver "
+        "(MAILPIPE_FEEDBACK_HOST/PORT, default 127.0.0.1:8025).",
+    ),
     prefect_db: PrefectDatabase = typer.Option(
         PrefectDatabase.AUTO,
         "--prefect-db",
@@ -153,9 +159,10 @@ def up_command(
     Starts `prefect server start` on --host/--port (unless PREFECT_API_URL or the Prefect
     profile names a server), migrates the database, runs `mailpipe setup prefect`, `prefect
     deploy --all`, crashes runs a dead worker of this machine left Pending or Running (their
-    concurrency slots are released), starts `prefect worker start --pool mailpipe`, then prints
-    the UI address. Ctrl-C (or SIGTERM) stops it all within seconds; a run being submitted
-    is let through first.
+    concurrency slots are released), starts `prefect worker start --pool mailpipe`, the check
+    worker and the feedback receiver (`mailpipe feedback serve`), then prints the UI address.
+    Ctrl-C (or SIGTERM) stops it all within seconds; a run being submitted is let through
+    first.
     """
 
     def ready(report: up.UpReport) -> None:
@@ -181,6 +188,12 @@ def up_command(
             f"Workers: {report.workers} on pool mailpipe"
             + (", 1 data-quality worker" if report.quality_worker else "")
         )
+        if report.feedback_receiver:
+            console.print(
+                f"Feedback receiver: http://{report.feedback_receiver}/feedback/<provider> "
+                "(behind your HTTPS proxy; docs/feedback.md)",
+                highlight=False,
+            )
         console.print(
             f"[bold]Prefect UI: {report.ui_url}[/]  (Ctrl-C stops everything)", highlight=False
         )
@@ -191,6 +204,7 @@ def up_command(
         port=port,
         workers=workers,
         quality_worker=quality_worker,
+        feedback_receiver=feedback_receiver,
         prefect_db=prefect_db,
         on_ready=ready,
         secret_source=_secret_source(True),

@@ -1,4 +1,10 @@
-"""``mailpipe queue``: status, list, retry, cancel and purge events, safely while flows run."""
+"""``mailpipe queue``: status, list, show, retry, cancel and purge events, safely while flows
+run.
+
+A little over 400 lines: six commands of one group, each mostly its options and its output
+(``show`` adds an event's feedback history); the work is in :mod:`mailpipe.queue` and
+:mod:`mailpipe.feedback.lookup`.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from mailpipe.cli.output import (
 )
 from mailpipe.cli.values import BadOption, duration
 from mailpipe.db import Database
+from mailpipe.feedback.lookup import EventFeedback, event_feedback, latest_feedback
 from mailpipe.queue import (
     FINAL_STATUSES,
     RETRYABLE_STATUSES,
@@ -157,8 +164,9 @@ def list_command(
             )
 
     rows = run(go())
+    feedback = run(_latest_feedback(rows))
     if as_json:
-        print_json(rows)
+        print_json([{**r, "feedback": _feedback_json(feedback.get(r["message_id"]))} for r in rows])
         return
     print_table(
         [
@@ -171,6 +179,7 @@ def list_command(
                 "retries": r["retry_count"],
                 "due": short_time(r["scheduled_at"]),
                 "changed": short_time(r["updated_at"]),
+                "feedback": _feedback_cell(feedback.get(r["message_id"])),
                 "error": _clip(r["last_error"], 70),
             }
             for r in rows
@@ -179,6 +188,79 @@ def list_command(
     )
     if len(rows) == limit:
         console.print(f"(first {limit}; use --limit or filters for more)")
+
+
+async def _latest_feedback(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Message-ID -> the latest provider report on that message (none: not in the dict)."""
+    if not any(r.get("status") == "sent" for r in rows):
+        return {}  # only sent messages get feedback: no query for a list of failures
+    async with Database(min_size=1, max_size=1) as db:
+        return await latest_feedback(db, (r["message_id"] for r in rows))
+
+
+def _feedback_json(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {
+        "kind": row["feedback"],
+        "at": row["feedback_at"],
+        "provider": row["feedback_provider"],
+        "events": row["feedback_events"],
+        "confirmation_status": row["confirmation_status"],
+    }
+
+
+def _feedback_cell(row: dict[str, Any] | None) -> str | None:
+    """``hard_bounce 12-05 20:01:02``: the latest report and when it arrived."""
+    if row is None:
+        return None
+    return f"{row['feedback']} {short_time(row['feedback_at'])}"
+
+
+@app.command("show")
+@command
+def show_command(
+    event_id: str = typer.Argument(..., help="The event's id (a number or a UUID)."),
+    as_json: bool = _JSON,
+) -> None:
+    """One event: its outbox row, the provider's acceptance, and what the provider reported
+    after it (deliveries, bounces, complaints: latest last)."""
+
+    async def go() -> EventFeedback:
+        async with Database(min_size=1, max_size=1) as db:
+            return await event_feedback(db, event_id)
+
+    found = run(go())
+    if as_json:
+        print_json({"event": found.event, "feedback": found.feedback})
+        return
+    event = found.event
+    print_table(
+        [{"field": k, "value": v} for k, v in event.items() if v is not None],
+        title=f"Event {event['id']}",
+    )
+    latest = found.latest
+    if latest is None:
+        console.print(
+            "no feedback yet"
+            + (" (sent: the provider has reported nothing)" if event["status"] == "sent" else ""),
+            highlight=False,
+        )
+        return
+    print_table(
+        [
+            {
+                "received": short_time(f["received_at"]),
+                "provider": f["provider"],
+                "kind": f["kind"],
+                "state": f["state"],
+                "effect": ", ".join(f["effect"] or []) or None,
+                "reason": _clip(f["reason"], 60),
+            }
+            for f in found.feedback
+        ],
+        title=f"Feedback (latest: {latest['kind']} at {short_time(latest['received_at'])})",
+    )
 
 
 def _report(result: AdminResult, verb: str, as_json: bool) -> None:

@@ -26,12 +26,13 @@ from mailpipe.deploy.kept import kept_prefect_api
 from mailpipe.errors import MailpipeError
 from mailpipe.queue import Enqueued, enqueue
 
-# The four deployments (prefect.yaml); each is flows/<name>.py:<name>.
+# The five deployments (prefect.yaml); each is flows/<name>.py:<name>.
 FLOWS = (
     "process_email_queue",
     "monitor_smtp_health",
     "monitor_email_production",
     "snapshot_email_health",
+    "process_email_feedback",
 )
 
 
@@ -40,7 +41,7 @@ class FlowRunFailed(MailpipeError):
 
 
 def check_flow_name(name: str) -> None:
-    """Refuse a name that is not one of the four flows (before anything slow starts)."""
+    """Refuse a name that is not one of the flows (before anything slow starts)."""
     if name not in FLOWS:
         raise BadOption(f"unknown flow {name!r}: choose one of {', '.join(FLOWS)}")
 

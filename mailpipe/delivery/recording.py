@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailpipe.db import Database
+from mailpipe.db import Database, Transaction
 from mailpipe.delivery.outcomes import Outcome
 from mailpipe.delivery.preparing import Job
 from mailpipe.queries import query
@@ -49,6 +49,7 @@ class Confirmation:
     response: str
     duplicate: bool
     at: dt.datetime
+    provider_message_id: str | None = None  # the provider's id from its 250 reply
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,18 @@ class BatchRecord:
         if outcome.bounce and job.recipient is not None:
             self.bounces.append(job.recipient.address.lower())
 
-    def confirm(self, job: Job, provider: str, code: int, reply: str, at: dt.datetime) -> None:
-        """Record the provider's acceptance of ``job``'s message."""
+    def confirm(
+        self,
+        job: Job,
+        provider: str,
+        code: int,
+        reply: str,
+        at: dt.datetime,
+        *,
+        provider_message_id: str | None = None,
+    ) -> None:
+        """Record the provider's acceptance of ``job``'s message (and the provider's own id
+        of it, when its reply gave one: feedback webhooks quote that id)."""
         assert job.recipient is not None
         self.confirmations.append(
             Confirmation(
@@ -119,6 +130,7 @@ class BatchRecord:
                 response=reply[:MAX_REPLY_LENGTH],
                 duplicate=bool(job.row["may_be_duplicate"]),
                 at=at,
+                provider_message_id=provider_message_id,
             )
         )
         self.by_provider[provider] += 1
@@ -141,6 +153,20 @@ class BatchRecord:
 def _columns(rows: Sequence[Any], names: dict[str, str]) -> dict[str, list[Any]]:
     """Query parameter -> the column of that attribute across ``rows`` (for unnest)."""
     return {param: [getattr(row, attr) for row in rows] for param, attr in names.items()}
+
+
+async def _record_provider_message_ids(
+    tx: Transaction, confirmations: Sequence[Confirmation]
+) -> None:
+    """Store the providers' message ids on the confirmations just written (keyed by our
+    Message-ID, so independent of the event id type); nothing to do for providers whose replies
+    carry none (Mailgun)."""
+    pairs = [(c.message_id, c.provider_message_id) for c in confirmations if c.provider_message_id]
+    if pairs:
+        await tx.execute(
+            query("record_provider_message_ids"),
+            {"message_ids": [m for m, _ in pairs], "provider_message_ids": [p for _, p in pairs]},
+        )
 
 
 async def record_batch(db: Database, record: BatchRecord) -> int:
@@ -190,6 +216,7 @@ async def record_batch(db: Database, record: BatchRecord) -> int:
                     },
                 ),
             )
+            await _record_provider_message_ids(tx, record.confirmations)
         if record.attempts:
             await tx.execute(
                 query("insert_attempts"),

@@ -124,7 +124,14 @@ class Router:
                 for job, result in sent:
                     if isinstance(result, Accepted):
                         record.finish(job, outcomes.sent(result), now)
-                        record.confirm(job, result.provider, result.code, result.reply, result.at)
+                        record.confirm(
+                            job,
+                            result.provider,
+                            result.code,
+                            result.reply,
+                            result.at,
+                            provider_message_id=result.provider_message_id,
+                        )
                     elif (
                         isinstance(result, SMTPError)
                         and result.provider_level

@@ -1,4 +1,5 @@
-"""The child processes mailpipe starts: ``prefect`` commands, workers, the check worker.
+"""The child processes mailpipe starts: ``prefect`` commands, workers, the check worker, the
+feedback receiver.
 
 Each child gets its own process group (``start_new_session``): a Ctrl-C at the terminal then
 reaches only the parent (``up``, ``serve``), which signals every child once, at the same time,
@@ -155,5 +156,23 @@ def start_quality_worker(
         cwd=project,
         env=environment,
         stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def start_feedback_receiver(
+    *, project: Path, env: Mapping[str, str] | None = None, output: IO[bytes] | int | None = None
+) -> subprocess.Popen[bytes]:
+    """``mailpipe feedback serve`` as a child process: the providers' webhook receiver on
+    ``MAILPIPE_FEEDBACK_HOST``:``MAILPIPE_FEEDBACK_PORT`` (docs/feedback.md); it stores events
+    in the inbox, the process_email_feedback deployment applies them."""
+    environment = {**(env if env is not None else os.environ), "MAILPIPE_PROJECT_DIR": str(project)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailpipe", "feedback", "serve"],
+        cwd=project,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT if output else None,
         start_new_session=True,
     )

@@ -201,7 +201,7 @@ async def _ensure_work_pool(
                 name=name,
                 type=pool_type,
                 base_job_template=template,
-                description="mailpipe: the four flows of prefect.yaml",
+                description="mailpipe: the flows of prefect.yaml",
             )
         )
     return SetupStep("work pool", name, "created", f"type {pool_type}")

@@ -18,6 +18,8 @@ from mailpipe.deploy.api import configured_api_url
 from mailpipe.deploy.database import PrefectDatabase, prefect_database_url
 from mailpipe.deploy.processes import (
     deploy_all,
+    port_is_free,
+    start_feedback_receiver,
     start_quality_worker,
     start_worker,
     stop_processes,
@@ -59,6 +61,7 @@ class UpReport:
     quality_worker: bool = True
     server_database: str = "sqlite"  # postgres or sqlite: where up's server keeps its data
     crashed: list[CrashedRun] = field(default_factory=list)
+    feedback_receiver: str | None = None  # where `mailpipe feedback serve` listens, if started
 
 
 class _Stop(Exception):
@@ -71,6 +74,7 @@ def up(
     port: int = 4200,
     workers: int = 1,
     quality_worker: bool = True,
+    feedback_receiver: bool = True,
     prefect_db: PrefectDatabase = PrefectDatabase.AUTO,
     on_ready: Callable[[UpReport], None] | None = None,
     secret_source: SecretSource = env_secret_source,
@@ -83,7 +87,8 @@ def up(
     ``prefect_db``), migrates the database, runs :func:`setup_prefect`, deploys
     ``prefect.yaml``, crashes the runs a dead worker of this machine left behind (see
     :mod:`mailpipe.deploy.recovery`), starts ``workers`` worker processes on the work pool and
-    (``quality_worker``) a ``mailpipe check worker``, calls ``on_ready`` and waits.
+    (``quality_worker``) a ``mailpipe check worker`` and (``feedback_receiver``) the providers'
+    webhook receiver ``mailpipe feedback serve``, calls ``on_ready`` and waits.
 
     Stopping: every child is in its own process group, so a terminal's Ctrl-C reaches ``up``
     alone. ``up`` waits (a few seconds at most) until no run of its deployments is mid-submission,
@@ -99,6 +104,7 @@ def up(
     if not pools:
         raise ConfigError(f"no work pool in {PROJECT_FILE}: nothing for workers to poll")
     names = [s.full_name for s in specs]
+    receiver_at = _receiver_address() if feedback_receiver else None
     # Deployed runs execute in the project folder: so does `up`, so that a relative
     # MAILPIPE_DATA_DIR (the embedded Postgres) is the same folder for both.
     os.chdir(project)
@@ -149,6 +155,8 @@ def up(
             )
         if quality_worker:
             children["mailpipe check worker"] = start_quality_worker(project=project, env=env)
+        if receiver_at:
+            children["mailpipe feedback serve"] = start_feedback_receiver(project=project, env=env)
         report = UpReport(
             api_url=api_url,
             ui_url=ui_url,
@@ -162,6 +170,7 @@ def up(
             quality_worker=quality_worker,
             server_database=database,
             crashed=crashed,
+            feedback_receiver=receiver_at,
         )
         if on_ready:
             on_ready(report)
@@ -191,6 +200,19 @@ def up(
             server.stop(timeout=CHILD_STOP_SECONDS)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _receiver_address() -> str:
+    """``host:port`` of the feedback receiver, refused before anything starts if taken."""
+    from mailpipe.feedback.settings import get_feedback_settings
+
+    feedback = get_feedback_settings()
+    if not port_is_free(feedback.host, feedback.port):
+        raise ConfigError(
+            f"the feedback receiver's port {feedback.host}:{feedback.port} is in use: set "
+            "MAILPIPE_FEEDBACK_PORT to a free port, or pass --no-feedback-receiver"
+        )
+    return f"{feedback.host}:{feedback.port}"
 
 
 async def _migrate(settings: Settings) -> list[str]:

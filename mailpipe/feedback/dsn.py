@@ -185,6 +185,11 @@ def _parse_dsn(report: Message, raw: bytes, verp_prefix: str) -> list[FeedbackEv
     original = _original_headers(report)
     message_id = text(original.get("Message-ID")) if original is not None else None
     token = _verp_token_of(report, verp_prefix)
+    # The operator's own Postfix names the message by the queue id it answered "queued as
+    # <id>" with, stored on the confirmation at send time. Short queue ids are reused over
+    # time, so that id is the key only when the DSN quotes neither our Message-ID nor a VERP
+    # return path.
+    queue_id = text(per_message.get("X-Postfix-Queue-ID")) if not (message_id or token) else None
     report_id = _report_id(report, raw)
     text_raw = raw.decode("utf-8", errors="replace")
     if not recipients:
@@ -211,6 +216,7 @@ def _parse_dsn(report: Message, raw: bytes, verp_prefix: str) -> list[FeedbackEv
                 error=None if kind else f"DSN Action {action!r} is not one RFC 3464 defines",
                 recipient=recipient,
                 message_id=message_id,
+                provider_message_id=queue_id,
                 verp_token=token,
                 reason=diagnostic,
                 smtp_code=smtp_code_of(code_text),

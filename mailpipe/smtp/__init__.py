@@ -3,6 +3,7 @@
 - :mod:`~mailpipe.smtp.errors`: the error vocabulary (transient/permanent, provider-level,
   ambiguous) and :func:`~mailpipe.smtp.errors.classify`;
 - :mod:`~mailpipe.smtp.client`: one session (connect, send one message, close);
+- :mod:`~mailpipe.smtp.replies`: the provider's message id in a 250 reply;
 - :mod:`~mailpipe.smtp.pool`: persistent connections to one provider, used by delivery;
 - :mod:`~mailpipe.smtp.probe`: the health probe's session, used by monitoring.
 """
@@ -25,6 +26,7 @@ from mailpipe.smtp.errors import (
 )
 from mailpipe.smtp.pool import ConnectionPool, connection_key
 from mailpipe.smtp.probe import ProbeSession, probe_session
+from mailpipe.smtp.replies import provider_message_id
 
 __all__ = [
     "AUDIT_RESULTS",
@@ -46,5 +48,6 @@ __all__ = [
     "not_attempted",
     "open_connection",
     "probe_session",
+    "provider_message_id",
     "send_message",
 ]

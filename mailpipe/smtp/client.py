@@ -11,6 +11,7 @@ import aiosmtplib
 from mailpipe.config import Settings, get_settings
 from mailpipe.providers import Provider
 from mailpipe.smtp.errors import classify
+from mailpipe.smtp.replies import provider_message_id
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,12 @@ class Accepted:
     code: int
     reply: str
     at: dt.datetime
+
+    @property
+    def provider_message_id(self) -> str | None:
+        """The provider's own id of the message in its reply (SES ``Ok <id>``, ``queued as
+        <id>``), which its webhooks quote; None when the reply gives none."""
+        return provider_message_id(self.reply)
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:

@@ -3,7 +3,9 @@
 Tests, the reliability suites and the benchmarks talk to this real SMTP server on a free local
 port. Its :class:`Behaviour` says how to answer: a fixed reply per command (``"451 4.3.0 try
 later"``), a per-recipient reply, a scripted sequence of DATA replies, a delay before replying,
-a dropped connection before or after DATA, AUTH required, STARTTLS or implicit TLS.
+a dropped connection before or after DATA, AUTH required, STARTTLS or implicit TLS. A DATA
+reply may carry ``{queue_id}``, replaced by a fresh id per message, like a provider's own
+message id (``"250 Ok {queue_id}"`` as SES answers, ``"250 2.0.0 Ok: queued as {queue_id}"``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import random
 import socket
 import ssl
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ class Behaviour:
     rcpt_reply: str | None = None  # e.g. "550 5.1.1 no such user"
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # per recipient address
     data_reply: str | None = None  # e.g. "451 4.3.0 try later", "554 5.7.1 spam"
+    # {queue_id} in a DATA reply becomes a fresh id per message ("250 Ok {queue_id}")
     data_script: list[str] = field(default_factory=list)  # consumed in order, then data_reply
     data_delay: float = 0.0  # seconds before answering DATA (a slow server)
     drop_before_data: bool = False  # close the connection at RCPT
@@ -58,6 +62,7 @@ class Received:
     accepted: bool
     received_at: dt.datetime
     reply: str | None = None  # what the server answered DATA ("drop_after": nothing)
+    queue_id: str | None = None  # the id the reply carried ({queue_id}), if any
 
 
 class _Handler:
@@ -122,6 +127,10 @@ class _Handler:
         if behaviour.data_delay:
             await asyncio.sleep(behaviour.data_delay)
         reply = getattr(session, "mailpipe_fault", None) or self.server.next_data_reply()
+        queue_id = None
+        if reply and "{queue_id}" in reply:
+            queue_id = uuid.uuid4().hex[:20]
+            reply = reply.replace("{queue_id}", queue_id)
         session.mailpipe_fault = None  # type: ignore[attr-defined]
         content = envelope.original_content or envelope.content or b""
         if isinstance(content, str):
@@ -138,6 +147,7 @@ class _Handler:
                 accepted=accepted and not drop,
                 received_at=dt.datetime.now(dt.UTC),
                 reply="drop_after" if drop else (reply or "250 2.0.0 OK queued"),
+                queue_id=queue_id,
             )
         )
         if drop:

@@ -140,8 +140,10 @@ WITH due AS (
             OR EXCLUDED.expires_at > s.expires_at)
     RETURNING s.address, s.reason
 ), attempts AS (
-    -- History: a hard bounce that bounced a confirmation is a bounced delivery attempt, read
-    -- by monitoring (bounce rate) and the daily snapshot like a 5xx on RCPT.
+    -- History: a hard bounce that bounced a confirmation is a bounced delivery attempt (the
+    -- snapshot's hard_bounces counts it like a 5xx on RCPT). Monitoring's bounce rate counts
+    -- the message by its confirmation's status instead and skips these rows by their
+    -- 'feedback ' prefix (metrics_delivery_by_provider): one bounce, counted once.
     INSERT INTO delivery_attempts (communication_event_id, provider_name, outcome, smtp_code, error)
     SELECT sc.communication_event_id, sc.provider_name, 'bounced', sc.smtp_code,
            left('feedback ' || sc.provider || coalesce(': ' || sc.reason, ''), 500)
@@ -219,3 +221,51 @@ SELECT id, provider, provider_event_id, received_at, occurred_at, state, kind, p
 -- feedback_state_counts --
 -- How many inbox rows are in each state
 SELECT state, count(*) AS n FROM email_feedback_events GROUP BY state ORDER BY state;
+
+-- record_provider_message_ids --
+-- The providers' own message ids from their 250 replies, on the confirmations just written (by our Message-ID); a confirmation keeps the first one
+UPDATE smtp_delivery_confirmations AS c
+   SET provider_message_id = r.provider_message_id
+  FROM unnest(%(message_ids)s::text[], %(provider_message_ids)s::text[])
+       AS r (message_id, provider_message_id)
+ WHERE c.message_id = r.message_id AND c.provider_message_id IS NULL;
+
+-- feedback_backlog --
+-- What waits in the inbox after a run: due now, unmatched (still retried or kept for good), failed, and the oldest due event's age
+SELECT count(*) FILTER (WHERE next_attempt_at <= now()) AS due,
+       count(*) FILTER (WHERE state = 'unmatched' AND next_attempt_at IS NOT NULL) AS unmatched_retrying,
+       count(*) FILTER (WHERE state = 'unmatched' AND next_attempt_at IS NULL) AS unmatched_kept,
+       count(*) FILTER (WHERE state = 'error') AS errors,
+       coalesce(extract(epoch FROM now() - min(received_at) FILTER (WHERE next_attempt_at <= now())), 0)::float AS oldest_due_seconds
+  FROM email_feedback_events
+ WHERE state IN ('received', 'unmatched', 'error');
+
+-- feedback_of_messages --
+-- The latest applied feedback of each of these messages (by our Message-ID), with how many events it had, for mailpipe queue list
+SELECT DISTINCT ON (c.message_id) c.message_id, c.status AS confirmation_status,
+       f.kind AS feedback, f.received_at AS feedback_at, f.provider AS feedback_provider,
+       count(*) OVER (PARTITION BY c.message_id) AS feedback_events
+  FROM smtp_delivery_confirmations AS c
+  JOIN email_feedback_events AS f
+    ON f.matched_event_id = c.communication_event_id AND f.state = 'applied'
+ WHERE c.message_id = ANY(%(message_ids)s::text[])
+ ORDER BY c.message_id, f.received_at DESC, f.id DESC;
+
+-- feedback_event_detail --
+-- One outbox event with its confirmation (the id is compared as the database's own id type: bigint or uuid)
+SELECT e.id, e.status, e.priority, e.recipient_email, e.template_key, e.event_type,
+       e.retry_count, e.created_at, e.scheduled_at, e.sent_at, e.updated_at, e.provider_name,
+       e.error_class, e.last_error, e.message_id,
+       c.status AS confirmation_status, c.smtp_code, c.smtp_response, c.provider_message_id,
+       c.created_at AS accepted_at
+  FROM communication_events AS e
+  LEFT JOIN smtp_delivery_confirmations AS c ON c.message_id = e.message_id
+ WHERE e.id = %(id)s;
+
+-- feedback_of_event --
+-- Every feedback event matched to one outbox event, oldest first (its history after the 250)
+SELECT id, provider, kind, provider_kind, state, received_at, occurred_at, reason, smtp_code,
+       enhanced_status, effect
+  FROM email_feedback_events
+ WHERE matched_event_id = %(id)s
+ ORDER BY received_at, id;

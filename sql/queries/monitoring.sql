@@ -59,24 +59,30 @@ SELECT
          WHERE status = 'processing' AND lease_expires_at < now()) AS stuck;
 
 -- metrics_delivery_by_provider --
--- Accepted, complained and each unsuccessful outcome per provider (NULL: none) in a window
+-- Accepted, complained, bounced after acceptance (feedback) and each unsuccessful outcome per provider (NULL: none) in a window
 SELECT provider_name,
        sum(sent)::bigint AS sent, sum(complaints)::bigint AS complaints,
+       sum(feedback_bounced)::bigint AS feedback_bounced,
        sum(retries)::bigint AS retries, sum(failed)::bigint AS failed,
        sum(bounced)::bigint AS bounced, sum(failovers)::bigint AS failovers,
        sum(deferred)::bigint AS deferred, sum(suppressed)::bigint AS suppressed
   FROM (SELECT provider_name, count(*) AS sent,
                count(*) FILTER (WHERE status = 'complained') AS complaints,
+               -- Messages sent in the window that a provider later reported hard-bounced.
+               count(*) FILTER (WHERE status = 'bounced') AS feedback_bounced,
                0 AS retries, 0 AS failed, 0 AS bounced, 0 AS failovers, 0 AS deferred,
                0 AS suppressed
           FROM smtp_delivery_confirmations
          WHERE created_at >= now() - %(window)s::interval
          GROUP BY provider_name
         UNION ALL
-        SELECT provider_name, 0, 0,
+        SELECT provider_name, 0, 0, 0,
                count(*) FILTER (WHERE outcome = 'retry'),
                count(*) FILTER (WHERE outcome = 'failed'),
-               count(*) FILTER (WHERE outcome = 'bounced'),
+               -- 5xx on RCPT only: the bounced attempt apply_feedback_batch records for a
+               -- reported bounce ('feedback <provider>: ...') is counted above, by its message.
+               count(*) FILTER (WHERE outcome = 'bounced'
+                                  AND coalesce(error, '') NOT LIKE 'feedback %%'),
                count(*) FILTER (WHERE outcome = 'failover'),
                count(*) FILTER (WHERE outcome = 'deferred'),
                count(*) FILTER (WHERE outcome = 'suppressed')

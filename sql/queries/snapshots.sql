@@ -71,6 +71,19 @@ attempts AS (
      WHERE attempted_at >= %(day_start)s AND attempted_at < %(day_end)s
      GROUP BY GROUPING SETS ((provider_name), ())
 ),
+feedback AS (
+    -- What providers reported after accepting (0011): applied events received in the day,
+    -- each message counted once per kind, by the provider of the confirmation it matched.
+    SELECT CASE WHEN grouping(c.provider_name) = 1 THEN '*' ELSE c.provider_name END AS key,
+           count(DISTINCT f.confirmation_id) FILTER (WHERE f.kind = 'delivered') AS delivered,
+           count(DISTINCT f.confirmation_id) FILTER (WHERE f.kind = 'hard_bounce') AS bounced,
+           count(DISTINCT f.confirmation_id) FILTER (WHERE f.kind = 'complaint') AS complained
+      FROM email_feedback_events AS f
+      JOIN smtp_delivery_confirmations AS c ON c.id = f.confirmation_id
+     WHERE f.received_at >= %(day_start)s AND f.received_at < %(day_end)s
+       AND f.state = 'applied' AND f.kind IN ('delivered', 'hard_bounce', 'complaint')
+     GROUP BY GROUPING SETS ((c.provider_name), ())
+),
 probes AS (
     SELECT CASE WHEN grouping(provider) = 1 THEN '*' ELSE provider END AS key,
            count(*) AS connection_attempts,
@@ -103,6 +116,7 @@ keys AS (
     UNION SELECT key FROM confirmed WHERE key IS NOT NULL
     UNION SELECT key FROM attempts WHERE key IS NOT NULL
     UNION SELECT key FROM probes WHERE key IS NOT NULL
+    UNION SELECT key FROM feedback WHERE key IS NOT NULL
 ),
 computed AS (
     SELECT k.key,
@@ -129,7 +143,10 @@ computed AS (
            p.probe_latency_p95_ms,
            CASE WHEN k.key = '*'
                 THEN (SELECT avg(health_score) FROM providers WHERE status <> 'disabled')
-                ELSE pr.health_score END AS health_score
+                ELSE pr.health_score END AS health_score,
+           coalesce(fb.delivered, 0) AS delivered,
+           coalesce(fb.bounced, 0) AS bounced,
+           coalesce(fb.complained, 0) AS complained
       FROM keys k
       LEFT JOIN created cr ON cr.key = k.key
       LEFT JOIN delivered d ON d.key = k.key
@@ -138,6 +155,7 @@ computed AS (
       LEFT JOIN attempts a ON a.key = k.key
       LEFT JOIN probes p ON p.key = k.key
       LEFT JOIN providers pr ON pr.key = k.key
+      LEFT JOIN feedback fb ON fb.key = k.key
 ),
 upserted AS (
     INSERT INTO email_health_snapshots AS s (
@@ -148,7 +166,8 @@ upserted AS (
         delivery_success_rate, hard_bounce_rate,
         queue_latency_p50_seconds, queue_latency_p95_seconds,
         connection_attempts, connection_failures, availability,
-        probe_latency_mean_ms, probe_latency_p95_ms, health_score, computed_at)
+        probe_latency_mean_ms, probe_latency_p95_ms, health_score, computed_at,
+        delivered, bounced, complained)
     SELECT %(day)s, key, %(tz)s, %(day_start)s, %(day_end)s,
            events_created, sent, failed, failed_invalid, failed_template, failed_suppressed,
            failed_rejected, failed_bounced, failed_retries_exhausted, failed_no_provider,
@@ -158,7 +177,8 @@ upserted AS (
            queue_latency_p50_seconds, queue_latency_p95_seconds,
            connection_attempts, connection_failures,
            (connection_attempts - connection_failures)::float8 / nullif(connection_attempts, 0),
-           probe_latency_mean_ms, probe_latency_p95_ms, health_score, now()
+           probe_latency_mean_ms, probe_latency_p95_ms, health_score, now(),
+           delivered, bounced, complained
       FROM computed
     ON CONFLICT (snapshot_date, provider_name) DO UPDATE SET
         timezone = EXCLUDED.timezone,
@@ -190,7 +210,10 @@ upserted AS (
         probe_latency_p95_ms = EXCLUDED.probe_latency_p95_ms,
         -- A backfill cannot know a past day's score: keep the one the nightly run recorded.
         health_score = coalesce(EXCLUDED.health_score, s.health_score),
-        computed_at = EXCLUDED.computed_at
+        computed_at = EXCLUDED.computed_at,
+        delivered = EXCLUDED.delivered,
+        bounced = EXCLUDED.bounced,
+        complained = EXCLUDED.complained
     RETURNING s.provider_name
 ),
 removed AS (
