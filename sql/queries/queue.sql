@@ -22,10 +22,11 @@ UPDATE communication_events
 RETURNING id;
 
 -- claim_due_events --
--- Claim up to N due events in priority order under a lease; concurrent workers skip each other's rows
+-- Claim up to N due events (priority at most max_priority) in priority order under a lease; concurrent workers skip each other's rows
 WITH due AS (
     SELECT id FROM communication_events
      WHERE status = 'queued' AND scheduled_at <= now()
+       AND priority <= %(max_priority)s
      ORDER BY priority, scheduled_at, id
      LIMIT %(batch_size)s
        FOR UPDATE SKIP LOCKED
@@ -40,6 +41,15 @@ UPDATE communication_events e
  WHERE e.id = due.id
 RETURNING e.id, e.event_type, e.recipient_email, e.template_key, e.priority, e.scheduled_at,
           e.payload, e.message_id, e.retry_count, e.may_be_duplicate;
+
+-- release_leases --
+-- Put back the events these workers still hold (a deliverer stopping); no retry is counted
+UPDATE communication_events
+   SET status = 'queued', lease_expires_at = NULL, locked_by = NULL, may_be_duplicate = true,
+       last_error = 'released by a stopping worker before its outcome was recorded; requeued',
+       updated_at = now()
+ WHERE status = 'processing' AND locked_by = ANY(%(workers)s)
+RETURNING id;
 
 -- finish_events --
 -- Record the outcome of a batch in one statement; rows whose lease we lost are left alone
