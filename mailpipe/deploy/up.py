@@ -18,6 +18,7 @@ from mailpipe.deploy.api import configured_api_url
 from mailpipe.deploy.database import PrefectDatabase, prefect_database_url
 from mailpipe.deploy.processes import (
     deploy_all,
+    start_deliverer,
     start_quality_worker,
     start_worker,
     stop_processes,
@@ -57,6 +58,7 @@ class UpReport:
     workers: int
     server_log: Path | None
     quality_worker: bool = True
+    deliverer: bool = True
     server_database: str = "sqlite"  # postgres or sqlite: where up's server keeps its data
     crashed: list[CrashedRun] = field(default_factory=list)
 
@@ -71,6 +73,7 @@ def up(
     port: int = 4200,
     workers: int = 1,
     quality_worker: bool = True,
+    deliverer: bool = True,
     prefect_db: PrefectDatabase = PrefectDatabase.AUTO,
     on_ready: Callable[[UpReport], None] | None = None,
     secret_source: SecretSource = env_secret_source,
@@ -83,7 +86,8 @@ def up(
     ``prefect_db``), migrates the database, runs :func:`setup_prefect`, deploys
     ``prefect.yaml``, crashes the runs a dead worker of this machine left behind (see
     :mod:`mailpipe.deploy.recovery`), starts ``workers`` worker processes on the work pool and
-    (``quality_worker``) a ``mailpipe check worker``, calls ``on_ready`` and waits.
+    (``quality_worker``) a ``mailpipe check worker`` and (``deliverer``) a ``mailpipe deliver``,
+    calls ``on_ready`` and waits.
 
     Stopping: every child is in its own process group, so a terminal's Ctrl-C reaches ``up``
     alone. ``up`` waits (a few seconds at most) until no run of its deployments is mid-submission,
@@ -149,6 +153,8 @@ def up(
             )
         if quality_worker:
             children["mailpipe check worker"] = start_quality_worker(project=project, env=env)
+        if deliverer:
+            children["mailpipe deliver"] = start_deliverer(project=project, env=env)
         report = UpReport(
             api_url=api_url,
             ui_url=ui_url,
@@ -160,6 +166,7 @@ def up(
             workers=workers,
             server_log=server_log_path,
             quality_worker=quality_worker,
+            deliverer=deliverer,
             server_database=database,
             crashed=crashed,
         )
