@@ -116,6 +116,7 @@ class _Slot:
     batch_size: int
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     waiting: bool = False  # between drains, waiting for a notification or the poll
+    rescued_at: float = float("-inf")  # when its drain last rescued expired leases
 
 
 class Deliverer:
@@ -198,11 +199,14 @@ class Deliverer:
         while not stop.is_set():
             slot.wake.clear()  # before draining: a notification during the drain counts
             slot.drainer.start_run(RunState(gate=self._gate))  # providers down: retried
+            # Rescuing leases (a dead peer's) once per poll interval is enough; not per wake-up.
+            rescue = time.monotonic() - slot.rescued_at >= self.options.poll_seconds
             try:
                 result = await slot.drainer.drain(
                     batch_size=slot.batch_size,
                     time_budget=self.options.time_budget,
                     stop=stop,
+                    rescue=rescue,
                 )
             except (DatabaseUnavailable, DatabaseError) as exc:
                 # The pool replaces a dead connection on the next try; what the cut batch
@@ -214,6 +218,8 @@ class Deliverer:
                 backoff = min(backoff * 2, 10.0)
                 continue
             backoff = 0.1
+            if rescue:
+                slot.rescued_at = time.monotonic()
             self.stats.add(result)
             if result.stopped_by == "time_budget":
                 continue  # more is due

@@ -85,16 +85,19 @@ class Drainer:
         max_events: int | None = None,
         stop: asyncio.Event | None = None,
         tally: DrainResult | None = None,
+        rescue: bool = True,
     ) -> DrainResult:
         """Process batches until the queue has nothing due, the budget is spent,
         ``max_events`` were claimed or ``stop`` is set (checked between batches, so the batch
         in hand is always recorded). Each recorded batch is also added to ``tally``. Closes
-        its SMTP connections at the end unless ``keep_connections`` (then :meth:`close`)."""
+        its SMTP connections at the end unless ``keep_connections`` (then :meth:`close`).
+        Starts by rescuing expired leases unless ``rescue`` is False (a deliverer woken many
+        times a second rescues once per poll interval)."""
         result = DrainResult(self.worker)
         started = time.perf_counter()
         deadline = started + time_budget
         try:
-            result.rescued = len(await rescue_expired_leases(self.db))
+            result.rescued = len(await rescue_expired_leases(self.db)) if rescue else 0
             if tally is not None:
                 tally.rescued += result.rescued
             if result.rescued:
