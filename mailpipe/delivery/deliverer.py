@@ -45,6 +45,11 @@ from mailpipe.queue import release_leases
 
 log = logging.getLogger(__name__)
 
+# A deliverer's "run" (what RunState shares: providers taken out, one failure count per
+# provider in the database) lasts this long, the cadence of process_email_queue's runs: a dead
+# provider is counted as often as with flow runs, and tried again a minute later.
+RUN_SECONDS = 60.0
+
 CHANNEL = "mailpipe_events_due"  # migration 0010's trigger notifies here
 APPLICATION_NAME = "mailpipe deliver"  # its sessions in pg_stat_activity
 
@@ -137,6 +142,8 @@ class Deliverer:
         self.stats = DelivererStats()
         self.listening = asyncio.Event()  # set while the LISTEN session is up
         self._gate = asyncio.Lock()  # shared by every drainer: claims in priority order
+        self._run = RunState(gate=self._gate)
+        self._run_started = time.monotonic()
         opts = self.options
         self.slots: list[_Slot] = []
         if opts.priority_lane is not None:
@@ -153,7 +160,7 @@ class Deliverer:
             self.settings,
             max_priority=max_priority,
             keep_connections=True,
-            run=RunState(gate=self._gate),
+            run=self._run,
         )
 
     @property
@@ -173,11 +180,15 @@ class Deliverer:
         self._emit("started", dataclasses.asdict(self.options))
         listener = asyncio.create_task(self._listen(stop, ready))
         heartbeat = asyncio.create_task(self._heartbeat(stop))
+        lanes = [asyncio.create_task(self._lane(slot, stop)) for slot in self.slots]
         try:
             # A drainer's failure is logged and retried inside its loop; only a bug ends one.
-            await asyncio.gather(*(self._lane(slot, stop) for slot in self.slots))
+            await asyncio.gather(*lanes)
         finally:
             stop.set()
+            # The other drainers finish and record the batch in hand before leases are
+            # released: releasing a lease under a drainer still sending would send twice.
+            await asyncio.gather(*lanes, return_exceptions=True)
             for task in (listener, heartbeat):
                 task.cancel()
             await asyncio.gather(listener, heartbeat, return_exceptions=True)
@@ -198,7 +209,7 @@ class Deliverer:
         backoff = 0.1
         while not stop.is_set():
             slot.wake.clear()  # before draining: a notification during the drain counts
-            slot.drainer.start_run(RunState(gate=self._gate))  # providers down: retried
+            slot.drainer.start_run(self._current_run())
             # Rescuing leases (a dead peer's) once per poll interval is enough; not per wake-up.
             rescue = time.monotonic() - slot.rescued_at >= self.options.poll_seconds
             try:
@@ -208,7 +219,7 @@ class Deliverer:
                     stop=stop,
                     rescue=rescue,
                 )
-            except (DatabaseUnavailable, DatabaseError) as exc:
+            except MailpipeError as exc:
                 # The pool replaces a dead connection on the next try; what the cut batch
                 # held is rescued when its lease expires (or released when we stop).
                 self.stats.errors += 1
@@ -233,6 +244,13 @@ class Deliverer:
                 slot.waiting = False
                 for waiter in waits:
                     waiter.cancel()
+
+    def _current_run(self) -> RunState:
+        """The run the next drain belongs to: a new one every :data:`RUN_SECONDS`."""
+        if time.monotonic() - self._run_started >= RUN_SECONDS:
+            self._run = RunState(gate=self._gate)
+            self._run_started = time.monotonic()
+        return self._run
 
     async def _listen(self, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
         """Keep a session LISTENing on :data:`CHANNEL`; reconnect with backoff when it drops."""
