@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 from mailpipe.db import Database
 from mailpipe.delivery import drain_queue
+from mailpipe.delivery.deliverer import APPLICATION_NAME
 from mailpipe.testing.smtpd import Behaviour, SMTPTestServer
 from tests.deliverer.support import eventually
 from tests.factories import add_provider, add_template, insert_events
@@ -94,6 +95,16 @@ async def test_kill_9_mid_burst_loses_nothing(
         await eventually(lambda: len(server.accepted) >= 100, timeout=30, what="sending")
         process.kill()
         await process.wait()
+
+    async def sessions_gone() -> bool:
+        # A statement the dead process sent (a claim) may still commit: count once its
+        # sessions are gone.
+        return not await db.fetch_value(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            (APPLICATION_NAME,),
+        )
+
+    await eventually(sessions_gone, what="the killed deliverer's sessions end")
     held = await db.fetch_value(
         "SELECT count(*) FROM communication_events WHERE status = 'processing'"
     )
