@@ -291,9 +291,7 @@ def idle_cpu(
     imports = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True
     )
-    print(
-        f"  of which importing mailpipe's CLI and the flow: {imports.stdout.strip()} CPU-s"
-    )
+    print(f"  of which importing mailpipe's CLI and the flow: {imports.stdout.strip()} CPU-s")
 
 
 def start_deliverer(url: str) -> subprocess.Popen[bytes]:

@@ -155,6 +155,8 @@ def test_domain_modules_import_without_heavy_libraries() -> None:
         "mailpipe.summaries",
         "mailpipe.db",
         "mailpipe.delivery",
+        "mailpipe.delivery.deliverer",
+        "mailpipe.cli.deliver",
         "mailpipe.monitoring",
         "mailpipe.metrics",
         "mailpipe.alerts",

@@ -89,10 +89,11 @@ async def test_sigterm_mid_burst_finishes_the_batch_and_exits_0(
 async def test_kill_9_mid_burst_loses_nothing(
     db: Database, database_url: str, smtpd_factory: object
 ) -> None:
-    server = smtpd_factory(Behaviour(data_delay=0.003))  # type: ignore[operator]
+    server = smtpd_factory(Behaviour(data_delay=0.01))  # type: ignore[operator]
     async with deliver_process(database_url) as process:
         await burst(db, server)
-        await eventually(lambda: len(server.accepted) >= 100, timeout=30, what="sending")
+        # Mid-batch (batches of 50): the third is being sent.
+        await eventually(lambda: len(server.accepted) >= 120, timeout=30, what="sending")
         process.kill()
         await process.wait()
 
@@ -108,7 +109,9 @@ async def test_kill_9_mid_burst_loses_nothing(
     held = await db.fetch_value(
         "SELECT count(*) FROM communication_events WHERE status = 'processing'"
     )
-    assert held > 0  # it died holding leases
+    assert held > 0, await db.fetch_all(  # it died holding leases
+        "SELECT status, count(*) FROM communication_events GROUP BY 1"
+    )
     # Time passes: the leases expire (instead of waiting lease_seconds); the sweeper runs.
     await db.execute(
         "UPDATE communication_events SET lease_expires_at = now() - interval '1 second'"
