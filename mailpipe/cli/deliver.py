@@ -11,7 +11,7 @@ import typer
 from mailpipe.cli.output import command, err_console
 
 
-def _prefect_report() -> Any:
+def prefect_report() -> Any:
     """Report to Prefect as events (``mailpipe.deliverer.started`` / ``heartbeat`` /
     ``stopped``) when a Prefect API is configured; None otherwise (no Prefect import)."""
     if not os.environ.get("PREFECT_API_URL"):
@@ -81,7 +81,7 @@ def deliver_command(
         priority_lane=None if priority_lane < 0 else priority_lane,
         priority_batch_size=priority_batch_size,
     )
-    report = _prefect_report() if events else None
+    report = prefect_report() if events else None
 
     async def main() -> dict[str, Any]:
         stop = asyncio.Event()

@@ -88,6 +88,7 @@ class DelivererStats:
     errors: int = 0  # drains a database error cut short
     rescued: int = 0
     released: int = 0  # leases given back when it stopped
+    heartbeats: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def add(self, result: DrainResult) -> None:
@@ -289,6 +290,7 @@ class Deliverer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.options.heartbeat_seconds)
             if not stop.is_set():
+                self.stats.heartbeats += 1
                 self._emit("heartbeat", self.stats.summary())
 
     async def _release(self) -> None:

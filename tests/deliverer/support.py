@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from mailpipe.db import Database
-from mailpipe.delivery.deliverer import Deliverer, DelivererOptions
+from mailpipe.delivery.deliverer import Deliverer, DelivererOptions, Report
 
 
 async def eventually(
@@ -41,14 +41,14 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def running(
-    database_url: str, options: DelivererOptions | None = None
+    database_url: str, options: DelivererOptions | None = None, report: Report | None = None
 ) -> AsyncIterator[Running]:
     """A deliverer on its own connection pool, listening before the body runs; stopped (and
     its task awaited, so a failure shows) on exit."""
     async with Database(
         database_url, min_size=1, max_size=6, application_name="mailpipe deliver"
     ) as db:
-        deliverer = Deliverer(db, options or DelivererOptions(poll_seconds=3600))
+        deliverer = Deliverer(db, options or DelivererOptions(poll_seconds=3600), report=report)
         stop, ready = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(deliverer.run(stop, ready))
         await asyncio.wait_for(ready.wait(), 15)

@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from typing import Any
+
+import pytest
 
 from mailpipe.db import Database
 from mailpipe.delivery import drain_queue
@@ -14,7 +17,7 @@ from mailpipe.delivery.deliverer import APPLICATION_NAME, CHANNEL, DelivererOpti
 from mailpipe.queue import enqueue
 from mailpipe.testing.smtpd import Behaviour, SMTPTestServer
 from tests.deliverer.support import eventually, running
-from tests.factories import add_provider, add_template, insert_events
+from tests.factories import add_provider, add_template, insert_events, take_events
 
 
 def recipients(server: SMTPTestServer) -> list[str]:
@@ -136,3 +139,29 @@ async def test_a_priority_event_is_not_held_up_by_a_bulk_burst(
         await eventually(lambda: len(server.accepted) == bulk + 1, timeout=60, what="all sent")
     # Sent while most of the burst still waited: it did not queue behind the bulk batches.
     assert recipients(server).index("reset@example.com") <= bulk_before < bulk / 2, bulk_before
+
+
+async def test_it_reports_started_heartbeats_and_stopped_to_prefect(
+    ready: Database,
+    database_url: str,
+    smtpd: SMTPTestServer,
+    monkeypatch: pytest.MonkeyPatch,
+    prefect_events: Any,
+) -> None:
+    from mailpipe.cli.deliver import prefect_report
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert prefect_report() is None  # no Prefect API: no events, no Prefect import
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    options = DelivererOptions(poll_seconds=3600, heartbeat_seconds=0.05)
+    async with running(database_url, options, report=prefect_report()) as deliverer:
+        await insert_events(ready, 2)
+        await eventually(lambda: len(smtpd.accepted) == 2, what="2 accepted")
+        sent = deliverer.deliverer.stats.heartbeats
+        await eventually(lambda: deliverer.deliverer.stats.heartbeats > sent, what="heartbeat")
+    events = take_events(prefect_events, "mailpipe.deliverer.")
+    names = [e.event for e in events]
+    assert names[0] == "mailpipe.deliverer.started" and names[-1] == "mailpipe.deliverer.stopped"
+    assert "mailpipe.deliverer.heartbeat" in names
+    assert events[-1].payload["sent"] == 2 and events[-1].payload["listens"] == 1
+    assert events[-1].resource.id.startswith("mailpipe.deliverer.")
