@@ -165,3 +165,28 @@ async def test_it_reports_started_heartbeats_and_stopped_to_prefect(
     assert "mailpipe.deliverer.heartbeat" in names
     assert events[-1].payload["sent"] == 2 and events[-1].payload["listens"] == 1
     assert events[-1].resource.id.startswith("mailpipe.deliverer.")
+
+
+async def test_both_lanes_share_the_providers_quota(
+    db: Database, database_url: str, smtpd: SMTPTestServer
+) -> None:
+    await add_provider(db, "primary", smtpd, per_minute_limit=5)
+    await add_template(db)
+    async with running(database_url) as deliverer:
+        # One statement: 3 urgent and 10 bulk events; either lane may claim the urgent ones.
+        await db.execute(
+            "INSERT INTO communication_events (event_type, recipient_email, template_key,"
+            " priority, payload) SELECT 'welcome', (CASE WHEN g <= 3 THEN 'urgent' ELSE 'bulk'"
+            " END) || g || '@example.com', 'welcome', CASE WHEN g <= 3 THEN 0 ELSE 9 END,"
+            ' \'{"name": "Ann"}\' FROM generate_series(1, 13) g'
+        )
+        await eventually(lambda: len(smtpd.accepted) == 5, what="5 accepted")
+        await eventually(lambda: deliverer.deliverer.idle, what="idle")
+    assert len(smtpd.accepted) == 5  # the minute's quota, for both lanes together
+    assert {f"urgent{g}@example.com" for g in (1, 2, 3)} <= set(recipients(smtpd))
+    deferred = await db.fetch_all(
+        "SELECT last_error FROM communication_events"
+        " WHERE status = 'queued' AND scheduled_at > now()"
+    )
+    assert len(deferred) == 8
+    assert all(r["last_error"].startswith("rate limited") for r in deferred)
