@@ -129,10 +129,6 @@ async def rescue_expired_leases(db: Database) -> list[int]:
     return [r["id"] for r in await db.fetch_all(query("rescue_expired_leases"))]
 
 
-# No priority bound: the largest integer, so the claim query keeps one plannable shape.
-ANY_PRIORITY = 2**31 - 1
-
-
 async def release_leases(db: Database, workers: Sequence[str]) -> list[Any]:
     """Requeue the events ``workers`` still hold (a stopping deliverer's); no retry counted.
 
@@ -154,15 +150,13 @@ async def claim_due_events(
 ) -> list[Row]:
     """Claim up to ``batch_size`` due events for ``worker``, best priority first; with
     ``max_priority`` only events of that priority or better (a priority lane)."""
-    rows = await db.fetch_all(
-        query("claim_due_events"),
-        {
-            "batch_size": batch_size,
-            "lease_seconds": lease_seconds,
-            "worker": worker,
-            "max_priority": ANY_PRIORITY if max_priority is None else max_priority,
-        },
-    )
+    params = {"batch_size": batch_size, "lease_seconds": lease_seconds, "worker": worker}
+    if max_priority is None:
+        rows = await db.fetch_all(query("claim_due_events"), params)
+    else:
+        rows = await db.fetch_all(
+            query("claim_due_events_up_to_priority"), {**params, "max_priority": max_priority}
+        )
     rows.sort(key=lambda r: (r["priority"], r["scheduled_at"], r["id"]))
     return rows
 

@@ -22,7 +22,27 @@ UPDATE communication_events
 RETURNING id;
 
 -- claim_due_events --
--- Claim up to N due events (priority at most max_priority) in priority order under a lease; concurrent workers skip each other's rows
+-- Claim up to N due events in priority order under a lease; concurrent workers skip each other's rows
+WITH due AS (
+    SELECT id FROM communication_events
+     WHERE status = 'queued' AND scheduled_at <= now()
+     ORDER BY priority, scheduled_at, id
+     LIMIT %(batch_size)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE communication_events e
+   SET status = 'processing',
+       lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+       locked_by = %(worker)s,
+       last_attempt_at = now(),
+       updated_at = now()
+  FROM due
+ WHERE e.id = due.id
+RETURNING e.id, e.event_type, e.recipient_email, e.template_key, e.priority, e.scheduled_at,
+          e.payload, e.message_id, e.retry_count, e.may_be_duplicate;
+
+-- claim_due_events_up_to_priority --
+-- claim_due_events for a priority lane: only events of priority max_priority or better (keep both in step)
 WITH due AS (
     SELECT id FROM communication_events
      WHERE status = 'queued' AND scheduled_at <= now()
