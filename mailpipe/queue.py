@@ -149,14 +149,34 @@ async def rescue_expired_leases(db: Database) -> list[EventId]:
     return [r["id"] for r in await db.fetch_all(query("rescue_expired_leases"))]
 
 
+async def release_leases(db: Database, workers: Sequence[str]) -> list[Any]:
+    """Requeue the events ``workers`` still hold (a stopping deliverer's); no retry counted.
+
+    A drainer records every batch it claims before it stops, so this finds rows only when a
+    batch could not be recorded (the database went away) or was cut short: they may have
+    been sent, so they are marked ``may_be_duplicate`` as a lease rescue would mark them.
+    """
+    rows = await db.fetch_all(query("release_leases"), {"workers": list(workers)})
+    return [r["id"] for r in rows]
+
+
 async def claim_due_events(
-    db: Database, *, batch_size: int, lease_seconds: int, worker: str
+    db: Database,
+    *,
+    batch_size: int,
+    lease_seconds: int,
+    worker: str,
+    max_priority: int | None = None,
 ) -> list[Row]:
-    """Claim up to ``batch_size`` due events for ``worker``, best priority first."""
-    rows = await db.fetch_all(
-        query("claim_due_events"),
-        {"batch_size": batch_size, "lease_seconds": lease_seconds, "worker": worker},
-    )
+    """Claim up to ``batch_size`` due events for ``worker``, best priority first; with
+    ``max_priority`` only events of that priority or better (a priority lane)."""
+    params = {"batch_size": batch_size, "lease_seconds": lease_seconds, "worker": worker}
+    if max_priority is None:
+        rows = await db.fetch_all(query("claim_due_events"), params)
+    else:
+        rows = await db.fetch_all(
+            query("claim_due_events_up_to_priority"), {**params, "max_priority": max_priority}
+        )
     rows.sort(key=lambda r: (r["priority"], r["scheduled_at"], r["id"]))
     return rows
 

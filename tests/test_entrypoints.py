@@ -159,6 +159,8 @@ def test_domain_modules_import_without_heavy_libraries() -> None:
         "mailpipe.summaries",
         "mailpipe.db",
         "mailpipe.delivery",
+        "mailpipe.delivery.deliverer",
+        "mailpipe.cli.deliver",
         "mailpipe.monitoring",
         "mailpipe.metrics",
         "mailpipe.alerts",

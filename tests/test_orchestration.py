@@ -726,7 +726,8 @@ def test_serve_schedules_runs_and_leaves_schedules_active(
     started = time.monotonic()
     with out_path.open("wb") as out:
         serve = subprocess.Popen(
-            [sys.executable, "-m", "mailpipe", "serve"],
+            # No deliverer: it would send the test's events before process_email_queue runs.
+            [sys.executable, "-m", "mailpipe", "serve", "--no-deliverer"],
             cwd=tmp_path,
             env=env,
             stdout=out,
@@ -784,7 +785,8 @@ def test_up_sets_up_deploys_runs_workers_and_stops_cleanly_on_ctrl_c(
     started = time.monotonic()
     with out_path.open("wb") as out:
         up = subprocess.Popen(
-            [sys.executable, "-m", "mailpipe", "up", "--workers", "1"],
+            # No deliverer: it would send the test's events before process_email_queue runs.
+            [sys.executable, "-m", "mailpipe", "up", "--workers", "1", "--no-deliverer"],
             cwd=PROJECT,
             env=env,
             stdout=out,

@@ -10,6 +10,7 @@ from mailpipe.cli import (
     adoption,
     check,
     db,
+    deliver,
     demo,
     feedback,
     health,
@@ -50,6 +51,7 @@ app.add_typer(queue.app, name="queue")
 app.add_typer(suppressions.app, name="suppression")
 app.add_typer(feedback.app, name="feedback")
 app.command("run")(run.run_command)
+app.command("deliver")(deliver.deliver_command)
 app.command("enqueue")(run.enqueue_command)
 adoption.register(app, db.app)
 

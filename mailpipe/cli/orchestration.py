@@ -113,6 +113,11 @@ def serve_command(
         "--quality-worker/--no-quality-worker",
         help="Start a `mailpipe check worker` for the flows' post-run checks.",
     ),
+    deliverer: bool = typer.Option(
+        True,
+        "--deliverer/--no-deliverer",
+        help="Start a `mailpipe deliver` that sends events as soon as they are due.",
+    ),
 ) -> None:
     """Serve the deployments of prefect.yaml from this process (a single machine).
 
@@ -122,7 +127,9 @@ def serve_command(
     worker carries on.
     """
     console.print("Serving prefect.yaml's deployments; Ctrl-C stops (schedules stay active).")
-    serve.serve_project(names=only or None, limit=limit, quality_worker=quality_worker)
+    serve.serve_project(
+        names=only or None, limit=limit, quality_worker=quality_worker, deliverer=deliverer
+    )
 
 
 @command
@@ -145,6 +152,11 @@ def up_command(
         "--feedback-receiver/--no-feedback-receiver",
         help="Start `mailpipe feedback serve`, the providers' webhook receiver "
         "(MAILPIPE_FEEDBACK_HOST/PORT, default 127.0.0.1:8025).",
+    ),
+    deliverer: bool = typer.Option(
+        True,
+        "--deliverer/--no-deliverer",
+        help="Start a `mailpipe deliver` that sends events as soon as they are due.",
     ),
     prefect_db: PrefectDatabase = typer.Option(
         PrefectDatabase.AUTO,
@@ -187,6 +199,7 @@ def up_command(
         console.print(
             f"Workers: {report.workers} on pool mailpipe"
             + (", 1 data-quality worker" if report.quality_worker else "")
+            + (", 1 deliverer" if report.deliverer else "")
         )
         if report.feedback_receiver:
             console.print(
@@ -205,6 +218,7 @@ def up_command(
         workers=workers,
         quality_worker=quality_worker,
         feedback_receiver=feedback_receiver,
+        deliverer=deliverer,
         prefect_db=prefect_db,
         on_ready=ready,
         secret_source=_secret_source(True),

@@ -61,8 +61,15 @@ class Drainer:
         worker: str | None = None,
         now: Callable[[], dt.datetime] | None = None,
         run: RunState | None = None,
+        max_priority: int | None = None,
+        keep_connections: bool = False,
     ) -> None:
         self.db = db
+        # A priority lane claims only events of this priority or better (None: every event).
+        self.max_priority = max_priority
+        # A long-lived deliverer keeps its SMTP connections open between drains (warm);
+        # a flow run's drainer closes them when its drain ends.
+        self.keep_connections = keep_connections
         self.settings = settings or get_settings()
         self.worker = worker or worker_name()
         self.run = run or RunState()
@@ -78,16 +85,19 @@ class Drainer:
         max_events: int | None = None,
         stop: asyncio.Event | None = None,
         tally: DrainResult | None = None,
+        rescue: bool = True,
     ) -> DrainResult:
         """Process batches until the queue has nothing due, the budget is spent,
         ``max_events`` were claimed or ``stop`` is set (checked between batches, so the batch
-        in hand is always recorded). Each recorded batch is also added to ``tally``. Always
-        closes its SMTP connections."""
+        in hand is always recorded). Each recorded batch is also added to ``tally``. Closes
+        its SMTP connections at the end unless ``keep_connections`` (then :meth:`close`).
+        Starts by rescuing expired leases unless ``rescue`` is False (a deliverer woken many
+        times a second rescues once per poll interval)."""
         result = DrainResult(self.worker)
         started = time.perf_counter()
         deadline = started + time_budget
         try:
-            result.rescued = len(await rescue_expired_leases(self.db))
+            result.rescued = len(await rescue_expired_leases(self.db)) if rescue else 0
             if tally is not None:
                 tally.rescued += result.rescued
             if result.rescued:
@@ -115,9 +125,21 @@ class Drainer:
                     if total is not None:
                         total.add_batch(record)
         finally:
-            await self.router.close()
+            if not self.keep_connections:
+                await self.router.close()
             result.elapsed_seconds = time.perf_counter() - started
         return result
+
+    def start_run(self, run: RunState) -> None:
+        """Drain as part of the run ``run`` from now on (a long-lived deliverer starts a run
+        per drain, so a provider down in one is tried again in the next); the SMTP
+        connections stay."""
+        self.run = run
+        self.router.run = run
+
+    async def close(self) -> None:
+        """Close the SMTP connections a ``keep_connections`` drainer kept open."""
+        await self.router.close()
 
     async def _claim_and_plan(self, size: int) -> _Claimed | None:
         """Claim, prepare and reserve quotas for one batch, under the run's gate (see
@@ -128,6 +150,7 @@ class Drainer:
                 batch_size=size,
                 lease_seconds=self.settings.lease_seconds,
                 worker=self.worker,
+                max_priority=self.max_priority,
             )
             if not rows:
                 return None

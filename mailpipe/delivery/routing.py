@@ -66,6 +66,7 @@ class Router:
     async def close(self) -> None:
         """Close every pooled connection."""
         pools = [*self.pools.values(), *self._retired]
+        self._retired = []  # kept pools can be used again; retired ones are gone for good
         await asyncio.gather(*(p.close() for p in pools))
 
     def _pool(self, provider: Provider) -> ConnectionPool:

@@ -1,5 +1,5 @@
 """The child processes mailpipe starts: ``prefect`` commands, workers, the check worker, the
-feedback receiver.
+feedback receiver and the deliverer.
 
 Each child gets its own process group (``start_new_session``): a Ctrl-C at the terminal then
 reaches only the parent (``up``, ``serve``), which signals every child once, at the same time,
@@ -175,4 +175,19 @@ def start_feedback_receiver(
         stdout=output,
         stderr=subprocess.STDOUT if output else None,
         start_new_session=True,
+    )
+
+
+def start_deliverer(
+    *, project: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``mailpipe deliver`` as a child process: sends events the moment they are due (see
+    :mod:`mailpipe.delivery.deliverer`); ``process_email_queue`` stays as the sweeper."""
+    environment = {**(env if env is not None else os.environ), "MAILPIPE_PROJECT_DIR": str(project)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailpipe", "deliver"],
+        cwd=project,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # stopped by its parent only (see the module docstring)
     )

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from mailpipe.config import Settings, get_settings
 from mailpipe.deploy.api import prefect_api_errors, require_api
-from mailpipe.deploy.processes import start_quality_worker, stop_process
+from mailpipe.deploy.processes import start_deliverer, start_quality_worker, stop_processes
 from mailpipe.deploy.project import (
     PROJECT_FILE,
     DeploymentSpec,
@@ -79,9 +79,12 @@ def serve_project(
     project: Path | None = None,
     settings: Settings | None = None,
     quality_worker: bool = True,
+    deliverer: bool = True,
 ) -> None:
     """Serve the deployments of ``prefect.yaml`` from this process until it is stopped, with
-    a ``mailpipe check worker`` beside it (``quality_worker``) for the post-run checks.
+    a ``mailpipe check worker`` beside it (``quality_worker``) for the post-run checks and a
+    ``mailpipe deliver`` (``deliverer``) that sends events as soon as they are due
+    (``process_email_queue`` then sweeps up retries and anything missed).
 
     Schedules stay active when it stops (``pause_on_shutdown=False``): a restart picks up where
     it left off, and a worker can take over. The environment the deployments give their runs
@@ -119,7 +122,11 @@ def serve_project(
             if value not in (None, "") and "{{" not in str(value):
                 os.environ.setdefault(key, str(value))
     get_settings.cache_clear()
-    checker = start_quality_worker(project=project) if quality_worker else None
+    children = []
+    if quality_worker:
+        children.append(start_quality_worker(project=project))
+    if deliverer:
+        children.append(start_deliverer(project=project))
     try:
         serve(
             *served_deployments(resolved, timezone=settings.timezone),
@@ -127,8 +134,8 @@ def serve_project(
             limit=limit,
         )
     finally:
-        if checker is not None:
-            stop_process(checker)  # its own process group: Ctrl-C reached serve alone
+        # Their own process groups: Ctrl-C reached serve alone; SIGTERM to both at once.
+        stop_processes(children)
 
 
 async def _give_served_deployments_a_path(names: list[str]) -> None:

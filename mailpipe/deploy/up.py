@@ -19,6 +19,7 @@ from mailpipe.deploy.database import PrefectDatabase, prefect_database_url
 from mailpipe.deploy.processes import (
     deploy_all,
     port_is_free,
+    start_deliverer,
     start_feedback_receiver,
     start_quality_worker,
     start_worker,
@@ -59,6 +60,7 @@ class UpReport:
     workers: int
     server_log: Path | None
     quality_worker: bool = True
+    deliverer: bool = True
     server_database: str = "sqlite"  # postgres or sqlite: where up's server keeps its data
     crashed: list[CrashedRun] = field(default_factory=list)
     feedback_receiver: str | None = None  # where `mailpipe feedback serve` listens, if started
@@ -75,6 +77,7 @@ def up(
     workers: int = 1,
     quality_worker: bool = True,
     feedback_receiver: bool = True,
+    deliverer: bool = True,
     prefect_db: PrefectDatabase = PrefectDatabase.AUTO,
     on_ready: Callable[[UpReport], None] | None = None,
     secret_source: SecretSource = env_secret_source,
@@ -87,8 +90,9 @@ def up(
     ``prefect_db``), migrates the database, runs :func:`setup_prefect`, deploys
     ``prefect.yaml``, crashes the runs a dead worker of this machine left behind (see
     :mod:`mailpipe.deploy.recovery`), starts ``workers`` worker processes on the work pool and
-    (``quality_worker``) a ``mailpipe check worker`` and (``feedback_receiver``) the providers'
-    webhook receiver ``mailpipe feedback serve``, calls ``on_ready`` and waits.
+    (``quality_worker``) a ``mailpipe check worker``, (``feedback_receiver``) the providers'
+    webhook receiver ``mailpipe feedback serve`` and (``deliverer``) a ``mailpipe deliver``,
+    calls ``on_ready`` and waits.
 
     Stopping: every child is in its own process group, so a terminal's Ctrl-C reaches ``up``
     alone. ``up`` waits (a few seconds at most) until no run of its deployments is mid-submission,
@@ -157,6 +161,8 @@ def up(
             children["mailpipe check worker"] = start_quality_worker(project=project, env=env)
         if receiver_at:
             children["mailpipe feedback serve"] = start_feedback_receiver(project=project, env=env)
+        if deliverer:
+            children["mailpipe deliver"] = start_deliverer(project=project, env=env)
         report = UpReport(
             api_url=api_url,
             ui_url=ui_url,
@@ -168,6 +174,7 @@ def up(
             workers=workers,
             server_log=server_log_path,
             quality_worker=quality_worker,
+            deliverer=deliverer,
             server_database=database,
             crashed=crashed,
             feedback_receiver=receiver_at,

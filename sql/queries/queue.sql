@@ -42,6 +42,37 @@ RETURNING e.id, e.event_type, e.recipient_email, e.template_key,
           event_priority(e.priority) AS priority, e.scheduled_at,
           coalesce(e.payload, '{}'::jsonb) AS payload, e.message_id, e.retry_count, e.may_be_duplicate;
 
+-- claim_due_events_up_to_priority --
+-- claim_due_events for a priority lane: only events of priority max_priority or better (keep both in step)
+WITH due AS (
+    SELECT id FROM communication_events
+     WHERE status = 'queued' AND scheduled_at <= now()
+       AND event_priority(priority) <= %(max_priority)s
+     ORDER BY event_priority(priority), scheduled_at, id
+     LIMIT %(batch_size)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE communication_events e
+   SET status = 'processing',
+       lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+       locked_by = %(worker)s,
+       last_attempt_at = now(),
+       updated_at = now()
+  FROM due
+ WHERE e.id = due.id
+RETURNING e.id, e.event_type, e.recipient_email, e.template_key,
+          event_priority(e.priority) AS priority, e.scheduled_at,
+          coalesce(e.payload, '{}'::jsonb) AS payload, e.message_id, e.retry_count, e.may_be_duplicate;
+
+-- release_leases --
+-- Put back the events these workers still hold (a deliverer stopping); no retry is counted
+UPDATE communication_events
+   SET status = 'queued', lease_expires_at = NULL, locked_by = NULL, may_be_duplicate = true,
+       last_error = 'released by a stopping worker before its outcome was recorded; requeued',
+       updated_at = now()
+ WHERE status = 'processing' AND locked_by = ANY(%(workers)s)
+RETURNING id;
+
 -- finish_events --
 -- Record the outcome of a batch in one statement; rows whose lease we lost are left alone
 UPDATE communication_events e
