@@ -17,6 +17,10 @@ import pytest
 from mailpipe.adoption.adopt import adopt
 from mailpipe.db import Database, admin_execute, with_database_name
 from tests.adoption.conftest import app_sql
+from tests.deliverer.test_deliverer import (  # noqa: F401
+    test_a_notification_delivers_at_once_without_any_flow_run,
+    test_a_priority_event_is_not_held_up_by_a_bulk_burst,
+)
 from tests.test_cli_queue import (  # noqa: F401
     test_cancel,
     test_retry_leaves_processing_and_locked_rows_alone,
