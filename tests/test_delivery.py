@@ -17,6 +17,7 @@ from mailpipe.providers import Provider
 from mailpipe.queue import enqueue
 from mailpipe.testing.smtpd import Behaviour, SMTPTestServer, free_port
 from tests.factories import add_provider, add_template, insert_events, statuses
+from tests.reliability.support import DeadlineExceeded, wait_for
 
 
 @pytest.fixture
@@ -649,7 +650,7 @@ async def test_priority_holds_across_the_drainers_of_a_run(db: Database, smtpd_f
     settings = Settings(domain_limits={"slow.example": 100})
     # The quota row is per minute: start well inside one, so the lock below is the one the
     # drainer meets.
-    await wait_for(lambda: dt.datetime.now(dt.UTC).second < 40, "a fresh minute", timeout=25)
+    await wait_for(lambda: dt.datetime.now(dt.UTC).second < 40, what="a fresh minute", timeout=25)
     async with db.transaction() as tx:
         await tx.execute(
             "INSERT INTO rate_limit_counters (scope, key, window_size, window_start, count)"
@@ -661,38 +662,23 @@ async def test_priority_holds_across_the_drainers_of_a_run(db: Database, smtpd_f
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                 " AND wait_event_type = 'Lock' AND query LIKE '%%reserve_send_quota%%'"
             ),
-            "the priority-1 drainer waits for its domain quota",
+            what="the priority-1 drainer waits for its domain quota",
             timeout=30,
         )
         # The other drainer's chance to take the provider's quota first (it must not).
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(DeadlineExceeded):
             await wait_for(
                 lambda: db.fetch_value(
                     "SELECT coalesce(sum(count), 0) >= 3 FROM rate_limit_counters"
                     " WHERE scope = 'provider'"
                 ),
-                "the priority-9 batch took the provider's quota",
+                what="the priority-9 batch took the provider's quota",
                 timeout=1,
             )
     result = await run
     assert result.counts["sent"] == 3 and result.counts["deferred"] == 6
     row = next(r for r in await events(db) if r["id"] == urgent)
     assert row["status"] == "sent", row
-
-
-async def wait_for(check, what: str, *, timeout: float) -> None:
-    """Poll ``check`` (sync or async) until truthy; TimeoutError naming ``what`` after
-    ``timeout`` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"not within {timeout:g}s: {what}")
-        await asyncio.sleep(0.01)
 
 
 async def test_a_dead_provider_counts_one_failure_per_run(db: Database, smtpd_factory) -> None:

@@ -11,12 +11,13 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from mailpipe.testing.smtpd import free_port
 
 CRON_DATABASE = "app_cron"
 
@@ -36,12 +37,6 @@ def find_pg_cron_bindir() -> Path | None:
         if has_server and (version / "lib" / "pg_cron.so").is_file():
             return version / "bin"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -107,7 +102,7 @@ def start_cron_cluster(bindir: Path) -> CronCluster:
         for path in (base, sockets):
             os.chown(path, user.pw_uid, user.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
-    cluster = CronCluster(bindir=bindir, datadir=datadir, port=_free_port(), as_user=as_user)
+    cluster = CronCluster(bindir=bindir, datadir=datadir, port=free_port(), as_user=as_user)
     cluster._run(
         "initdb", "-D", str(datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"
     )

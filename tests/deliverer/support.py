@@ -5,28 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from mailpipe.db import Database
 from mailpipe.delivery.deliverer import Deliverer, DelivererOptions, Report
+from tests.reliability.support import wait_for
 
 
 async def eventually(
     check: Callable[[], Awaitable[bool] | bool], *, timeout: float = 15.0, what: str = ""
 ) -> None:
-    """Wait until ``check()`` holds, looking every 20 ms; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if not isinstance(value, bool):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what or check}")
-        await asyncio.sleep(0.02)
+    """Wait until ``check()`` holds (the suites' one poller); fail after ``timeout`` seconds."""
+    await wait_for(check, timeout=timeout, what=what or repr(check))
 
 
 @dataclass
