@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailpipe.db import Database, Transaction
+from mailpipe.db import Database
 from mailpipe.delivery.outcomes import Outcome
 from mailpipe.delivery.preparing import Job
 from mailpipe.queries import query
@@ -155,20 +155,6 @@ def _columns(rows: Sequence[Any], names: dict[str, str]) -> dict[str, list[Any]]
     return {param: [getattr(row, attr) for row in rows] for param, attr in names.items()}
 
 
-async def _record_provider_message_ids(
-    tx: Transaction, confirmations: Sequence[Confirmation]
-) -> None:
-    """Store the providers' message ids on the confirmations just written (keyed by our
-    Message-ID, so independent of the event id type); nothing to do for providers whose replies
-    carry none (Mailgun)."""
-    pairs = [(c.message_id, c.provider_message_id) for c in confirmations if c.provider_message_id]
-    if pairs:
-        await tx.execute(
-            query("record_provider_message_ids"),
-            {"message_ids": [m for m, _ in pairs], "provider_message_ids": [p for _, p in pairs]},
-        )
-
-
 async def record_batch(db: Database, record: BatchRecord) -> int:
     """Write every outcome of the batch in one transaction (a handful of statements).
 
@@ -213,10 +199,10 @@ async def record_batch(db: Database, record: BatchRecord) -> int:
                         "responses": "response",
                         "duplicates": "duplicate",
                         "at": "at",
+                        "provider_message_ids": "provider_message_id",
                     },
                 ),
             )
-            await _record_provider_message_ids(tx, record.confirmations)
         if record.attempts:
             await tx.execute(
                 query("insert_attempts"),

@@ -222,14 +222,6 @@ SELECT id, provider, provider_event_id, received_at, occurred_at, state, kind, p
 -- How many inbox rows are in each state
 SELECT state, count(*) AS n FROM email_feedback_events GROUP BY state ORDER BY state;
 
--- record_provider_message_ids --
--- The providers' own message ids from their 250 replies, on the confirmations just written (by our Message-ID); a confirmation keeps the first one
-UPDATE smtp_delivery_confirmations AS c
-   SET provider_message_id = r.provider_message_id
-  FROM unnest(%(message_ids)s::text[], %(provider_message_ids)s::text[])
-       AS r (message_id, provider_message_id)
- WHERE c.message_id = r.message_id AND c.provider_message_id IS NULL;
-
 -- feedback_backlog --
 -- What waits in the inbox after a run: due now, unmatched (still retried or kept for good), failed, and the oldest due event's age
 SELECT count(*) FILTER (WHERE next_attempt_at <= now()) AS due,

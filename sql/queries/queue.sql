@@ -96,14 +96,16 @@ UPDATE communication_events e
 RETURNING e.id;
 
 -- insert_confirmations --
--- One confirmation per accepted message (message_id is unique: a repeat is ignored)
-INSERT INTO smtp_delivery_confirmations (communication_event_id, provider_name, message_id,
-                                         recipient_email, status, smtp_code, smtp_response,
-                                         may_be_duplicate, created_at)
+-- One confirmation per accepted message, with the provider's own id from its 250 reply when it gave one (message_id is unique: a repeat only fills a missing provider id)
+INSERT INTO smtp_delivery_confirmations AS c (communication_event_id, provider_name, message_id,
+                                              recipient_email, status, smtp_code, smtp_response,
+                                              may_be_duplicate, created_at, provider_message_id)
 SELECT * FROM unnest(event_ids(%(ids)s::text[]), %(providers)s::text[], %(message_ids)s::text[],
                      %(recipients)s::text[], %(statuses)s::text[], %(codes)s::int[],
-                     %(responses)s::text[], %(duplicates)s::boolean[], %(at)s::timestamptz[])
-ON CONFLICT (message_id) DO NOTHING;
+                     %(responses)s::text[], %(duplicates)s::boolean[], %(at)s::timestamptz[],
+                     %(provider_message_ids)s::text[])
+ON CONFLICT (message_id) DO UPDATE SET provider_message_id = EXCLUDED.provider_message_id
+ WHERE c.provider_message_id IS NULL AND EXCLUDED.provider_message_id IS NOT NULL;
 
 -- insert_attempts --
 -- Unsuccessful attempts of a batch (retry, failed, bounced, deferred, suppressed, failover)
