@@ -185,8 +185,3 @@ def skip_if_late(max_late: dt.timedelta, *, now: dt.datetime | None = None) -> s
         f"skipped: started {late.total_seconds():.0f} s after its scheduled time "
         f"(more than {max_late.total_seconds():.0f} s late); the next run catches up"
     )
-
-
-def now_utc() -> dt.datetime:
-    """The current time, aware (a seam the tests' clock can replace)."""
-    return dt.datetime.now(dt.UTC)
