@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from mailpipe.cli.output import command, err_console
+from mailpipe.errors import MailpipeError
 
 
 def prefect_report() -> Any:
@@ -29,6 +30,19 @@ def prefect_report() -> Any:
         )
 
     return report
+
+
+async def hosted_sweeper(stop: Any) -> None:
+    """The process_email_queue runs this deliverer executes (mailpipe.deploy.sweeper); its
+    failures are logged and never stop delivery."""
+    from mailpipe.deploy.sweeper import HostedSweeper
+
+    try:
+        stats = await HostedSweeper().run(stop)
+    except Exception:
+        logging.getLogger("mailpipe.deploy.sweeper").exception("hosted sweeper stopped")
+        return
+    logging.getLogger("mailpipe.deploy.sweeper").info("hosted sweeper: %s", stats.summary())
 
 
 @command
@@ -60,6 +74,13 @@ def deliver_command(
         "--events/--no-events",
         help="Send started/heartbeat/stopped events to Prefect when PREFECT_API_URL is set.",
     ),
+    sweeper: bool | None = typer.Option(
+        None,
+        "--sweeper/--no-sweeper",
+        help="Execute the process_email_queue deployment's scheduled runs in this process "
+        "(about 0.1 CPU-s a run instead of a new flow-run process each minute; workers run "
+        "them whenever no deliverer does). Default: on when PREFECT_API_URL is set.",
+    ),
 ) -> None:
     """Deliver events as soon as they are due, until stopped (Ctrl-C, SIGTERM).
 
@@ -82,6 +103,13 @@ def deliver_command(
         priority_batch_size=priority_batch_size,
     )
     report = prefect_report() if events else None
+    if sweeper is None:
+        sweeper = bool(os.environ.get("PREFECT_API_URL"))
+    elif sweeper and not os.environ.get("PREFECT_API_URL"):
+        raise MailpipeError(
+            "--sweeper needs a Prefect API: set PREFECT_API_URL (the one your deployments are "
+            "registered on), or leave --sweeper out"
+        )
 
     async def main() -> dict[str, Any]:
         stop = asyncio.Event()
@@ -95,10 +123,14 @@ def deliver_command(
             err_console.print("mailpipe deliver: ready", highlight=False)
 
         announcing = asyncio.create_task(announce())
+        sweeping = asyncio.create_task(hosted_sweeper(stop)) if sweeper else None
         try:
             stats = await run_deliverer(stop=stop, ready=ready, options=options, report=report)
         finally:
             announcing.cancel()
+            stop.set()  # the deliverer may end on its own (an error): the sweeper goes too
+            if sweeping is not None:
+                await sweeping
         return stats.summary()
 
     summary = asyncio.run(main())

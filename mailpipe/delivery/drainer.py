@@ -23,7 +23,7 @@ from mailpipe.delivery.preview import build_event_message
 from mailpipe.delivery.recording import BatchRecord, record_batch
 from mailpipe.delivery.result import DrainResult, combine_results
 from mailpipe.delivery.routing import Plan, Router
-from mailpipe.delivery.runs import RunState
+from mailpipe.delivery.runs import DrainStop, RunState
 from mailpipe.errors import MailpipeError
 from mailpipe.identity import process_name
 from mailpipe.providers import Provider
@@ -202,7 +202,7 @@ async def drain_queue(
     shares = split_max_events(max_events, concurrency)
     run = RunState(id=run_id) if run_id else RunState()
     drainers = [Drainer(db, settings, run=run) for _ in range(concurrency)]
-    stop = asyncio.Event()
+    stop = DrainStop()
 
     async def drain(drainer: Drainer, share: int | None) -> DrainResult:
         try:

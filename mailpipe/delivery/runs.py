@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -56,3 +57,30 @@ def run_tally(key: str) -> DrainResult:
 def forget_run(key: str) -> None:
     """Drop the running total of ``key`` (its summary has been published)."""
     _TALLIES.pop(key, None)
+
+
+# Threads whose flow runs' drains must stop: a deliverer executing the sweeper's runs (each in
+# a thread of its own) is stopping, and those runs end after the batch in hand instead of
+# using their whole time budget. Per thread, so nothing else in the process is affected.
+_STOPPING_THREADS: set[int] = set()
+_STOPPING_LOCK = threading.Lock()
+
+
+def stop_drains_in_thread(ident: int) -> None:
+    """Ask the drains running in thread ``ident`` to stop after the batch in hand."""
+    with _STOPPING_LOCK:
+        _STOPPING_THREADS.add(ident)
+
+
+def forget_drain_stop(ident: int) -> None:
+    """The thread ``ident`` is done: a new thread given the same ident starts afresh."""
+    with _STOPPING_LOCK:
+        _STOPPING_THREADS.discard(ident)
+
+
+class DrainStop(asyncio.Event):
+    """A drain's stop: set by the drain itself (one of its drainers failed), or by
+    :func:`stop_drains_in_thread` for the thread it runs in. Drainers only ask ``is_set()``."""
+
+    def is_set(self) -> bool:
+        return super().is_set() or threading.get_ident() in _STOPPING_THREADS

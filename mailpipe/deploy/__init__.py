@@ -11,7 +11,8 @@ subpackage, nor ``flows``). One module per job:
 - :mod:`~mailpipe.deploy.kept`: the local Prefect server ``mailpipe run`` starts and keeps;
 - :mod:`~mailpipe.deploy.database`: that server's database (a ``prefect`` database on Postgres);
 - :mod:`~mailpipe.deploy.recovery`: runs left behind by a dead worker of this machine;
-- :mod:`~mailpipe.deploy.serve` and :mod:`~mailpipe.deploy.up`: the two single-machine modes.
+- :mod:`~mailpipe.deploy.serve` and :mod:`~mailpipe.deploy.up`: the two single-machine modes;
+- :mod:`~mailpipe.deploy.sweeper`: ``process_email_queue``'s runs executed by a deliverer.
 
 Prefect is imported lazily, inside the functions that need it, so the CLI stays quick.
 """

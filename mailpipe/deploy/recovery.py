@@ -82,10 +82,20 @@ def abandoned_because(
 
 
 async def crash_abandoned_runs(
-    deployment_names: list[str], *, pools: list[str], host: str | None = None
+    deployment_names: list[str],
+    *,
+    pools: list[str],
+    host: str | None = None,
+    prefix: str | None = None,
+    unlabelled: bool = True,
 ) -> list[CrashedRun]:
     """Set Crashed every abandoned run of these deployments (``flow/deployment`` names),
-    releasing the concurrency slots they hold; returns them."""
+    releasing the concurrency slots they hold; returns them.
+
+    ``prefix`` narrows "this machine's" processes (default: every worker name ``up`` gives on
+    this host); ``unlabelled=False`` leaves alone the Pending runs no process labelled yet (a
+    deliverer judges only its predecessors' runs, not a worker's submission in flight).
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -97,7 +107,7 @@ async def crash_abandoned_runs(
     from prefect.exceptions import ObjectNotFound
     from prefect.states import Crashed
 
-    prefix = worker_prefix(host)
+    prefix = prefix or worker_prefix(host)
     crashed: list[CrashedRun] = []
     async with get_client() as client:
         names: dict[Any, str] = {}
@@ -127,6 +137,8 @@ async def crash_abandoned_runs(
         )
         now = dt.datetime.now(dt.UTC)
         for run in runs:
+            if not unlabelled and not (run.labels or {}).get(WORKER_LABEL):
+                continue
             reason = abandoned_because(run, prefix=prefix, foreign_workers_online=online, now=now)
             if reason is None:
                 continue

@@ -104,7 +104,8 @@ def serve_project(
             )
         specs = [s for s in specs if s.name in names]
     os.chdir(project)
-    with prefect_api_errors(require_api()):
+    api_url = require_api()
+    with prefect_api_errors(api_url):
         resolved = [
             DeploymentSpec(**r)
             for r in asyncio.run(resolve_templates([dataclasses.asdict(s) for s in specs]))
@@ -126,7 +127,11 @@ def serve_project(
     if quality_worker:
         children.append(start_quality_worker(project=project))
     if deliverer:
-        children.append(start_deliverer(project=project))
+        # With the API in its environment (not only in a profile), the deliverer hosts the
+        # sweeper: it takes process_email_queue's runs ahead of this process's runner
+        # (mailpipe.deploy.sweeper), which runs them only while the deliverer is down.
+        env = {**os.environ, "PREFECT_API_URL": api_url}
+        children.append(start_deliverer(project=project, env=env))
     try:
         serve(
             *served_deployments(resolved, timezone=settings.timezone),
