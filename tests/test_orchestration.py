@@ -1021,3 +1021,60 @@ def test_up_port_and_restart_after_ctrl_c_mid_submission(database_url: str, tmp_
             ctrl_c(up, out_path)
     with pytest.raises(ProcessLookupError):
         os.killpg(up.pid, 0)  # no child left behind
+
+
+# --- the sweeper hosted by serve's deliverer ----------------------------------------------------
+
+
+@pytest.mark.usefixtures("schedules_quieted_after")
+def test_serves_deliverer_executes_the_sweepers_scheduled_runs(
+    deployed: dict[str, Any],
+    prefect_server: LocalPrefectServer,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Scheduled
+
+    from mailpipe.deploy.recovery import WORKER_LABEL
+    from mailpipe.deploy.sweeper import sweeper_label
+
+    async def schedule(in_seconds: float) -> uuid.UUID:
+        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=in_seconds)
+        async with get_client() as client:
+            target = await client.read_deployment_by_name("process_email_queue/process_email_queue")
+            run = await client.create_flow_run_from_deployment(
+                target.id, state=Scheduled(scheduled_time=when)
+            )
+        return run.id
+
+    out_path = tmp_path / "serve.log"
+    env = child_env(prefect_server, DATABASE_URL=database_url, MAILPIPE_TIMEZONE=TIMEZONE)
+    with out_path.open("wb") as out:
+        serve = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mailpipe",
+                "serve",
+                "--only",
+                "process_email_queue",
+                "--no-quality-worker",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_text(out_path, r"being served", serve)
+        wait_for_text(out_path, r"mailpipe deliver: ready", serve)
+        # Scheduled ahead, as the schedule's runs are: the deliverer (30 s ahead) takes it
+        # before serve's runner (10 s ahead) would.
+        (run,) = run_async(wait_for_runs([run_async(schedule(25))], timeout=120))
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        rc = serve.wait(60)
+    assert rc == 0, out_path.read_text()[-3000:]
+    assert run.state.is_completed(), run.state
+    assert run.labels.get(WORKER_LABEL) == sweeper_label()
