@@ -10,6 +10,7 @@ Install it with ``scripts/install-dovecot.sh``.
 from __future__ import annotations
 
 import asyncio
+import grp
 import imaplib
 import os
 import pwd
@@ -57,7 +58,7 @@ userdb {{
 }}
 mail_location = maildir:{root}/mail/%u/Maildir
 service imap-login {{
-  inet_listener imap {{
+{login_chroot}  inet_listener imap {{
     address = 127.0.0.1
     port = {imap_port}
   }}
@@ -104,12 +105,18 @@ class Dovecot:
             # dovecot refuses mail access as root: the mail belongs to nobody.
             user = pwd.getpwnam("nobody")
             uid, gid = user.pw_uid, user.pw_gid
-            users = ""
+            users = login_chroot = ""
         else:
             # Unprivileged: every dovecot process runs as this user.
             uid, gid = os.getuid(), os.getgid()
-            me = pwd.getpwuid(uid).pw_name
-            users = f"default_internal_user = {me}\ndefault_login_user = {me}\n"
+            me, group = pwd.getpwuid(uid).pw_name, grp.getgrgid(gid).gr_name
+            users = (
+                f"default_internal_user = {me}\ndefault_login_user = {me}\n"
+                f"default_internal_group = {group}\n"
+                # Only root may chroot: the unprivileged processes stay where they are.
+                "service anvil {\n  chroot =\n}\n"
+            )
+            login_chroot = "  chroot =\n"
         (root / "mail").mkdir()
         os.chown(root / "mail", uid, gid)
         # Every user is written before dovecot starts: it re-reads a changed passwd-file at
@@ -126,6 +133,7 @@ class Dovecot:
                 uid=uid,
                 gid=gid,
                 users=users,
+                login_chroot=login_chroot,
                 imap_port=imap_port,
                 imaps_port=imaps_port,
             )
