@@ -99,9 +99,14 @@ class ImapMailbox:
             raise ImapError(f"--move-to {self.move_to!r} is the folder being read")
 
     @property
+    def connect_port(self) -> int:
+        """The port connected to: the one given, else IMAPS's 993 or IMAP's 143."""
+        return self.port or (993 if self.security == "tls" else 143)
+
+    @property
     def address(self) -> str:
         """``host:port`` as connected to."""
-        return f"{self.host}:{self.port or (993 if self.security == 'tls' else 143)}"
+        return f"{self.host}:{self.connect_port}"
 
     @classmethod
     async def from_settings(cls, settings: FeedbackSettings, **overrides: object) -> ImapMailbox:
@@ -202,7 +207,7 @@ class _Session:
     def open(self) -> None:
         """Connect, secure, log in and open the folder read-write."""
         box = self.box
-        port = box.port or (993 if box.security == "tls" else 143)
+        port = box.connect_port
         with self._errors("connecting"):
             if box.security == "tls":
                 self.client = imaplib.IMAP4_SSL(

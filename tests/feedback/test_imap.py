@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mailpipe.db import Database
+from mailpipe.feedback import imap
 from mailpipe.feedback.apply import apply_feedback
 from mailpipe.feedback.imap import (
     ImapError,
@@ -130,6 +131,27 @@ async def test_starttls_then_move_or_delete_once_stored(
     moved = dovecot.flags(user, "Processed bounces")
     assert moved == ([{r"\Seen"}] * 2 if after == "move" else [])
     assert (await import_imap(db, box)).messages == 0
+
+
+@pytest.mark.parametrize("missing", [{"MOVE"}, {"MOVE", "UIDPLUS"}])
+async def test_servers_without_move_or_uidplus_get_copy_and_expunge(
+    db: Database, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch, missing: set[str]
+) -> None:
+    """Older servers: COPY, flag \\Deleted, then UID EXPUNGE (or EXPUNGE without UIDPLUS)."""
+    opened = imap._Session.open
+
+    def open_without(self: imap._Session) -> None:
+        opened(self)
+        self.capabilities -= missing  # as if the server had not announced them
+
+    monkeypatch.setattr(imap._Session, "open", open_without)
+    user, _ = dovecot.add_user()
+    dovecot.create_folder(user, "Done")
+    dovecot.append(user, fixture("postfix-bounce.eml"), fixture("rfc5965-abuse.eml"))
+    box = mailbox(dovecot, user, after="move", move_to="Done")
+    assert (await import_imap(db, box)).added == 2
+    assert dovecot.flags(user) == []
+    assert dovecot.flags(user, "Done") == [{r"\Seen"}] * 2
 
 
 async def test_plain_on_loopback_and_the_limit(db: Database, dovecot: Dovecot) -> None:
