@@ -722,7 +722,13 @@ def test_serve_schedules_runs_and_leaves_schedules_active(
     tmp_path: Path,
 ) -> None:
     out_path = tmp_path / "serve.log"
-    env = child_env(prefect_server, DATABASE_URL=database_url, MAILPIPE_TIMEZONE=TIMEZONE)
+    receiver_port = free_port()  # the feedback receiver `serve` starts, on a port of its own
+    env = child_env(
+        prefect_server,
+        DATABASE_URL=database_url,
+        MAILPIPE_TIMEZONE=TIMEZONE,
+        MAILPIPE_FEEDBACK_PORT=str(receiver_port),
+    )
     started = time.monotonic()
     with out_path.open("wb") as out:
         serve = subprocess.Popen(
@@ -747,6 +753,7 @@ def test_serve_schedules_runs_and_leaves_schedules_active(
         run_async(wait_for_scheduled_runs(deployments))  # the schedules produce runs
         # No Prefect worker runs now: only the serve process can pick the run up.
         assert_check_worker_answers(out_path, serve, db, ready_queue, smtpd, 20)
+        assert_receiver_answers(out_path, serve, receiver_port)
     finally:
         serve.send_signal(signal.SIGTERM)
         rc = serve.wait(60)

@@ -70,11 +70,90 @@ def import_command(
             for folder in (p for p in paths if p.is_dir()):
                 parts.append(await import_maildir(db, folder, verp_prefix=prefix))
         for part in parts:
-            total.messages += part.messages
-            total.added += part.added
-            total.duplicates += part.duplicates
-            total.invalid += part.invalid
+            total.add(part)
         return total
+
+    result = run(go())
+    if as_json:
+        print_json(vars(result))
+        return
+    console.print(
+        f"read {result.messages} message(s): {result.added} event(s) stored, "
+        f"{result.duplicates} already stored, {result.invalid} kept as invalid",
+        highlight=False,
+    )
+
+
+@app.command("imap")
+@command
+def imap_command(
+    host: str | None = typer.Option(
+        None, "--host", help="IMAP server (default MAILPIPE_FEEDBACK_IMAP_HOST)."
+    ),
+    port: int | None = typer.Option(
+        None, "--port", help="Port (default MAILPIPE_FEEDBACK_IMAP_PORT, else 993 or 143)."
+    ),
+    security: str | None = typer.Option(
+        None,
+        "--security",
+        help="tls, starttls, or plain (loopback only); default MAILPIPE_FEEDBACK_IMAP_SECURITY, "
+        "tls.",
+    ),
+    user: str | None = typer.Option(
+        None, "--user", help="Login (default MAILPIPE_FEEDBACK_IMAP_USERNAME)."
+    ),
+    folder: str | None = typer.Option(
+        None, "--folder", help="Folder to read (default MAILPIPE_FEEDBACK_IMAP_FOLDER, INBOX)."
+    ),
+    after: str | None = typer.Option(
+        None,
+        "--after",
+        help="Once stored: seen (flag \\Seen), move (to --move-to) or delete; default "
+        "MAILPIPE_FEEDBACK_IMAP_AFTER, seen.",
+    ),
+    move_to: str | None = typer.Option(None, "--move-to", help="Folder for --after move."),
+    ca_file: Path | None = typer.Option(
+        None, "--ca-file", help="CA bundle of a server with a private CA."
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="At most this many messages."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Store the unseen bounces and complaints of an IMAP folder, then flag them \\Seen.
+
+    Messages are flagged (or moved, or deleted: --after) only once stored, so a crash loses
+    nothing and a second read stores nothing twice. The password comes from
+    MAILPIPE_FEEDBACK_IMAP_PASSWORD or the Secret block MAILPIPE_FEEDBACK_IMAP_PASSWORD_BLOCK.
+    Apply them with `mailpipe feedback apply`."""
+    from mailpipe.feedback.dsn import ImportResult
+    from mailpipe.feedback.imap import ImapMailbox, import_imap
+    from mailpipe.feedback.settings import get_feedback_settings
+
+    if security is not None and security not in ("tls", "starttls", "plain"):
+        raise BadOption(f"--security {security!r} is not tls, starttls or plain")
+    if after is not None and after not in ("seen", "move", "delete"):
+        raise BadOption(f"--after {after!r} is not seen, move or delete")
+    if port is not None and not 1 <= port <= 65535:
+        raise BadOption(f"--port {port} is not a TCP port")
+    if limit is not None and limit < 1:
+        raise BadOption("--limit must be at least 1")
+    if ca_file is not None and not ca_file.is_file():
+        raise BadOption(f"--ca-file {ca_file}: no such file")
+    settings = get_feedback_settings()
+
+    async def go() -> ImportResult:
+        box = await ImapMailbox.from_settings(
+            settings,
+            host=host,
+            port=port,
+            security=security,
+            username=user,
+            folder=folder,
+            after=after,
+            move_to=move_to,
+            ca_file=ca_file,
+        )
+        async with Database(min_size=1, max_size=2) as db:
+            return await import_imap(db, box, verp_prefix=settings.verp_prefix, limit=limit)
 
     result = run(go())
     if as_json:

@@ -118,6 +118,12 @@ def serve_command(
         "--deliverer/--no-deliverer",
         help="Start a `mailpipe deliver` that sends events as soon as they are due.",
     ),
+    feedback_receiver: bool = typer.Option(
+        True,
+        "--feedback-receiver/--no-feedback-receiver",
+        help="Start `mailpipe feedback serve`, the providers' webhook receiver "
+        "(MAILPIPE_FEEDBACK_HOST:PORT, default 127.0.0.1:8025).",
+    ),
 ) -> None:
     """Serve the deployments of prefect.yaml from this process (a single machine).
 
@@ -128,7 +134,11 @@ def serve_command(
     """
     console.print("Serving prefect.yaml's deployments; Ctrl-C stops (schedules stay active).")
     serve.serve_project(
-        names=only or None, limit=limit, quality_worker=quality_worker, deliverer=deliverer
+        names=only or None,
+        limit=limit,
+        quality_worker=quality_worker,
+        deliverer=deliverer,
+        feedback_receiver=feedback_receiver,
     )
 
 

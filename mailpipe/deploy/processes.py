@@ -41,6 +41,21 @@ def port_is_free(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) != 0
 
 
+def feedback_receiver_address() -> str:
+    """``host:port`` the feedback receiver will listen on (``MAILPIPE_FEEDBACK_HOST``/``_PORT``),
+    refused before anything starts when something already listens there."""
+    from mailpipe.errors import ConfigError
+    from mailpipe.feedback.settings import get_feedback_settings
+
+    feedback = get_feedback_settings()
+    if not port_is_free(feedback.host, feedback.port):
+        raise ConfigError(
+            f"the feedback receiver's port {feedback.host}:{feedback.port} is in use: set "
+            "MAILPIPE_FEEDBACK_PORT to a free port, or pass --no-feedback-receiver"
+        )
+    return f"{feedback.host}:{feedback.port}"
+
+
 def pid_is_alive(pid: int) -> bool:
     """Whether process ``pid`` runs (a zombie child of this process is reaped, not alive)."""
     with contextlib.suppress(ChildProcessError):

@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING
 
 from mailpipe.config import Settings, get_settings
 from mailpipe.deploy.api import prefect_api_errors, require_api
-from mailpipe.deploy.processes import start_deliverer, start_quality_worker, stop_processes
+from mailpipe.deploy.processes import (
+    feedback_receiver_address,
+    start_deliverer,
+    start_feedback_receiver,
+    start_quality_worker,
+    stop_processes,
+)
 from mailpipe.deploy.project import (
     PROJECT_FILE,
     DeploymentSpec,
@@ -80,11 +86,14 @@ def serve_project(
     settings: Settings | None = None,
     quality_worker: bool = True,
     deliverer: bool = True,
+    feedback_receiver: bool = True,
 ) -> None:
     """Serve the deployments of ``prefect.yaml`` from this process until it is stopped, with
-    a ``mailpipe check worker`` beside it (``quality_worker``) for the post-run checks and a
+    a ``mailpipe check worker`` beside it (``quality_worker``) for the post-run checks, a
     ``mailpipe deliver`` (``deliverer``) that sends events as soon as they are due
-    (``process_email_queue`` then sweeps up retries and anything missed).
+    (``process_email_queue`` then sweeps up retries and anything missed) and the providers'
+    webhook receiver ``mailpipe feedback serve`` (``feedback_receiver``; its port is refused
+    before anything starts when taken), as ``mailpipe up`` does.
 
     Schedules stay active when it stops (``pause_on_shutdown=False``): a restart picks up where
     it left off, and a worker can take over. The environment the deployments give their runs
@@ -95,6 +104,7 @@ def serve_project(
     settings = settings or get_settings()
     project = project or project_dir(settings)
     specs = load_deployment_specs(project_file(project))
+    receiver_at = feedback_receiver_address() if feedback_receiver else None
     if names:
         unknown = sorted(set(names) - {s.name for s in specs})
         if unknown:
@@ -126,6 +136,9 @@ def serve_project(
     children = []
     if quality_worker:
         children.append(start_quality_worker(project=project))
+    if receiver_at:
+        log.info("feedback receiver: http://%s/feedback/<provider>", receiver_at)
+        children.append(start_feedback_receiver(project=project))
     if deliverer:
         # With the API in its environment (not only in a profile), the deliverer hosts the
         # sweeper: it takes process_email_queue's runs ahead of this process's runner

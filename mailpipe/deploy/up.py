@@ -18,7 +18,7 @@ from mailpipe.deploy.api import configured_api_url
 from mailpipe.deploy.database import PrefectDatabase, prefect_database_url
 from mailpipe.deploy.processes import (
     deploy_all,
-    port_is_free,
+    feedback_receiver_address,
     start_deliverer,
     start_feedback_receiver,
     start_quality_worker,
@@ -108,7 +108,7 @@ def up(
     if not pools:
         raise ConfigError(f"no work pool in {PROJECT_FILE}: nothing for workers to poll")
     names = [s.full_name for s in specs]
-    receiver_at = _receiver_address() if feedback_receiver else None
+    receiver_at = feedback_receiver_address() if feedback_receiver else None
     # Deployed runs execute in the project folder: so does `up`, so that a relative
     # MAILPIPE_DATA_DIR (the embedded Postgres) is the same folder for both.
     os.chdir(project)
@@ -207,19 +207,6 @@ def up(
             server.stop(timeout=CHILD_STOP_SECONDS)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _receiver_address() -> str:
-    """``host:port`` of the feedback receiver, refused before anything starts if taken."""
-    from mailpipe.feedback.settings import get_feedback_settings
-
-    feedback = get_feedback_settings()
-    if not port_is_free(feedback.host, feedback.port):
-        raise ConfigError(
-            f"the feedback receiver's port {feedback.host}:{feedback.port} is in use: set "
-            "MAILPIPE_FEEDBACK_PORT to a free port, or pass --no-feedback-receiver"
-        )
-    return f"{feedback.host}:{feedback.port}"
 
 
 async def _migrate(settings: Settings) -> list[str]:

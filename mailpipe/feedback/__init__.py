@@ -5,6 +5,7 @@ complaints), received by webhook or from a bounce mailbox, stored verbatim, then
 - :mod:`~mailpipe.feedback.providers`: one module per provider (authentication, parsing);
 - :mod:`~mailpipe.feedback.receiver`: the ASGI receiver (``mailpipe feedback serve``);
 - :mod:`~mailpipe.feedback.dsn`: DSN/ARF messages, Maildir import, VERP return paths;
+- :mod:`~mailpipe.feedback.imap`: the bounce mailbox over IMAP (``mailpipe feedback imap``);
 - :mod:`~mailpipe.feedback.inbox`: the ``email_feedback_events`` inbox;
 - :mod:`~mailpipe.feedback.apply`: applying the inbox in batches (:func:`apply_feedback`);
 - :mod:`~mailpipe.feedback.runs`: one ``process_email_feedback`` run and its report.

@@ -1,9 +1,11 @@
 """Apply stored feedback in batches: confirmation status, suppressions, attempt history.
 
 The flow ``process_email_feedback`` calls :func:`apply_feedback`. Each batch is claimed with
-``FOR UPDATE SKIP LOCKED`` (workers never collide), matched to our messages by the provider's
-message id, our Message-ID or the VERP token, then applied by one set-based statement
-(``sql/queries/feedback.sql``):
+``FOR UPDATE SKIP LOCKED`` (two workers never take the same event), matched to our messages by
+the provider's message id, our Message-ID or the VERP token, then applied by one set-based
+statement (``sql/queries/feedback.sql``) that locks what it changes in one fixed order (the
+confirmations by id, then the suppressions by address), so concurrent workers applying
+feedback about the same messages queue behind each other and never deadlock:
 
 - ``smtp_delivery_confirmations.status`` moves forward only: accepted < delivered < bounced <
   complained (a late "delivered" never hides a bounce);

@@ -279,6 +279,13 @@ class ImportResult:
     duplicates: int = 0
     invalid: int = 0
 
+    def add(self, other: ImportResult) -> None:
+        """Add another import's counts to these."""
+        self.messages += other.messages
+        self.added += other.added
+        self.duplicates += other.duplicates
+        self.invalid += other.invalid
+
 
 async def import_messages(
     db: Database, messages: Iterable[bytes], *, verp_prefix: str = "bounces"
@@ -316,11 +323,7 @@ async def import_maildir(db: Database, path: Path, *, verp_prefix: str = "bounce
         msg = box.get_message(key)
         if msg.get_subdir() == "cur" and "S" in msg.get_flags():
             continue
-        part = await import_messages(db, [box.get_bytes(key)], verp_prefix=verp_prefix)
-        result.messages += part.messages
-        result.added += part.added
-        result.duplicates += part.duplicates
-        result.invalid += part.invalid
+        result.add(await import_messages(db, [box.get_bytes(key)], verp_prefix=verp_prefix))
         msg.set_subdir("cur")
         msg.add_flag("S")
         box[key] = msg

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -112,6 +113,31 @@ class FeedbackSettings(BaseSettings):
         default=10, ge=1, description="Failed processing attempts before an event is given up."
     )
 
+    # The bounce mailbox over IMAP (`mailpipe feedback imap`)
+    imap_host: str | None = Field(default=None, description="IMAP server of the bounce mailbox.")
+    imap_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Its port; unset: 993 (tls) or 143."
+    )
+    imap_security: Literal["tls", "starttls", "plain"] = Field(
+        default="tls",
+        description="tls (implicit, port 993), starttls, or plain (refused unless the host is "
+        "a loopback address).",
+    )
+    imap_username: str | None = Field(default=None, description="The mailbox's login.")
+    imap_password: SecretStr | None = None
+    imap_password_block: str | None = None
+    imap_folder: str = Field(default="INBOX", description="Folder whose unseen messages are read.")
+    imap_after: Literal["seen", "move", "delete"] = Field(
+        default="seen",
+        description="What happens to a message once stored: flagged \\Seen, moved to "
+        "imap_move_to (flagged \\Seen), or deleted.",
+    )
+    imap_move_to: str | None = Field(default=None, description="Folder for imap_after=move.")
+    imap_ca_file: Path | None = Field(
+        default=None, description="Extra CA bundle for an IMAP server with a private CA."
+    )
+    imap_timeout_seconds: float = Field(default=30.0, gt=0, description="Network timeout.")
+
     @property
     def cert_cache_dir(self) -> Path:
         """The SNS certificate cache folder."""
@@ -139,18 +165,24 @@ class FeedbackSecrets:
         return list(self.values.values())
 
 
+async def resolve_secret(settings: FeedbackSettings, name: str) -> str | None:
+    """One secret: the environment value, else the named Secret block, else None."""
+    direct: SecretStr | None = getattr(settings, name)
+    block: str | None = getattr(settings, f"{name}_block")
+    if direct is not None and direct.get_secret_value():
+        return direct.get_secret_value()
+    if block:
+        from mailpipe.runtime import aread_secret_block  # imports Prefect, only here
+
+        return await aread_secret_block(block, purpose=f"MAILPIPE_FEEDBACK_{name.upper()}_BLOCK")
+    return None
+
+
 async def resolve_secrets(settings: FeedbackSettings) -> FeedbackSecrets:
-    """Every configured secret: the environment value, else the named Secret block."""
+    """Every configured receiver secret: the environment value, else the named Secret block."""
     values: dict[str, str] = {}
     for name in SECRET_NAMES:
-        direct: SecretStr | None = getattr(settings, name)
-        block: str | None = getattr(settings, f"{name}_block")
-        if direct is not None and direct.get_secret_value():
-            values[name] = direct.get_secret_value()
-        elif block:
-            from mailpipe.runtime import aread_secret_block  # imports Prefect, only here
-
-            values[name] = await aread_secret_block(
-                block, purpose=f"MAILPIPE_FEEDBACK_{name.upper()}_BLOCK"
-            )
+        value = await resolve_secret(settings, name)
+        if value is not None:
+            values[name] = value
     return FeedbackSecrets(values)

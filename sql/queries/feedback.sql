@@ -32,6 +32,11 @@ RETURNING id;
 
 -- apply_feedback_batch --
 -- Claim a batch of due inbox rows (or only one), match each to our message and apply it: confirmation status (never backwards), suppressions, attempt history, state
+-- Locks, always in this order, so that concurrent appliers never deadlock: the batch's inbox
+-- rows (SKIP LOCKED: never waited for), then its confirmations in id order (locked_targets),
+-- then the suppressions in address order (suppressed, gated on status_changes). Two batches
+-- about the same messages then queue behind each other instead of each holding what the
+-- other waits for.
 WITH due AS (
     SELECT id FROM email_feedback_events
      WHERE next_attempt_at <= now()
@@ -85,11 +90,21 @@ WITH due AS (
       FROM batch AS b
      WHERE b.confirmation_id IS NOT NULL AND b.kind IN ('delivered', 'hard_bounce', 'complaint')
      ORDER BY b.confirmation_id, rank DESC, b.id
+), locked_targets AS (
+    -- ORDER BY under FOR UPDATE: rows are sorted, then locked one by one in that order.
+    SELECT c.id
+      FROM smtp_delivery_confirmations AS c
+     WHERE c.id IN (SELECT confirmation_id FROM target)
+     ORDER BY c.id
+       FOR UPDATE OF c
 ), status_changes AS (
     UPDATE smtp_delivery_confirmations AS c
        SET status = t.status
       FROM target AS t
      WHERE c.id = t.confirmation_id
+       -- A condition without columns runs once, before the first row is updated: every
+       -- confirmation is locked (in id order) before this UPDATE touches any.
+       AND (SELECT count(*) FROM locked_targets) >= 0
        AND t.rank > CASE c.status WHEN 'accepted' THEN 0 WHEN 'delivered' THEN 1
                                   WHEN 'bounced' THEN 2 ELSE 3 END
     RETURNING c.id, c.status, c.communication_event_id, c.provider_name, t.event_id,
@@ -126,10 +141,13 @@ WITH due AS (
            WHERE s.n >= %(soft_threshold)s
       ) AS w
      WHERE w.address LIKE '_%%@_%%' AND w.address = lower(w.address)
+       -- Suppressions only once the confirmations are done (and so locked): see the top.
+       AND (SELECT count(*) FROM status_changes) >= 0
      ORDER BY w.address, w.rank
 ), suppressed AS (
+    -- In address order: two appliers wanting the same addresses take them in the same order.
     INSERT INTO email_suppressions AS s (address, kind, reason, source, expires_at)
-    SELECT address, 'address', reason, source, expires_at FROM wanted
+    SELECT address, 'address', reason, source, expires_at FROM wanted ORDER BY address
     ON CONFLICT (address) DO UPDATE
        SET reason = EXCLUDED.reason, source = EXCLUDED.source, created_at = now(),
            expires_at = EXCLUDED.expires_at

@@ -62,14 +62,22 @@ confirmed AS (
      GROUP BY GROUPING SETS ((provider_name), ())
 ),
 attempts AS (
-    SELECT CASE WHEN grouping(provider_name) = 1 THEN '*' ELSE provider_name END AS key,
-           count(*) FILTER (WHERE outcome = 'retry') AS retried,
-           count(*) FILTER (WHERE outcome = 'deferred') AS deferred,
-           count(*) FILTER (WHERE outcome = 'suppressed') AS suppressed,
-           count(*) FILTER (WHERE outcome = 'bounced') AS hard_bounces
-      FROM delivery_attempts
-     WHERE attempted_at >= %(day_start)s AND attempted_at < %(day_end)s
-     GROUP BY GROUPING SETS ((provider_name), ())
+    SELECT CASE WHEN grouping(a.provider_name) = 1 THEN '*' ELSE a.provider_name END AS key,
+           count(*) FILTER (WHERE a.outcome = 'retry') AS retried,
+           count(*) FILTER (WHERE a.outcome = 'deferred') AS deferred,
+           count(*) FILTER (WHERE a.outcome = 'suppressed') AS suppressed,
+           count(*) FILTER (WHERE a.outcome = 'bounced') AS hard_bounces,
+           -- Bounces of messages a provider accepted this same day (a bounce reported by
+           -- feedback after the 250): the message is in `sent` already, so hard_bounce_rate's
+           -- denominator must not count it twice. One index probe per bounced row (0006).
+           count(*) FILTER (WHERE a.outcome = 'bounced' AND EXISTS (
+               SELECT 1 FROM smtp_delivery_confirmations AS c
+                WHERE c.communication_event_id = a.communication_event_id
+                  AND c.created_at >= %(day_start)s AND c.created_at < %(day_end)s))
+               AS hard_bounces_of_sent
+      FROM delivery_attempts AS a
+     WHERE a.attempted_at >= %(day_start)s AND a.attempted_at < %(day_end)s
+     GROUP BY GROUPING SETS ((a.provider_name), ())
 ),
 feedback AS (
     -- What providers reported after accepting (0011): applied events received in the day,
@@ -135,6 +143,7 @@ computed AS (
            coalesce(a.deferred, 0) AS deferred,
            coalesce(a.suppressed, 0) AS suppressed,
            coalesce(a.hard_bounces, 0) AS hard_bounces,
+           coalesce(a.hard_bounces_of_sent, 0) AS hard_bounces_of_sent,
            d.latency[1] AS queue_latency_p50_seconds,
            d.latency[2] AS queue_latency_p95_seconds,
            coalesce(p.connection_attempts, 0) AS connection_attempts,
@@ -172,8 +181,11 @@ upserted AS (
            events_created, sent, failed, failed_invalid, failed_template, failed_suppressed,
            failed_rejected, failed_bounced, failed_retries_exhausted, failed_no_provider,
            failed_other, retried, deferred, suppressed, hard_bounces,
+           -- Accepted among the messages that reached a final answer in the day.
            sent::float8 / nullif(sent + failed, 0),
-           hard_bounces::float8 / nullif(sent + hard_bounces, 0),
+           -- Bounces recorded in the day among the distinct messages accepted or bounced in
+           -- the day: a message accepted, then reported bounced, counts once (in sent).
+           hard_bounces::float8 / nullif(sent + hard_bounces - hard_bounces_of_sent, 0),
            queue_latency_p50_seconds, queue_latency_p95_seconds,
            connection_attempts, connection_failures,
            (connection_attempts - connection_failures)::float8 / nullif(connection_attempts, 0),

@@ -26,6 +26,8 @@ from mailpipe.testing.feedback import (
     new_sendgrid_key,
     pem,
 )
+from mailpipe.testing.smtpd import Certificate
+from tests.feedback.dovecot import DOVECOT, Dovecot
 
 MAILGUN_KEY = "key-" + "7" * 32
 RESEND_SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
@@ -134,3 +136,18 @@ def receiver(
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def dovecot(tls_certificate: Certificate) -> Iterator[Dovecot]:
+    """A real IMAP server (dovecot) for this session; each test adds its own user."""
+    if DOVECOT is None:
+        pytest.skip(
+            "the dovecot binary is not installed: scripts/install-dovecot.sh installs Debian's "
+            "dovecot-imapd (IMAP tests of the bounce mailbox)"
+        )
+    server = Dovecot.start(tls_certificate)
+    try:
+        yield server
+    finally:
+        server.stop()

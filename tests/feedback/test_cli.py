@@ -103,6 +103,8 @@ def test_serve_runs_the_receiver_with_secrets_from_the_environment(
     finally:
         process.terminate()
         process.wait(timeout=30)
+        if process.stderr is not None:
+            process.stderr.close()
     count = with_db(
         env_database, lambda db: db.fetch_value("SELECT count(*) FROM email_feedback_events")
     )

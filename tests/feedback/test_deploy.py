@@ -1,5 +1,6 @@
-"""The feedback receiver as `mailpipe up` runs it: a child process (`mailpipe feedback serve`)
-that takes real requests, stops on SIGTERM; `up` refuses a taken port before starting."""
+"""The feedback receiver as `mailpipe up` and `mailpipe serve` run it: a child process
+(`mailpipe feedback serve`) that takes real requests, stops on SIGTERM; both refuse a taken
+port before starting, and both can leave it out (--no-feedback-receiver)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,18 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from mailpipe.deploy.processes import start_feedback_receiver, stop_process
+from mailpipe.deploy.processes import (
+    feedback_receiver_address,
+    start_feedback_receiver,
+    stop_process,
+)
 from mailpipe.errors import ConfigError
 from mailpipe.feedback.settings import get_feedback_settings
 from mailpipe.testing.smtpd import free_port
@@ -65,8 +71,8 @@ def test_receiver_child_stores_events_and_stops_on_sigterm(
     assert rows == [{"provider_event_id": "deploy-1", "state": "received"}]
 
 
-def test_up_refuses_a_taken_receiver_port(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mailpipe.deploy.up import _receiver_address
+def test_up_and_serve_refuse_a_taken_receiver_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailpipe.deploy.serve import serve_project
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -76,12 +82,36 @@ def test_up_refuses_a_taken_receiver_port(monkeypatch: pytest.MonkeyPatch) -> No
         get_feedback_settings.cache_clear()  # read once per process: read it again here
         try:
             with pytest.raises(ConfigError, match=f"127.0.0.1:{port} is in use.*--no-feedback"):
-                _receiver_address()
+                feedback_receiver_address()
+            # `mailpipe serve` refuses it before anything starts (no Prefect API is needed to
+            # get that far: none is configured here).
+            with pytest.raises(ConfigError, match=f"127.0.0.1:{port} is in use.*--no-feedback"):
+                serve_project(project=PROJECT)
             taken.close()
-            assert _receiver_address() == f"127.0.0.1:{port}"  # free again
+            assert feedback_receiver_address() == f"127.0.0.1:{port}"  # free again
         finally:
             monkeypatch.undo()
             get_feedback_settings.cache_clear()
+
+
+def test_serve_without_the_receiver_does_not_need_its_port() -> None:
+    """`mailpipe serve --no-feedback-receiver` gets past a taken receiver port (and stops at
+    the next requirement: no Prefect API is configured for it here)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        env["MAILPIPE_FEEDBACK_PORT"] = str(taken.getsockname()[1])
+        result = subprocess.run(
+            [sys.executable, "-m", "mailpipe", "serve", "--no-feedback-receiver"],
+            cwd=PROJECT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "no Prefect API configured" in result.stderr and "is in use" not in result.stderr
 
 
 def test_deployment_examples_run_the_receiver_with_its_health_probe() -> None:

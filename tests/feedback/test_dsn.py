@@ -1,5 +1,6 @@
-"""DSN (RFC 3464) and ARF (RFC 5965) messages parsed end to end, from the RFCs' examples and
-Postfix's bounce format; VERP return paths; Maildir import."""
+"""DSN (RFC 3464) and ARF (RFC 5965) messages parsed end to end, from the RFCs' examples,
+Postfix's bounce format and genuine DSNs a real Postfix wrote (fixtures/postfix-genuine);
+VERP return paths; Maildir import."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mailpipe.db import Database
+from mailpipe.feedback.apply import apply_feedback
 from mailpipe.feedback.dsn import (
     import_files,
     import_maildir,
@@ -17,7 +19,7 @@ from mailpipe.feedback.dsn import (
     verp_token,
 )
 from mailpipe.feedback.vocabulary import FeedbackKind, FeedbackState
-from tests.feedback.support import inbox
+from tests.feedback.support import add_sent_message, inbox
 
 FIXTURES = Path(__file__).parent / "fixtures"
 POSTFIX_TOKEN = "7d8f2c1e-0b9a-4f5e-9c3d-2a1b0c9d8e7f"
@@ -129,3 +131,83 @@ async def test_maildir_new_messages_are_stored_then_marked_seen(
     assert all(m.get_flags() == "S" for m in mailbox.Maildir(tmp_path / "bounces").values())
     again = await import_maildir(db, tmp_path / "bounces")
     assert again.messages == 0 and len(await inbox(db)) == 4
+
+
+GENUINE = FIXTURES / "postfix-genuine"
+
+
+def test_genuine_postfix_dsns_are_read_like_the_crafted_ones() -> None:
+    events = {
+        name: parse_report((GENUINE / f"{name}.eml").read_bytes())
+        for name in ("remote-550", "local-unknown-user", "delayed-451")
+    }
+    assert {name: len(found) for name, found in events.items()} == dict.fromkeys(events, 1)
+    remote, local, delayed = (found[0] for found in events.values())
+    assert (remote.kind, remote.recipient, remote.smtp_code, remote.enhanced_status) == (
+        FeedbackKind.HARD_BOUNCE,
+        "nosuchuser@example.net",
+        550,
+        "5.1.1",
+    )
+    # A folded Diagnostic-Code is read whole.
+    assert remote.reason == (
+        "smtp; 550 5.1.1 <nosuchuser@example.net>: Recipient address rejected: "
+        "User unknown in virtual mailbox table"
+    )
+    assert remote.message_id == "<ad05d513-cf88-4aac-9299-321b6c8335c4@mail.example.com>"
+    assert remote.verp_token == "ad05d513-cf88-4aac-9299-321b6c8335c4=mail.example.com"
+    # Local delivery's own diagnostic carries no SMTP code; the status still says permanent.
+    assert (local.kind, local.recipient, local.smtp_code, local.enhanced_status) == (
+        FeedbackKind.HARD_BOUNCE,
+        "ghost@bounce.example.com",
+        None,
+        "5.1.1",
+    )
+    assert local.reason == 'X-Postfix; unknown user: "ghost"'
+    assert (delayed.kind, delayed.recipient, delayed.smtp_code, delayed.enhanced_status) == (
+        FeedbackKind.DEFERRED,
+        "slow@example.net",
+        451,
+        "4.2.0",
+    )
+    # Headers only (text/rfc822-headers) still give our Message-ID.
+    assert delayed.message_id == "<b422701d-a1f3-422d-8f56-34d8757062ce@mail.example.com>"
+    assert {e.state for e in (remote, local, delayed)} == {FeedbackState.RECEIVED}
+
+
+async def test_genuine_postfix_dsns_from_a_maildir_bounce_and_suppress(
+    db: Database, tmp_path: Path
+) -> None:
+    for recipient, message_id in (
+        ("nosuchuser@example.net", "<ad05d513-cf88-4aac-9299-321b6c8335c4@mail.example.com>"),
+        ("ghost@bounce.example.com", "<79054796-cb99-4055-85f0-a973f63d59b6@mail.example.com>"),
+        ("slow@example.net", "<b422701d-a1f3-422d-8f56-34d8757062ce@mail.example.com>"),
+    ):
+        row = await add_sent_message(db, recipient)
+        await db.execute(
+            "UPDATE smtp_delivery_confirmations SET message_id = %s WHERE id = %s",
+            (message_id, row["confirmation_id"]),
+        )
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    for path in sorted(GENUINE.glob("*.eml")):
+        box.add(path.read_bytes())
+    stored = await import_maildir(db, tmp_path / "bounces")
+    assert (stored.messages, stored.added, stored.invalid) == (3, 3, 0)
+    applied = await apply_feedback(db)
+    assert (applied.applied, applied.status_changes, applied.suppressions) == (3, 2, 2)
+    statuses = {
+        r["recipient_email"]: r["status"]
+        for r in await db.fetch_all(
+            "SELECT recipient_email, status FROM smtp_delivery_confirmations"
+        )
+    }
+    assert statuses == {
+        "nosuchuser@example.net": "bounced",
+        "ghost@bounce.example.com": "bounced",
+        "slow@example.net": "accepted",  # a delay warning changes nothing
+    }
+    suppressed = await db.fetch_all("SELECT address, reason FROM email_suppressions ORDER BY 1")
+    assert [(r["address"], r["reason"]) for r in suppressed] == [
+        ("ghost@bounce.example.com", "hard_bounce"),
+        ("nosuchuser@example.net", "hard_bounce"),
+    ]

@@ -67,6 +67,52 @@ async def test_snapshot_counts_what_providers_reported_per_provider(db: Database
     assert {r["bounced"] for r in earlier.rows} == {0}
 
 
+async def test_snapshot_hard_bounce_rate_counts_each_message_once(db: Database) -> None:
+    # The day: 10 messages accepted, 3 of them reported bounced later the same day; one message
+    # accepted two days ago and reported bounced today; 2 refused with 550 at send time.
+    sent = [await add_sent_message(db, f"s{i}@example.com") for i in range(10)]
+    old = await add_sent_message(db, "old@example.com")
+    await db.execute(
+        "UPDATE smtp_delivery_confirmations SET created_at = now() - interval '2 days'"
+        " WHERE id = %s",
+        (old["confirmation_id"],),
+    )
+    await db.execute(
+        "UPDATE communication_events SET sent_at = now() - interval '2 days',"
+        " created_at = now() - interval '2 days' WHERE id = %s",
+        (old["event_id"],),
+    )
+    for i in range(2):
+        await db.execute(
+            "WITH e AS (INSERT INTO communication_events (event_type, recipient_email,"
+            " template_key, status, error_class, provider_name) VALUES ('welcome', %s, 'welcome',"
+            " 'failed', 'bounced', 'primary') RETURNING id)"
+            " INSERT INTO delivery_attempts (communication_event_id, provider_name, outcome,"
+            " smtp_code, error) SELECT id, 'primary', 'bounced', 550, '550 5.1.1 unknown' FROM e",
+            (f"refused{i}@example.com",),
+        )
+    await report(
+        db,
+        *[
+            {"id": f"b{i}", "kind": "hard_bounce", "message_id": m["message_id"]}
+            for i, m in enumerate([*sent[:3], old])
+        ],
+    )
+    day = await today(db, "UTC")
+    row = next(r for r in (await snapshot_day(db, day, "UTC")).rows if r["provider_name"] == "*")
+    assert (row["sent"], row["failed"], row["hard_bounces"], row["bounced"]) == (10, 2, 6, 4)
+    # 6 bounces among 13 distinct messages: the 10 accepted (3 of them bounced later), the 2
+    # refused, the one accepted earlier. Counting the 3 twice (sent + hard_bounces = 16) made it
+    # read 6/16.
+    assert row["hard_bounce_rate"] == 6 / 13
+    assert row["delivery_success_rate"] == 10 / 12
+    comment = await db.fetch_value(
+        "SELECT col_description('email_health_snapshots'::regclass, attnum) FROM pg_attribute"
+        " WHERE attrelid = 'email_health_snapshots'::regclass AND attname = 'hard_bounce_rate'"
+    )
+    assert "accepted that same day" in comment
+
+
 async def test_bounce_and_complaint_rates_count_feedback_once_and_alert(db: Database) -> None:
     sent = [await add_sent_message(db, f"u{i}@example.com") for i in range(50)]
     await report(

@@ -182,7 +182,7 @@ async def test_send_feedback_by_webhook_and_dsn_then_status_suppression_alert_sn
     day = await today(db, "UTC")
     await snapshot_email_health(start=day, end=day)
     row = await db.fetch_one(
-        "SELECT sent, delivered, bounced, complained, hard_bounces, suppressed"
+        "SELECT sent, delivered, bounced, complained, hard_bounces, suppressed, hard_bounce_rate"
         " FROM email_health_snapshots WHERE provider_name = '*'"
     )
     assert row is not None
@@ -193,6 +193,9 @@ async def test_send_feedback_by_webhook_and_dsn_then_status_suppression_alert_sn
         "complained": 1,
         "hard_bounces": 7,
         "suppressed": 4,
+        # 7 bounces among the 60 messages (58 accepted, 5 of them reported bounced, and 2
+        # refused), as bounce_rate counts them: each message once.
+        "hard_bounce_rate": 7 / 60,
     }
     figures["snapshot"] = dict(row)
     print(f"end-to-end figures: {figures}")
