@@ -20,7 +20,12 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from mailpipe.config import Settings, get_settings
-from mailpipe.errors import DatabaseError, DatabaseUnavailable, IntegrityViolation
+from mailpipe.errors import (
+    DatabaseConflict,
+    DatabaseError,
+    DatabaseUnavailable,
+    IntegrityViolation,
+)
 from mailpipe.redaction import redact_url
 
 Row = dict[str, Any]
@@ -124,6 +129,13 @@ def _translated_errors(url: str | None = None) -> Iterator[None]:
         yield
     except pg_errors.IntegrityError as exc:
         raise IntegrityViolation(_message(exc), constraint_name=exc.diag.constraint_name) from exc
+    except (pg_errors.TransactionRollback, pg_errors.DeadlockDetected) as exc:
+        # OperationalErrors to psycopg, but the server is fine: another transaction
+        # conflicted (40P01 deadlock, 40001 serialization). Transient: a retry succeeds.
+        raise DatabaseConflict(
+            f"{_message(exc)}: a concurrent transaction conflicted and Postgres rolled this "
+            "one back; it is safe to run again (retried automatically where mailpipe can)"
+        ) from exc
     except (psycopg.OperationalError, PoolTimeout) as exc:
         where = f" at {redact_url(url)}" if url else ""
         # One line: libpq's messages span several ("...unexpectedly\n\tThis probably means").

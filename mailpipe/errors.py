@@ -59,6 +59,16 @@ class DatabaseUnavailable(DatabaseError, TransientError, ConnectionError):
         self.stage = "database"
 
 
+class DatabaseConflict(DatabaseError, TransientError):
+    """A concurrent transaction got in the way (deadlock detected, serialization failure):
+    Postgres rolled this one back, and running it again normally succeeds."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = None
+        self.stage = "database"
+
+
 class IntegrityViolation(DatabaseError):
     """A constraint refused the write (unique, check, foreign key)."""
 

@@ -26,11 +26,12 @@ import time
 from dataclasses import dataclass, field
 
 from mailpipe.db import Database
-from mailpipe.errors import DatabaseError, DatabaseUnavailable
+from mailpipe.errors import DatabaseConflict, DatabaseError, DatabaseUnavailable
 from mailpipe.feedback.settings import FeedbackSettings, get_feedback_settings
 from mailpipe.queries import query
 
 log = logging.getLogger(__name__)
+CONFLICT_RETRIES = 5  # batches rolled back by a concurrent transaction, tried again
 
 
 @dataclass
@@ -117,9 +118,18 @@ async def apply_feedback(
     params = _params(settings)
     result = FeedbackResult()
     started = time.perf_counter()
+    conflicts = 0
     while max_batches is None or result.batches < max_batches:
         try:
             row = await _apply_batch(db, batch_size, None, params)
+        except DatabaseConflict as exc:
+            # Rolled back whole by a concurrent transaction: nothing of it was applied, and
+            # the same batch again normally goes through. Not the events' fault.
+            conflicts += 1
+            if conflicts > CONFLICT_RETRIES:
+                raise
+            log.warning("a feedback batch was rolled back (%s); applying it again", exc)
+            continue
         except DatabaseUnavailable:
             raise
         except DatabaseError as exc:
@@ -158,8 +168,8 @@ async def _one_by_one(
     for event_id in ids:
         try:
             result.add(await _apply_batch(db, 1, event_id, params))
-        except DatabaseUnavailable:
-            raise
+        except (DatabaseUnavailable, DatabaseConflict):
+            raise  # not this event's fault: the run (or its retry) applies it later
         except DatabaseError as exc:
             message = str(exc)[:1000]
             await db.execute(

@@ -59,8 +59,7 @@ async def test_two_appliers_over_the_same_messages_never_deadlock(
         events = await feedback_about_the_same_messages(db, round_)
         total += events
         with caplog.at_level(logging.WARNING, logger="mailpipe.feedback.apply"):
-            # A deadlock raises (DatabaseUnavailable) or sends a batch down the one-by-one
-            # path with a warning: either fails here.
+            # A deadlock (DatabaseConflict) is retried with a warning: it fails here.
             first, second = await asyncio.gather(applier(), applier())
         assert [r.getMessage() for r in caplog.records] == []
         assert first.errors == second.errors == 0

@@ -199,3 +199,32 @@ async def test_a_retried_run_counts_every_attempt(
     assert result.attempts == 2 and result.rescued == leased
     assert result.counts["sent"] == COUNT == len(await recorded_message_ids(db))
     assert result.summary()["sent"] == COUNT
+
+
+async def test_a_deadlock_is_a_transient_conflict_not_an_unreachable_server(db: Database) -> None:
+    """Two transactions locking the same two rows in opposite orders: Postgres rolls one back
+    (40P01). That is a conflict worth retrying, reported as such, not "Postgres is
+    unreachable"."""
+    from mailpipe.errors import DatabaseConflict
+    from mailpipe.retries import is_transient
+
+    await insert_events(db, 2)
+    first, second = [
+        r["id"] for r in await db.fetch_all("SELECT id FROM communication_events ORDER BY id")
+    ]
+    locked = [asyncio.Event(), asyncio.Event()]
+
+    async def lock(index: int, a: object, b: object) -> None:
+        async with db.transaction() as tx:
+            await tx.execute("UPDATE communication_events SET priority = 1 WHERE id = %s", (a,))
+            locked[index].set()
+            await locked[1 - index].wait()  # both hold their first row: now cross over
+            await tx.execute("UPDATE communication_events SET priority = 1 WHERE id = %s", (b,))
+
+    outcomes = await asyncio.gather(
+        lock(0, first, second), lock(1, second, first), return_exceptions=True
+    )
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(failures) == 1 and isinstance(failures[0], DatabaseConflict), outcomes
+    assert "deadlock detected" in str(failures[0]) and "safe to run again" in str(failures[0])
+    assert is_transient(failures[0]) and not isinstance(failures[0], DatabaseUnavailable)
