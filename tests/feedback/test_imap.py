@@ -238,3 +238,50 @@ def test_cli_reads_the_mailbox_with_the_password_from_the_environment(
         assert "--after 'later'" in fails(*args, "--after", "later")
     finally:
         get_feedback_settings.cache_clear()
+
+
+async def test_the_feedback_run_reads_a_configured_mailbox_and_survives_a_bad_one(
+    db: Database, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """process_email_feedback's run reads MAILPIPE_FEEDBACK_IMAP_* first (no separate reader
+    to schedule); a mailbox it cannot read is reported and the rest is applied all the same."""
+    from mailpipe.feedback.runs import apply_run, log_line, markdown
+
+    bounced = await sent(db, "nosuchuser@example.net", BOUNCE_ID)
+    user, password = dovecot.add_user()
+    dovecot.append(user, fixture("postfix-bounce.eml"))
+    settings = {
+        "HOST": "127.0.0.1",
+        "PORT": str(dovecot.imaps_port),
+        "CA_FILE": str(dovecot.ca_file),
+        "USERNAME": user,
+        "PASSWORD": password,
+    }
+    for key, value in settings.items():
+        monkeypatch.setenv(f"MAILPIPE_FEEDBACK_IMAP_{key}", value)
+    get_feedback_settings.cache_clear()
+    try:
+        summary = await apply_run(db=db)
+        assert summary["mailbox"] == {
+            "messages": 1,
+            "added": 1,
+            "duplicates": 0,
+            "invalid": 0,
+            "error": None,
+        }
+        assert summary["applied"] == 1
+        status = await db.fetch_value(
+            "SELECT status FROM smtp_delivery_confirmations WHERE id = %s",
+            (bounced["confirmation_id"],),
+        )
+        assert status == "bounced"
+        assert "bounce mailbox: 1 message(s) read, 1 event(s) stored" in log_line(summary)
+
+        monkeypatch.setenv("MAILPIPE_FEEDBACK_IMAP_PASSWORD", "wrong-" + password)
+        get_feedback_settings.cache_clear()
+        failed = await apply_run(db=db)  # does not raise
+        assert "refused the login" in failed["mailbox"]["error"]
+        assert password not in failed["mailbox"]["error"]
+        assert "Bounce mailbox (IMAP): not read (" in markdown(failed)
+    finally:
+        get_feedback_settings.cache_clear()
