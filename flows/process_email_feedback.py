@@ -1,7 +1,8 @@
 """process_email_feedback: apply what providers reported after they accepted a message.
 
-Every minute: applies the email_feedback_events inbox (filled by `mailpipe feedback serve` and
-the bounce mailbox import) in batches: confirmation status, suppressions, bounced attempts
+Every minute: reads the IMAP bounce mailbox when MAILPIPE_FEEDBACK_IMAP_HOST is set, then
+applies the email_feedback_events inbox (filled by `mailpipe feedback serve`, that mailbox and
+`mailpipe feedback import`) in batches: confirmation status, suppressions, bounced attempts
 (docs/feedback.md); overlap is safe (SKIP LOCKED). Publishes the table artifact
 "process-email-feedback-summary" and the markdown artifact "process-email-feedback-report"
 (what was applied, what waits: unmatched, failed). Requires: DATABASE_URL (or the embedded
