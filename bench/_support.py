@@ -64,23 +64,36 @@ def create_database(admin: str, name: str) -> str:
     return url
 
 
+def find_smtp_sink() -> tuple[str | None, dict[str, str] | None]:
+    """Postfix's smtp-sink and the environment to run it in: installed (Debian's ``postfix``)
+    or unpacked without installing it, with its libraries, under ``.mailpipe/bench/postfix``
+    (``apt-get download postfix && dpkg -x postfix_*.deb .mailpipe/bench/postfix``)."""
+    installed = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+    if Path(installed).exists():
+        return installed, None
+    unpacked = Path(__file__).resolve().parent.parent / ".mailpipe" / "bench" / "postfix" / "usr"
+    if (unpacked / "sbin" / "smtp-sink").exists():
+        env = {**os.environ, "LD_LIBRARY_PATH": str(unpacked / "lib" / "postfix")}
+        return str(unpacked / "sbin" / "smtp-sink"), env
+    return None, None
+
+
 def start_sink() -> tuple[subprocess.Popen[bytes], int, str]:
     """Start an SMTP sink on a free port: Postfix's ``smtp-sink`` (a fast C sink; Debian
     package ``postfix``) when installed, else an aiosmtpd sink in its own process (much
     slower: throughput figures against it measure the sink). Returns (process, port, name)."""
     port = free_port()
-    sink = shutil.which("smtp-sink") or (
-        "/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None
-    )
+    sink, env = find_smtp_sink()
     if sink:
         # smtp-sink refuses to run as root without a user to switch to.
-        user = ["-u", "postfix"] if os.geteuid() == 0 else []
-        proc = subprocess.Popen([sink, *user, f"127.0.0.1:{port}", "1000"])
+        user = ["-u", "nobody"] if os.geteuid() == 0 else []
+        proc = subprocess.Popen([sink, *user, f"127.0.0.1:{port}", "1000"], env=env)
         name = "Postfix smtp-sink"
     else:
         print(
-            "smtp-sink not found (install Debian's `postfix` package for it); falling back to "
-            "an aiosmtpd sink, which is slower than the clients it measures",
+            "smtp-sink not found (install Debian's `postfix` package, or unpack it: see "
+            "find_smtp_sink in bench/_support.py); falling back to an aiosmtpd sink, which is "
+            "slower than the clients it measures",
             file=sys.stderr,
         )
         code = (
