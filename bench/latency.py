@@ -33,14 +33,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _support import create_database, postgres_server  # noqa: E402
+from _support import create_database, postgres_server, start_deliverer  # noqa: E402
 
 from mailpipe.db import Database, Jsonb, with_database_name  # noqa: E402
 from mailpipe.delivery import drain_queue  # noqa: E402
@@ -294,23 +293,6 @@ def idle_cpu(
     print(f"  of which importing mailpipe's CLI and the flow: {imports.stdout.strip()} CPU-s")
 
 
-def start_deliverer(url: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["DATABASE_URL"] = url
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mailpipe", "deliver", "--batch-size", "200"],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    while b"mailpipe deliver: ready" not in (text := proc.stderr.readline()):
-        assert text, "mailpipe deliver exited before it was ready"
-    # Keep reading what it logs, so that a full pipe never blocks it.
-    threading.Thread(target=proc.stderr.read, daemon=True).start()
-    return proc
-
-
 async def scenarios(live_url: str, cron_url: str, sink: Sink, args: argparse.Namespace) -> None:
     seconds = 30.0 if args.heavy else args.seconds
     async with (
@@ -343,7 +325,9 @@ def main() -> None:
             assert with_database_name(admin, "mailpipe_latency") == live
             for url in (live, cron):
                 asyncio.run(setup(url, sink.port))
-            deliverers = [start_deliverer(live) for _ in range(args.deliverers)]
+            deliverers = [
+                start_deliverer(live, ["--batch-size", "200"]) for _ in range(args.deliverers)
+            ]
             print(
                 f"sink: aiosmtpd (own process); {args.deliverers} deliverer process(es); "
                 f"{os.cpu_count()} cores; provider max 4 connections"

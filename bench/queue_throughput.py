@@ -19,7 +19,6 @@ import os
 import resource
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,48 +28,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import aiosmtplib  # noqa: E402
-from _support import create_database, postgres_server  # noqa: E402
+from _support import create_database, postgres_server, start_sink  # noqa: E402
 
 from mailpipe.db import Database  # noqa: E402
 from mailpipe.delivery import drain_in_processes  # noqa: E402
 from mailpipe.messages import build_message, validate_recipient  # noqa: E402
 from mailpipe.templates import CompiledTemplate  # noqa: E402
-from mailpipe.testing.smtpd import free_port  # noqa: E402
 
 SUBJECT = "Your order {{ order }} is on its way, {{ name }}"
 TEXT = "Hi {{ name }},\n\nOrder {{ order }} ships today. Total: {{ total }} EUR.\n" * 3
 HTML = "<p>Hi {{ name }},</p><p>Order <b>{{ order }}</b> ships today.</p>" * 3
 SENDER = "Shop <shop@example.com>"
-
-
-def start_sink() -> tuple[subprocess.Popen[bytes], int, str]:
-    port = free_port()
-    sink = shutil.which("smtp-sink") or (
-        "/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None
-    )
-    if sink:
-        user = ["-u", "postfix"] if os.geteuid() == 0 else []
-        proc = subprocess.Popen([sink, *user, f"127.0.0.1:{port}", "1000"])
-        name = "Postfix smtp-sink"
-    else:
-        code = (
-            "import asyncio,sys\nfrom aiosmtpd.controller import Controller\n"
-            "class H:\n async def handle_DATA(self,s,se,e): return '250 OK'\n"
-            f"c=Controller(H(),hostname='127.0.0.1',port={port});c.start()\n"
-            "import threading;threading.Event().wait()\n"
-        )
-        proc = subprocess.Popen([sys.executable, "-c", code])
-        name = "aiosmtpd sink (separate process)"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            import socket
-
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    return proc, port, name
 
 
 def render_and_build(template: CompiledTemplate, i: int) -> bytes:

@@ -87,9 +87,9 @@ UPDATE communication_events e
        lease_expires_at = NULL,
        locked_by = NULL,
        updated_at = now()
-  FROM unnest(event_ids(%(ids)s::text[]), %(statuses)s::text[], %(scheduled_at)s::timestamptz[],
-              %(retried)s::int[], %(last_errors)s::text[], %(error_classes)s::text[],
-              %(providers)s::text[], %(sent_at)s::timestamptz[], %(duplicates)s::boolean[])
+  FROM unnest(event_ids(%(ids)b::text[]), %(statuses)b::text[], %(scheduled_at)b::timestamptz[],
+              %(retried)b::int[], %(last_errors)b::text[], %(error_classes)b::text[],
+              %(providers)b::text[], %(sent_at)b::timestamptz[], %(duplicates)b::boolean[])
        AS o(id, status, scheduled_at, retried, last_error, error_class, provider_name, sent_at,
             may_be_duplicate)
  WHERE e.id = o.id AND e.status = 'processing' AND e.locked_by = %(worker)s
@@ -100,10 +100,10 @@ RETURNING e.id;
 INSERT INTO smtp_delivery_confirmations AS c (communication_event_id, provider_name, message_id,
                                               recipient_email, status, smtp_code, smtp_response,
                                               may_be_duplicate, created_at, provider_message_id)
-SELECT * FROM unnest(event_ids(%(ids)s::text[]), %(providers)s::text[], %(message_ids)s::text[],
-                     %(recipients)s::text[], %(statuses)s::text[], %(codes)s::int[],
-                     %(responses)s::text[], %(duplicates)s::boolean[], %(at)s::timestamptz[],
-                     %(provider_message_ids)s::text[])
+SELECT * FROM unnest(event_ids(%(ids)b::text[]), %(providers)b::text[], %(message_ids)b::text[],
+                     %(recipients)b::text[], %(statuses)b::text[], %(codes)b::int[],
+                     %(responses)b::text[], %(duplicates)b::boolean[], %(at)b::timestamptz[],
+                     %(provider_message_ids)b::text[])
 ON CONFLICT (message_id) DO UPDATE SET provider_message_id = EXCLUDED.provider_message_id
  WHERE c.provider_message_id IS NULL AND EXCLUDED.provider_message_id IS NOT NULL;
 
@@ -111,8 +111,8 @@ ON CONFLICT (message_id) DO UPDATE SET provider_message_id = EXCLUDED.provider_m
 -- Unsuccessful attempts of a batch (retry, failed, bounced, deferred, suppressed, failover)
 INSERT INTO delivery_attempts (communication_event_id, provider_name, outcome, smtp_code, error,
                                attempted_at)
-SELECT * FROM unnest(event_ids(%(ids)s::text[]), %(providers)s::text[], %(outcomes)s::text[],
-                     %(codes)s::int[], %(errors)s::text[], %(at)s::timestamptz[]);
+SELECT * FROM unnest(event_ids(%(ids)b::text[]), %(providers)b::text[], %(outcomes)b::text[],
+                     %(codes)b::int[], %(errors)b::text[], %(at)b::timestamptz[]);
 
 -- active_suppressions --
 -- Which of these addresses or domains are suppressed now, and why
