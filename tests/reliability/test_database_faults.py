@@ -54,7 +54,12 @@ def assert_clear(error: BaseException) -> None:
     assert type(error).__module__ == "mailpipe.errors"
     text = str(error)
     assert text.startswith("lost the connection to Postgres"), text
-    assert "terminating connection due to administrator command" in text, text
+    # libpq reports the server's FATAL message, or, when the socket closed before it read
+    # that message (a race on a loaded machine), that the server closed the connection.
+    assert (
+        "terminating connection due to administrator command" in text
+        or "server closed the connection unexpectedly" in text
+    ), text
     assert "\n" not in text and len(text) < 500, text
 
 
