@@ -202,8 +202,11 @@ class HostedSweeper:
         self.stats.taken += 1
         # Labelled like up's workers, with this process as the run's "infrastructure": the
         # recovery of a killed deliverer's runs finds them by these two.
-        await client.update_flow_run_labels(run.id, {WORKER_LABEL: self.label})
-        await client.update_flow_run(run.id, infrastructure_pid=str(os.getpid()))
+        try:
+            await client.update_flow_run_labels(run.id, {WORKER_LABEL: self.label})
+            await client.update_flow_run(run.id, infrastructure_pid=str(os.getpid()))
+        except Exception as exc:  # the run is ours all the same: run it, never strand it
+            log.warning("hosted sweeper: run %s could not be labelled: %s", run.name, exc)
         return True
 
     async def _execute(self, client: Any, run: Any, stop: asyncio.Event) -> None:
