@@ -77,11 +77,7 @@ def import_command(
     if as_json:
         print_json(vars(result))
         return
-    console.print(
-        f"read {result.messages} message(s): {result.added} event(s) stored, "
-        f"{result.duplicates} already stored, {result.invalid} kept as invalid",
-        highlight=False,
-    )
+    console.print(result.describe(), highlight=False)
 
 
 @app.command("imap")
@@ -159,11 +155,7 @@ def imap_command(
     if as_json:
         print_json(vars(result))
         return
-    console.print(
-        f"read {result.messages} message(s): {result.added} event(s) stored, "
-        f"{result.duplicates} already stored, {result.invalid} kept as invalid",
-        highlight=False,
-    )
+    console.print(result.describe(), highlight=False)
 
 
 @app.command("apply")

@@ -286,6 +286,13 @@ class ImportResult:
         self.duplicates += other.duplicates
         self.invalid += other.invalid
 
+    def describe(self) -> str:
+        """One line for people: what was read and what was stored."""
+        return (
+            f"read {self.messages} message(s): {self.added} event(s) stored, "
+            f"{self.duplicates} already stored, {self.invalid} kept as invalid"
+        )
+
 
 async def import_messages(
     db: Database, messages: Iterable[bytes], *, verp_prefix: str = "bounces"

@@ -13,6 +13,7 @@ from typing import Any
 from mailpipe.db import Database
 from mailpipe.errors import MailpipeError
 from mailpipe.feedback.apply import apply_feedback
+from mailpipe.feedback.dsn import ImportResult
 from mailpipe.queries import query
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ async def read_bounce_mailbox(db: Database) -> dict[str, Any] | None:
     to schedule. None when none is configured. A mailbox that cannot be read is reported
     (``error``) and never stops the run: the webhooks' events are applied all the same, and
     the messages wait on the server for the next run."""
-    from mailpipe.feedback.imap import ImapError, ImapMailbox, import_imap
+    from mailpipe.feedback.imap import ImapMailbox, import_imap
     from mailpipe.feedback.settings import get_feedback_settings
 
     settings = get_feedback_settings()
@@ -58,7 +59,7 @@ async def read_bounce_mailbox(db: Database) -> dict[str, Any] | None:
     try:
         box = await ImapMailbox.from_settings(settings)
         result = await import_imap(db, box, verp_prefix=settings.verp_prefix)
-    except (ImapError, MailpipeError, OSError) as exc:
+    except (MailpipeError, OSError) as exc:  # ImapError is a MailpipeError
         log.warning("the bounce mailbox was not read: %s", exc)
         return {"messages": 0, "added": 0, "duplicates": 0, "invalid": 0, "error": str(exc)}
     return {**vars(result), "error": None}
@@ -85,10 +86,8 @@ def _mailbox_text(mailbox: dict[str, Any] | None, prefix: str) -> str:
         return ""
     if mailbox["error"]:
         return f"{prefix}not read ({mailbox['error']})"
-    return (
-        f"{prefix}{mailbox['messages']} message(s) read, {mailbox['added']} event(s) stored,"
-        f" {mailbox['duplicates']} already stored, {mailbox['invalid']} invalid"
-    )
+    counts = {k: v for k, v in mailbox.items() if k != "error"}
+    return prefix + ImportResult(**counts).describe()
 
 
 def table(summary: dict[str, Any]) -> list[dict[str, Any]]:

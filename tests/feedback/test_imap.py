@@ -275,7 +275,7 @@ async def test_the_feedback_run_reads_a_configured_mailbox_and_survives_a_bad_on
             (bounced["confirmation_id"],),
         )
         assert status == "bounced"
-        assert "bounce mailbox: 1 message(s) read, 1 event(s) stored" in log_line(summary)
+        assert "bounce mailbox: read 1 message(s): 1 event(s) stored" in log_line(summary)
 
         monkeypatch.setenv("MAILPIPE_FEEDBACK_IMAP_PASSWORD", "wrong-" + password)
         get_feedback_settings.cache_clear()
