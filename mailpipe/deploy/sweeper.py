@@ -110,6 +110,7 @@ class HostedSweeper:
         self._flow: Any = None
         self._runs: dict[Any, asyncio.Task[None]] = {}
         self._threads: dict[Any, int] = {}  # run id -> the thread executing it
+        self._stopping = threading.Event()  # read by a run's thread as it starts
         self._missing_logged = False
 
     # ------------------------------------------------------------------------- the loop
@@ -139,6 +140,7 @@ class HostedSweeper:
             if self._runs:
                 # Runs in progress end after the batch in hand (their state: Completed, the
                 # summary saying "stopped"); what is left stays queued for the next run.
+                self._stopping.set()  # a run whose thread is only starting stops too
                 for ident in list(self._threads.values()):
                     stop_drains_in_thread(ident)
                 await asyncio.gather(*self._runs.values(), return_exceptions=True)
@@ -220,7 +222,9 @@ class HostedSweeper:
         try:
             flow = self._load_flow()
             fresh = await client.read_flow_run(run.id)
-            state = await asyncio.to_thread(_run_in_own_loop, flow, fresh, self._threads)
+            state = await asyncio.to_thread(
+                _run_in_own_loop, flow, fresh, self._threads, self._stopping
+            )
             name = state.type.value if state is not None else "UNKNOWN"
         except Exception as exc:  # the engine itself failed: the run must not stay Pending
             name = "CRASHED"
@@ -292,7 +296,9 @@ def _start_time(run: Any) -> dt.datetime:
     return when or dt.datetime.now(dt.UTC)
 
 
-def _run_in_own_loop(flow: Any, flow_run: Any, threads: dict[Any, int]) -> Any:
+def _run_in_own_loop(
+    flow: Any, flow_run: Any, threads: dict[Any, int], stopping: threading.Event
+) -> Any:
     """Prefect's flow engine on a run this process took, in this (non-main) thread, which is
     registered in ``threads`` meanwhile (a stopping sweeper stops its drains)."""
     from prefect.flow_engine import run_flow
@@ -300,6 +306,8 @@ def _run_in_own_loop(flow: Any, flow_run: Any, threads: dict[Any, int]) -> Any:
     ident = threading.get_ident()
     assert ident != threading.main_thread().ident
     threads[flow_run.id] = ident
+    if stopping.is_set():  # the sweeper stopped while this thread was starting
+        stop_drains_in_thread(ident)
     try:
         result = run_flow(flow, flow_run=flow_run, return_type="state")
         if asyncio.iscoroutine(result):
